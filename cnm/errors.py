@@ -1,0 +1,124 @@
+"""The one exception hierarchy of cnm.
+
+Every error cnm raises is a :class:`CNMError`. Classes are grouped by what the
+caller can do about them, and each also subclasses the builtin exception a
+Python caller would expect::
+
+    CNMError
+    ├── NotFound(LookupError)          NetworkNotFound, EndpointNotFound,
+    │                                  SandboxNotFound, DriverNotFound
+    ├── InvalidConfig(ValueError)      malformed CIDR, name too long, unknown option
+    ├── Conflict                       AlreadyExists, ActiveEndpoints, AddressInUse,
+    │                                  PortInUse, PoolOverlap, EndpointJoined
+    ├── Exhausted                      no free address, subnet or host port
+    ├── Forbidden(PermissionError)     e.g. deleting a predefined network
+    └── KernelError(OSError)           a netlink, iptables or OVSDB call failed
+
+Messages say what failed and what to do about it.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = [
+    "ActiveEndpoints",
+    "AddressInUse",
+    "AlreadyExists",
+    "CNMError",
+    "Conflict",
+    "DriverNotFound",
+    "EndpointJoined",
+    "EndpointNotFound",
+    "Exhausted",
+    "Forbidden",
+    "InvalidConfig",
+    "KernelError",
+    "NetworkNotFound",
+    "NotFound",
+    "PoolOverlap",
+    "PortInUse",
+    "SandboxNotFound",
+]
+
+
+class CNMError(Exception):
+    """Base class of every error cnm raises."""
+
+
+class NotFound(CNMError, LookupError):
+    """The named object does not exist."""
+
+
+class NetworkNotFound(NotFound):
+    """No network has this name or id."""
+
+
+class EndpointNotFound(NotFound):
+    """No endpoint has this name or id."""
+
+
+class SandboxNotFound(NotFound):
+    """No sandbox has this name or id."""
+
+
+class DriverNotFound(NotFound):
+    """No installed driver has this name."""
+
+
+class InvalidConfig(CNMError, ValueError):
+    """The input is malformed or out of range; nothing was created."""
+
+
+class Conflict(CNMError):
+    """The request clashes with existing state; nothing was created."""
+
+
+class AlreadyExists(Conflict):
+    """An object with this name already exists."""
+
+
+class ActiveEndpoints(Conflict):
+    """The network still has endpoints; delete them first."""
+
+
+class EndpointJoined(Conflict):
+    """The endpoint is already joined to a sandbox."""
+
+
+class AddressInUse(Conflict):
+    """The requested IP address is already allocated."""
+
+
+class PortInUse(Conflict):
+    """The requested host port is already published or bound."""
+
+
+class PoolOverlap(Conflict):
+    """The requested subnet overlaps another network or a host route."""
+
+
+class Exhausted(CNMError):
+    """No free address, subnet or host port is left."""
+
+
+class Forbidden(CNMError, PermissionError):
+    """The operation is not allowed on this object."""
+
+
+class KernelError(CNMError, OSError):
+    """A kernel, firewall or OVSDB operation failed.
+
+    ``errno`` holds the kernel's error number when there is one.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.strerror = message
+
+    def __str__(self) -> str:
+        if self.errno is None:
+            return self.strerror
+        name = _errno.errorcode.get(self.errno, str(self.errno))
+        return f"{self.strerror} [{name}]"
