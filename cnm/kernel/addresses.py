@@ -1,0 +1,69 @@
+"""IP addresses on interfaces (idempotent add and delete)."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cnm.kernel.errors import map_netlink_errors
+from cnm.kernel.links import get_link
+from cnm.kernel.netns import Netlink
+
+__all__ = ["IPInterface", "add_address", "delete_address", "list_addresses"]
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def _family(addr: IPInterface) -> int:
+    return socket.AF_INET if addr.version == 4 else socket.AF_INET6
+
+
+def add_address(nl: Netlink, ifname: str, address: IPInterface) -> None:
+    """Put ``address`` (with its prefix length) on ``ifname``; fine if it is there."""
+    with map_netlink_errors(f"look up {ifname} in {nl.netns.name}"):
+        index = nl.ipr.link_lookup(ifname=ifname)
+    if not index:
+        with map_netlink_errors(f"add address {address} to {ifname} in {nl.netns.name}"):
+            raise OSError(errno.ENODEV, f"no link {ifname}")
+    try:
+        nl.ipr.addr(
+            "add", index=index[0], address=str(address.ip), prefixlen=address.network.prefixlen, family=_family(address)
+        )
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return
+        with map_netlink_errors(f"add address {address} to {ifname} in {nl.netns.name}"):
+            raise
+
+
+def delete_address(nl: Netlink, ifname: str, address: IPInterface) -> bool:
+    """Remove ``address`` from ``ifname``; succeed if it is gone. True if removed."""
+    link = get_link(nl, ifname)
+    if link is None:
+        return False
+    try:
+        nl.ipr.addr(
+            "del", index=link.index, address=str(address.ip), prefixlen=address.network.prefixlen, family=_family(address)
+        )
+    except NetlinkError as exc:
+        if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+            return False
+        with map_netlink_errors(f"delete address {address} from {ifname} in {nl.netns.name}"):
+            raise
+    return True
+
+
+def list_addresses(nl: Netlink, ifname: str | None = None) -> list[IPInterface]:
+    """Every address in the namespace, or on one interface."""
+    with map_netlink_errors(f"list addresses in {nl.netns.name}"):
+        if ifname is not None:
+            index = nl.ipr.link_lookup(ifname=ifname)
+            if not index:
+                return []
+            msgs = nl.ipr.get_addr(index=index[0])
+        else:
+            msgs = nl.ipr.get_addr()
+    return [ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs]
