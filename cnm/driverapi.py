@@ -1,0 +1,236 @@
+"""The driver contract: what a network driver implements, and what it is given.
+
+A driver is a class that satisfies :class:`Driver` and is registered under the
+entry-point group ``cnm.drivers``; the built-in drivers are found exactly the
+same way. The controller constructs it once with a :class:`DriverContext`
+(the host namespace, the firewall, a state directory) and then calls the CNM
+verbs, passing everything a call needs (:class:`NetworkInfo`,
+:class:`EndpointInfo`, :class:`SandboxInfo`): a driver needs no store of its
+own, and every verb must be idempotent, since a verb may be repeated after a
+crash. Deletes succeed when the object is already gone.
+
+Optional abilities are separate small protocols, checked with ``isinstance``:
+:class:`PortPublisher` (published ports).
+
+A minimal driver (the built-in null driver is the example to copy)::
+
+    class NullDriver:
+        name = "null"
+        capabilities = Capabilities()
+
+        def __init__(self, context: DriverContext) -> None: ...
+        def validate_network(self, network: NetworkRequest) -> dict[str, object]: return {}
+        def create_network(self, network: NetworkInfo) -> None: ...
+        def delete_network(self, network: NetworkInfo) -> None: ...
+        def create_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None: ...
+        def delete_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None: ...
+        def join(self, network, endpoint, sandbox, ifname) -> JoinResult: return JoinResult()
+        def leave(self, network, endpoint, sandbox) -> None: ...
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import ClassVar, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from cnm.firewall import Firewall
+from cnm.kernel.netns import NetNS
+from cnm.types import IPAddress, PortBinding
+
+__all__ = [
+    "Capabilities",
+    "Driver",
+    "DriverContext",
+    "EndpointInfo",
+    "IPAMData",
+    "JoinResult",
+    "NetworkInfo",
+    "NetworkRequest",
+    "PortPublisher",
+    "SandboxInfo",
+    "StaticRoute",
+]
+
+
+@attrs.frozen(kw_only=True)
+class Capabilities:
+    """What a driver declares about itself.
+
+    Attributes:
+        scope: ``"local"`` (networks live on one host) or ``"global"``.
+        needs_address: whether endpoints get an IP address from the IPAM.
+            False for drivers whose sandboxes use no addresses of their own (null, host).
+        needs_sandbox_netns: whether joined sandboxes need a namespace of their
+            own; False for the host driver, whose sandboxes share the host's.
+    """
+
+    scope: Literal["local", "global"] = "local"
+    needs_address: bool = True
+    needs_sandbox_netns: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class DriverContext:
+    """What the controller hands a driver when it constructs it.
+
+    Attributes:
+        host_netns: the namespace the controller treats as the host; every host-side
+            kernel object of the driver goes there.
+        firewall: the firewall backend bound to ``host_netns``.
+        state_dir: a directory private to this driver, for files it must keep.
+    """
+
+    host_netns: NetNS
+    firewall: Firewall
+    state_dir: str
+
+
+@attrs.frozen(kw_only=True)
+class IPAMData:
+    """One address pool of a network, as the driver sees it.
+
+    Attributes:
+        pool: the subnet.
+        gateway: the gateway with the subnet's prefix length, or None.
+        aux_addresses: reserved addresses by name.
+    """
+
+    pool: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
+    aux_addresses: Mapping[str, IPAddress] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class NetworkRequest:
+    """A network about to be created, for :meth:`Driver.validate_network`."""
+
+    name: str
+    options: Mapping[str, object]
+    internal: bool = False
+    predefined: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class NetworkInfo:
+    """A network, as passed to every verb.
+
+    Attributes:
+        id: 64 hex digits, unique.
+        name: the user's name for it.
+        options: the options as :meth:`Driver.validate_network` returned them.
+        ipv4: the IPv4 pools (one, for now); empty for drivers that need no address.
+        internal: no traffic may leave the network.
+    """
+
+    id: str
+    name: str
+    options: Mapping[str, object]
+    ipv4: tuple[IPAMData, ...] = ()
+    internal: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class EndpointInfo:
+    """An endpoint, as passed to the endpoint verbs.
+
+    Attributes:
+        id: 64 hex digits, unique.
+        name: the user's name for it.
+        network_id: the network it belongs to.
+        address: its IPv4 address with the subnet's prefix length, or None.
+        mac: its MAC address (``02:42:`` and the address bytes, as Docker does), or None.
+        ports: its published ports, resolved (host ports chosen).
+    """
+
+    id: str
+    name: str
+    network_id: str
+    address: ipaddress.IPv4Interface | None = None
+    mac: str | None = None
+    ports: tuple[PortBinding, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class SandboxInfo:
+    """A sandbox, as passed to :meth:`Driver.join` and :meth:`Driver.leave`."""
+
+    id: str
+    name: str
+    netns: NetNS
+
+
+@attrs.frozen(kw_only=True)
+class StaticRoute:
+    """A route the controller adds in the sandbox after a join."""
+
+    destination: ipaddress.IPv4Network
+    next_hop: ipaddress.IPv4Address | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JoinResult:
+    """What a driver reports back from :meth:`Driver.join`.
+
+    Attributes:
+        interface: the interface the driver made inside the sandbox (named as it
+            was asked), or None when it made none. The controller puts the
+            endpoint's address on it and brings it up.
+        gateway: the default gateway this network offers, or None (internal networks).
+        routes: extra routes for the sandbox.
+    """
+
+    interface: str | None = None
+    gateway: ipaddress.IPv4Address | None = None
+    routes: tuple[StaticRoute, ...] = ()
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """The CNM verbs every network driver implements.
+
+    ``name`` and ``capabilities`` are class attributes. The constructor takes a
+    :class:`DriverContext`.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def validate_network(self, network: NetworkRequest) -> dict[str, object]:
+        """Check the options before anything is created and return them normalised.
+
+        The result must be JSON-serialisable; it is stored and comes back as
+        :attr:`NetworkInfo.options`. Raise :class:`cnm.errors.InvalidConfig`
+        naming the bad option and the accepted ones.
+        """
+
+    def create_network(self, network: NetworkInfo) -> None:
+        """Create the network's host-side objects (bridge, rules...)."""
+
+    def delete_network(self, network: NetworkInfo) -> None:
+        """Remove what :meth:`create_network` made; succeed if it is gone."""
+
+    def create_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """Prepare an endpoint; may validate it (e.g. refuse ports it cannot publish)."""
+
+    def delete_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """Remove what :meth:`create_endpoint` made; succeed if it is gone."""
+
+    def join(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo, ifname: str) -> JoinResult:
+        """Connect the endpoint to the sandbox, making interface ``ifname`` inside it if the driver uses one."""
+
+    def leave(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo) -> None:
+        """Undo :meth:`join`; succeed when the interface or the sandbox is already gone."""
+
+
+@runtime_checkable
+class PortPublisher(Protocol):
+    """A driver that can publish an endpoint's ports on the host (DNAT)."""
+
+    def publish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """Make ``endpoint.ports`` reachable through the host; called after join."""
+
+    def unpublish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """Withdraw ``endpoint.ports``; called before leave; idempotent."""
