@@ -1,0 +1,19 @@
+"""cnm: Docker's Container Network Model as a Python library.
+
+Typical use::
+
+    from cnm import Controller, IPAMConfig, PortBinding
+
+    ctl = Controller(state_dir="/var/lib/cnm")
+    net = ctl.create_network("net1", driver="bridge", ipam=IPAMConfig(subnet="172.28.0.0/16"))
+    sb = ctl.create_sandbox("c1", hostname="c1")
+    ep = net.create_endpoint("c1-net1", ports=[PortBinding(container_port=80, host_port=8080)])
+    ep.join(sb)
+    sb.run(["ping", "-c1", "172.28.0.1"])
+"""
+
+from cnm import errors
+from cnm.controller import Controller
+from cnm.types import IPAMConfig, PortBinding
+
+__all__ = ["Controller", "IPAMConfig", "PortBinding", "errors"]

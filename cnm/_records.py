@@ -1,0 +1,120 @@
+"""The stored form of networks, endpoints and sandboxes (internal).
+
+Each record is a frozen attrs class that round-trips through JSON. ``status``
+marks operations in flight, so that state left by a crash can be told apart
+from finished state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, TypeVar
+
+import attrs
+
+from cnm.types import PortBinding
+
+__all__ = ["EndpointRecord", "NetworkRecord", "SandboxRecord", "from_json", "ports_from_json", "ports_to_json"]
+
+_R = TypeVar("_R")
+
+# Statuses: "creating" and "deleting" are in flight; "ready" is settled.
+CREATING = "creating"
+READY = "ready"
+DELETING = "deleting"
+
+
+@attrs.frozen(kw_only=True)
+class NetworkRecord:
+    """A network as stored."""
+
+    id: str
+    name: str
+    driver: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+    internal: bool = False
+    labels: dict[str, str] = attrs.field(factory=dict)
+    subnet: str | None = None
+    gateway: str | None = None
+    ip_range: str | None = None
+    aux_addresses: dict[str, str] = attrs.field(factory=dict)
+    pool_id: str | None = None
+    created: str = ""
+    predefined: bool = False
+    user_options: dict[str, Any] = attrs.field(factory=dict)
+    user_gateway: bool = False
+    status: str = READY
+
+    @property
+    def gateway_interface(self) -> ipaddress.IPv4Interface | None:
+        """The gateway with the subnet's prefix length."""
+        if self.gateway is None or self.subnet is None:
+            return None
+        prefix = ipaddress.ip_network(self.subnet).prefixlen
+        return ipaddress.IPv4Interface(f"{self.gateway}/{prefix}")
+
+
+@attrs.frozen(kw_only=True)
+class EndpointRecord:
+    """An endpoint as stored."""
+
+    id: str
+    name: str
+    network_id: str
+    address: str | None = None
+    mac: str | None = None
+    ports: list[dict[str, Any]] = attrs.field(factory=list)
+    requested_ports: list[dict[str, Any]] = attrs.field(factory=list)
+    sandbox_id: str | None = None
+    ifname: str | None = None
+    gateway: str | None = None
+    join_seq: int = 0
+    owned_by_sandbox: bool = False
+    created: str = ""
+    status: str = READY
+
+
+@attrs.frozen(kw_only=True)
+class SandboxRecord:
+    """A sandbox as stored."""
+
+    id: str
+    name: str
+    hostname: str
+    netns_path: str
+    files_dir: str
+    dns: list[str] = attrs.field(factory=list)
+    dns_search: list[str] = attrs.field(factory=list)
+    dns_options: list[str] = attrs.field(factory=list)
+    join_counter: int = 0
+    created: str = ""
+    status: str = READY
+
+
+def to_json(record: object) -> dict[str, Any]:
+    """The record as a JSON-able dict."""
+    return attrs.asdict(record)  # type: ignore[arg-type]
+
+
+def from_json(cls: type[_R], data: dict[str, Any]) -> _R:
+    """A record from its JSON form, ignoring keys a newer version may have added."""
+    names = {a.name for a in attrs.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def ports_to_json(ports: list[PortBinding] | tuple[PortBinding, ...]) -> list[dict[str, Any]]:
+    """Port bindings as JSON-able dicts."""
+    return [
+        {
+            "container_port": str(p.container_port),
+            "host_port": None if p.host_port is None else str(p.host_port),
+            "protocol": p.protocol,
+            "host_ip": None if p.host_ip is None else str(p.host_ip),
+        }
+        for p in ports
+    ]
+
+
+def ports_from_json(data: list[dict[str, Any]]) -> tuple[PortBinding, ...]:
+    """Port bindings from their JSON form."""
+    return tuple(PortBinding(**item) for item in data)

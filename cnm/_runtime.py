@@ -1,0 +1,208 @@
+"""What the CNM objects of one controller share (internal).
+
+:class:`Runtime` bundles the controller's services (store, IPAM, port
+allocator, driver registry, host namespace) and the translations between
+stored records and the info objects drivers receive.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import ipaddress
+import os
+import re
+import secrets
+import threading
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from cnm import _records as rec
+from cnm.driverapi import Driver, EndpointInfo, IPAMData, NetworkInfo, SandboxInfo
+from cnm.errors import EndpointNotFound, InvalidConfig, NetworkNotFound, NotFound, SandboxNotFound
+from cnm.ipamapi import Ipam
+from cnm.kernel.netns import NetNS
+from cnm.portmapper import PortAllocator
+from cnm.registry import DriverRegistry
+from cnm.store import Store, Transaction
+
+__all__ = ["Runtime", "StateLock", "new_id", "now", "validate_name"]
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+
+
+def new_id() -> str:
+    """A fresh 64-hex-digit object id."""
+    return secrets.token_hex(32)
+
+
+def now() -> str:
+    """The current time in RFC 3339, as Docker prints it."""
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def validate_name(name: str, what: str) -> str:
+    """Refuse names Docker would refuse."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidConfig(
+            f"invalid {what} name {name!r}: use 1-128 characters [a-zA-Z0-9_.-], starting with a letter or digit"
+        )
+    return name
+
+
+def mac_for(address: ipaddress.IPv4Address) -> str:
+    """Docker's MAC for an IPv4 address: 02:42 followed by the four address bytes."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
+
+
+class StateLock:
+    """Serialises mutating operations: a re-entrant thread lock plus a file lock on state_dir.
+
+    The file lock makes several processes sharing a state_dir take turns; the
+    store's own transactions keep each read-modify-write atomic besides.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> StateLock:
+        self._lock.acquire()
+        if self._depth == 0:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                self._lock.release()
+                raise
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        self._lock.release()
+
+
+@attrs.define(kw_only=True)
+class Runtime:
+    """The services of one controller, shared by its Network, Endpoint and Sandbox objects."""
+
+    state_dir: str
+    host_netns: NetNS
+    store: Store
+    ipam: Ipam
+    ports: PortAllocator
+    registry: DriverRegistry
+    lock: StateLock
+
+    # --- records -----------------------------------------------------------
+    def _find(self, txn: Transaction, kind: str, ref: str, scope: str = "") -> dict[str, Any] | None:
+        data = txn.get(kind, ref)
+        if data is not None and (not scope or data.get("network_id") == scope):
+            return data
+        named = txn.get(f"{kind}.name", f"{scope}/{ref}" if scope else ref)
+        if named is not None:
+            return txn.get(kind, named["id"])
+        if len(ref) >= 6 and all(c in "0123456789abcdef" for c in ref):
+            matches = [v for k, v in txn.list(kind, ref) if not scope or v.get("network_id") == scope]
+            if len(matches) == 1:
+                return matches[0]
+        return None
+
+    def network_record(self, ref: str) -> rec.NetworkRecord:
+        """A network by name, id or unique id prefix."""
+        with self.store.transaction() as txn:
+            data = self._find(txn, "network", ref)
+        if data is None:
+            raise NetworkNotFound(f"network {ref!r} not found; see Controller.networks()")
+        return rec.from_json(rec.NetworkRecord, data)
+
+    def endpoint_record(self, ref: str, network_id: str = "") -> rec.EndpointRecord:
+        """An endpoint by id, or by name within a network."""
+        with self.store.transaction() as txn:
+            data = self._find(txn, "endpoint", ref, network_id)
+        if data is None:
+            raise EndpointNotFound(f"endpoint {ref!r} not found; see Network.endpoints()")
+        return rec.from_json(rec.EndpointRecord, data)
+
+    def sandbox_record(self, ref: str) -> rec.SandboxRecord:
+        """A sandbox by name, id or unique id prefix."""
+        with self.store.transaction() as txn:
+            data = self._find(txn, "sandbox", ref)
+        if data is None:
+            raise SandboxNotFound(f"sandbox {ref!r} not found; see Controller.sandboxes()")
+        return rec.from_json(rec.SandboxRecord, data)
+
+    def reload(self, record: Any) -> Any:
+        """The current stored version of ``record``; NotFound if it is gone."""
+        kind = {rec.NetworkRecord: "network", rec.EndpointRecord: "endpoint", rec.SandboxRecord: "sandbox"}[
+            type(record)
+        ]
+        with self.store.transaction() as txn:
+            data = txn.get(kind, record.id)
+        if data is None:
+            raise NotFound(f"{kind} {record.name!r} no longer exists")
+        return rec.from_json(type(record), data)
+
+    def list_records(self, kind: str, cls: type[Any]) -> list[Any]:
+        """Every record of a kind."""
+        with self.store.transaction() as txn:
+            return [rec.from_json(cls, v) for _, v in txn.list(kind)]
+
+    # --- driver views --------------------------------------------------------
+    def driver(self, network: rec.NetworkRecord) -> Driver:
+        """The network's driver."""
+        return self.registry.get(network.driver)
+
+    @staticmethod
+    def network_info(network: rec.NetworkRecord) -> NetworkInfo:
+        """What a driver is told about a network."""
+        ipv4: tuple[IPAMData, ...] = ()
+        if network.subnet is not None:
+            pool = ipaddress.ip_network(network.subnet)
+            ipv4 = (
+                IPAMData(
+                    pool=pool,
+                    gateway=network.gateway_interface,
+                    aux_addresses={k: ipaddress.ip_address(v) for k, v in network.aux_addresses.items()},
+                ),
+            )
+        return NetworkInfo(
+            id=network.id, name=network.name, options=network.options, ipv4=ipv4, internal=network.internal
+        )
+
+    @staticmethod
+    def endpoint_info(endpoint: rec.EndpointRecord) -> EndpointInfo:
+        """What a driver is told about an endpoint."""
+        return EndpointInfo(
+            id=endpoint.id,
+            name=endpoint.name,
+            network_id=endpoint.network_id,
+            address=None if endpoint.address is None else ipaddress.IPv4Interface(endpoint.address),
+            mac=endpoint.mac,
+            ports=rec.ports_from_json(endpoint.ports),
+        )
+
+    @staticmethod
+    def sandbox_info(sandbox: rec.SandboxRecord) -> SandboxInfo:
+        """What a driver is told about a sandbox."""
+        return SandboxInfo(id=sandbox.id, name=sandbox.name, netns=NetNS(sandbox.netns_path))
+
+
+def _conformance() -> None:
+    # mypy checks here that the default IPAM satisfies the contract it is used through.
+    from cnm.ipam import LocalIpam
+
+    _: type[Ipam] = LocalIpam

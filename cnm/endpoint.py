@@ -1,0 +1,316 @@
+"""Endpoints: what joins a sandbox to a network."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from cnm import _records as rec
+from cnm._runtime import Runtime, mac_for, new_id, now, validate_name
+from cnm._steps import Rollback
+from cnm.driverapi import JoinResult, PortPublisher
+from cnm.errors import AlreadyExists, EndpointJoined, InvalidConfig, NotFound
+from cnm.kernel import addresses, links, routes
+from cnm.store import KeyTaken
+from cnm.types import PortBinding, parse_address
+
+if TYPE_CHECKING:
+    from cnm.network import Network
+    from cnm.sandbox import Sandbox
+
+__all__ = ["Endpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class Endpoint:
+    """A CNM endpoint: belongs to one network, joined to at most one sandbox."""
+
+    def __init__(self, runtime: Runtime, record: rec.EndpointRecord) -> None:
+        self._rt = runtime
+        self._record = record
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.name} ip={self._record.address} id={self.id[:12]}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Endpoint) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _current(self) -> rec.EndpointRecord:
+        try:
+            self._record = self._rt.reload(self._record)
+        except NotFound:
+            pass
+        return self._record
+
+    @property
+    def id(self) -> str:
+        """The endpoint's id (64 hex digits)."""
+        return self._record.id
+
+    @property
+    def name(self) -> str:
+        """The endpoint's name, unique within its network."""
+        return self._record.name
+
+    @property
+    def network(self) -> Network:
+        """The network the endpoint belongs to."""
+        from cnm.network import Network
+
+        return Network(self._rt, self._rt.network_record(self._record.network_id))
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address | None:
+        """The endpoint's address, or None for drivers without addresses."""
+        a = self._record.address
+        return None if a is None else ipaddress.IPv4Interface(a).ip
+
+    @property
+    def ip_interface(self) -> ipaddress.IPv4Interface | None:
+        """The address with the network's prefix length."""
+        a = self._record.address
+        return None if a is None else ipaddress.IPv4Interface(a)
+
+    @property
+    def mac(self) -> str | None:
+        """The endpoint's MAC address."""
+        return self._record.mac
+
+    @property
+    def ports(self) -> tuple[PortBinding, ...]:
+        """The published ports, resolved: host ports and addresses filled in."""
+        return rec.ports_from_json(self._record.ports)
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """The sandbox the endpoint is joined to, or None."""
+        from cnm.sandbox import Sandbox
+
+        sid = self._current().sandbox_id
+        return None if sid is None else Sandbox(self._rt, self._rt.sandbox_record(sid))
+
+    @property
+    def ifname(self) -> str | None:
+        """The interface name inside the sandbox (eth0, eth1, ...) while joined."""
+        return self._current().ifname
+
+    def join(self, sandbox: Sandbox) -> None:
+        """Connect the endpoint to ``sandbox``: an interface ethN appears inside it.
+
+        Raises:
+            EndpointJoined: it is already joined to a sandbox (leave first).
+        """
+        join(self._rt, self._current(), sandbox._current())  # noqa: SLF001 - same layer
+        self._current()
+
+    def leave(self) -> None:
+        """Disconnect the endpoint from its sandbox. Succeeds if it is not joined."""
+        leave(self._rt, self._current())
+        self._current()
+
+    def delete(self) -> None:
+        """Delete the endpoint, leaving its sandbox first. Succeeds if it is already gone."""
+        delete_endpoint(self._rt, self._record)
+
+
+def create_endpoint(
+    rt: Runtime,
+    network: rec.NetworkRecord,
+    name: str,
+    *,
+    ports: Sequence[PortBinding] = (),
+    ip: str | ipaddress.IPv4Address | None = None,
+    owned_by_sandbox: bool = False,
+) -> Endpoint:
+    """Create an endpoint: reserve its name, address and host ports, then tell the driver."""
+    validate_name(name, "endpoint")
+    ports = [p if isinstance(p, PortBinding) else PortBinding(**p) for p in ports]  # type: ignore[arg-type]
+    drv = rt.driver(network)
+    if ports and not isinstance(drv, PortPublisher):
+        raise InvalidConfig(f"driver {network.driver!r} of network {network.name!r} cannot publish ports; drop ports=")
+    if ports and network.internal:
+        raise InvalidConfig(f"network {network.name!r} is internal: published ports could never be reached")
+    wanted_ip = None if ip is None else parse_address(ip, "endpoint ip")
+    if wanted_ip is not None and not drv.capabilities.needs_address:
+        raise InvalidConfig(f"driver {network.driver!r} gives no addresses; drop ip=")
+    endpoint_id = new_id()
+    with rt.lock, Rollback(f"create endpoint {name}") as undo:
+        record = _allocate_endpoint(rt, network, endpoint_id, name, ports, wanted_ip, owned_by_sandbox,
+                                    needs_address=drv.capabilities.needs_address)
+        undo.done("allocate", lambda: _free_endpoint(rt, record))
+        drv.create_endpoint(rt.network_info(network), rt.endpoint_info(record))
+        record = _save(rt, attrs.evolve(record, status=rec.READY))
+    log.info("created endpoint %s on %s (%s)", name, network.name, record.address)
+    return Endpoint(rt, record)
+
+
+def _allocate_endpoint(
+    rt: Runtime,
+    network: rec.NetworkRecord,
+    endpoint_id: str,
+    name: str,
+    ports: Sequence[PortBinding],
+    wanted_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+    owned_by_sandbox: bool,
+    *,
+    needs_address: bool,
+) -> rec.EndpointRecord:
+    with rt.store.transaction() as txn:
+        if txn.get("network", network.id) is None:
+            raise NotFound(f"network {network.name!r} no longer exists")
+        try:
+            txn.insert("endpoint.name", f"{network.id}/{name}", {"id": endpoint_id})
+        except KeyTaken as exc:
+            raise AlreadyExists(
+                f"endpoint {name!r} already exists on network {network.name!r}; pick another name"
+            ) from exc
+        address = mac = None
+        if needs_address and network.pool_id is not None:
+            ip = rt.ipam.request_address(network.pool_id, wanted_ip, owner=name)
+            prefix = ipaddress.ip_network(network.subnet or "").prefixlen
+            address = f"{ip}/{prefix}"
+            if isinstance(ip, ipaddress.IPv4Address):
+                mac = mac_for(ip)
+        resolved: list[PortBinding] = []
+        if ports:
+            default_ip = network.options.get("host_binding_ipv4")
+            resolved = rt.ports.allocate(
+                endpoint_id, ports, None if default_ip is None else parse_address(default_ip), label=name
+            )
+        record = rec.EndpointRecord(
+            id=endpoint_id, name=name, network_id=network.id, address=address, mac=mac,
+            ports=rec.ports_to_json(resolved), requested_ports=rec.ports_to_json(list(ports)),
+            owned_by_sandbox=owned_by_sandbox, created=now(), status=rec.CREATING,
+        )
+        txn.insert("endpoint", endpoint_id, rec.to_json(record))
+    return record
+
+
+def _free_endpoint(rt: Runtime, record: rec.EndpointRecord) -> None:
+    with rt.store.transaction() as txn:
+        network = txn.get("network", record.network_id)
+        if record.address is not None and network is not None and network.get("pool_id"):
+            rt.ipam.release_address(network["pool_id"], ipaddress.IPv4Interface(record.address).ip)
+        rt.ports.release(record.id)
+        txn.delete("endpoint.name", f"{record.network_id}/{record.name}")
+        txn.delete("endpoint", record.id)
+
+
+def _save(rt: Runtime, record: rec.EndpointRecord) -> rec.EndpointRecord:
+    with rt.store.transaction() as txn:
+        txn.put("endpoint", record.id, rec.to_json(record))
+    return record
+
+
+def _next_ifname(rt: Runtime, sandbox: rec.SandboxRecord) -> str:
+    used = {e.ifname for e in rt.list_records("endpoint", rec.EndpointRecord) if e.sandbox_id == sandbox.id}
+    index = 0
+    while f"eth{index}" in used:
+        index += 1
+    return f"eth{index}"
+
+
+def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) -> None:
+    """Join ``endpoint`` to ``sandbox``: driver join, address, routes, published ports, hosts file."""
+    from cnm.sandbox import refresh_files, update_gateway
+
+    with rt.lock:
+        endpoint = rt.reload(endpoint)
+        sandbox = rt.reload(sandbox)
+        if endpoint.sandbox_id is not None:
+            if endpoint.sandbox_id == sandbox.id:
+                return
+            raise EndpointJoined(
+                f"endpoint {endpoint.name!r} is already joined to sandbox {rt.sandbox_record(endpoint.sandbox_id).name!r}; "
+                "leave it first"
+            )
+        network = rt.network_record(endpoint.network_id)
+        drv = rt.driver(network)
+        if drv.capabilities.needs_sandbox_netns and not sandbox.netns_path:
+            raise InvalidConfig(f"sandbox {sandbox.name!r} shares the host's stack; it cannot join {network.name!r}")
+        ifname = _next_ifname(rt, sandbox)
+        seq = sandbox.join_counter + 1
+        with Rollback(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo:
+            with rt.store.transaction() as txn:
+                endpoint = attrs.evolve(endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq,
+                                        status=rec.CREATING)
+                txn.put("endpoint", endpoint.id, rec.to_json(endpoint))
+                sandbox = attrs.evolve(sandbox, join_counter=seq)
+                txn.put("sandbox", sandbox.id, rec.to_json(sandbox))
+            undo.done("record join", lambda: _save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None,
+                                                                    gateway=None, join_seq=0, status=rec.READY)))
+            net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
+            result = drv.join(net_info, ep_info, sb_info, ifname)
+            undo.done("driver join", lambda: drv.leave(net_info, ep_info, sb_info))
+            _configure_interface(rt, sandbox, endpoint, result)
+            if ep_info.ports and isinstance(drv, PortPublisher):
+                drv.publish_ports(net_info, ep_info)
+                undo.done("publish ports", lambda: drv.unpublish_ports(net_info, ep_info))  # type: ignore[union-attr]
+            gateway = None if result.gateway is None else str(result.gateway)
+            endpoint = _save(rt, attrs.evolve(endpoint, gateway=gateway, status=rec.READY))
+            update_gateway(rt, sandbox)
+            refresh_files(rt, sandbox)
+    log.info("joined endpoint %s to sandbox %s as %s", endpoint.name, sandbox.name, ifname)
+
+
+def _configure_interface(rt: Runtime, sandbox: rec.SandboxRecord, endpoint: rec.EndpointRecord,
+                         result: JoinResult) -> None:
+    if result.interface is None:
+        return
+    netns = rt.sandbox_info(sandbox).netns
+    with netns.netlink() as nl:
+        if endpoint.address is not None:
+            addresses.add_address(nl, result.interface, ipaddress.IPv4Interface(endpoint.address))
+        links.set_link(nl, result.interface, up=True)
+        for route in result.routes:
+            routes.add_route(nl, route.destination, gateway=route.next_hop, ifname=result.interface)
+
+
+def leave(rt: Runtime, endpoint: rec.EndpointRecord) -> None:
+    """Leave the endpoint's sandbox: withdraw ports, driver leave, move the default route, update files."""
+    from cnm.sandbox import refresh_files, update_gateway
+
+    with rt.lock:
+        try:
+            endpoint = rt.reload(endpoint)
+        except NotFound:
+            return
+        if endpoint.sandbox_id is None:
+            return
+        network = rt.network_record(endpoint.network_id)
+        sandbox = rt.sandbox_record(endpoint.sandbox_id)
+        drv = rt.driver(network)
+        endpoint = _save(rt, attrs.evolve(endpoint, status=rec.DELETING))
+        net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
+        if ep_info.ports and isinstance(drv, PortPublisher):
+            drv.unpublish_ports(net_info, ep_info)
+        drv.leave(net_info, ep_info, sb_info)
+        _save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
+        update_gateway(rt, sandbox)
+        refresh_files(rt, sandbox)
+    log.info("endpoint %s left sandbox %s", endpoint.name, sandbox.name)
+
+
+def delete_endpoint(rt: Runtime, endpoint: rec.EndpointRecord) -> None:
+    """Delete an endpoint (leaving first), freeing its address and host ports."""
+    with rt.lock:
+        try:
+            endpoint = rt.reload(endpoint)
+        except NotFound:
+            return
+        if endpoint.sandbox_id is not None:
+            leave(rt, endpoint)
+            endpoint = rt.reload(endpoint)
+        network = rt.network_record(endpoint.network_id)
+        endpoint = _save(rt, attrs.evolve(endpoint, status=rec.DELETING))
+        rt.driver(network).delete_endpoint(rt.network_info(network), rt.endpoint_info(endpoint))
+        _free_endpoint(rt, endpoint)
+    log.info("deleted endpoint %s", endpoint.name)

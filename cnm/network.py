@@ -1,0 +1,253 @@
+"""Networks: a group of endpoints that can talk to each other directly."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cnm import _records as rec
+from cnm._runtime import Runtime, new_id, now, validate_name
+from cnm._steps import Rollback
+from cnm.driverapi import NetworkRequest
+from cnm.errors import ActiveEndpoints, AlreadyExists, Forbidden, InvalidConfig
+from cnm.kernel import addresses, routes
+from cnm.store import KeyTaken
+from cnm.types import IPAMConfig, IPNetwork, PortBinding
+
+if TYPE_CHECKING:
+    from cnm.endpoint import Endpoint
+
+__all__ = ["Network"]
+
+log = logging.getLogger(__name__)
+
+
+class Network:
+    """A CNM network. Get one from :meth:`cnm.Controller.create_network` or :meth:`cnm.Controller.network`.
+
+    The object is a handle: its properties read the controller's store, so
+    they are current even when another handle or process changed the network.
+    """
+
+    def __init__(self, runtime: Runtime, record: rec.NetworkRecord) -> None:
+        self._rt = runtime
+        self._record = record
+
+    def __repr__(self) -> str:
+        return f"<Network {self.name} driver={self.driver} id={self.id[:12]}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Network) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def id(self) -> str:
+        """The network's id (64 hex digits)."""
+        return self._record.id
+
+    @property
+    def name(self) -> str:
+        """The network's name."""
+        return self._record.name
+
+    @property
+    def driver(self) -> str:
+        """The name of the network's driver."""
+        return self._record.driver
+
+    @property
+    def internal(self) -> bool:
+        """True if traffic may not leave the network."""
+        return self._record.internal
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network | None:
+        """The network's IPv4 subnet, or None for drivers without addresses."""
+        s = self._record.subnet
+        return None if s is None else ipaddress.IPv4Network(s)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address | None:
+        """The gateway address, or None."""
+        g = self._record.gateway
+        return None if g is None else ipaddress.IPv4Address(g)
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """The driver options, normalised by the driver."""
+        return dict(self._record.options)
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The user's labels."""
+        return dict(self._record.labels)
+
+    def endpoints(self) -> list[Endpoint]:
+        """The network's endpoints, in name order."""
+        from cnm.endpoint import Endpoint
+
+        records = [r for r in self._rt.list_records("endpoint", rec.EndpointRecord) if r.network_id == self.id]
+        return [Endpoint(self._rt, r) for r in sorted(records, key=lambda r: r.name)]
+
+    def endpoint(self, ref: str) -> Endpoint:
+        """An endpoint of this network by name or id; :class:`cnm.errors.EndpointNotFound` if absent."""
+        from cnm.endpoint import Endpoint
+
+        return Endpoint(self._rt, self._rt.endpoint_record(ref, self.id))
+
+    def create_endpoint(
+        self,
+        name: str,
+        *,
+        ports: Sequence[PortBinding] = (),
+        ip: str | ipaddress.IPv4Address | None = None,
+    ) -> Endpoint:
+        """Create an endpoint on this network, with an address and its published ports.
+
+        Args:
+            name: unique within the network.
+            ports: ports to publish once the endpoint joins a sandbox.
+            ip: a specific address to take instead of the next free one.
+
+        Raises:
+            AlreadyExists, AddressInUse, PortInUse, Exhausted, InvalidConfig
+        """
+        from cnm.endpoint import create_endpoint
+
+        return create_endpoint(self._rt, self._rt.reload(self._record), name, ports=ports, ip=ip)
+
+    def delete(self) -> None:
+        """Delete the network. Succeeds if it is already gone.
+
+        Raises:
+            ActiveEndpoints: it still has endpoints; delete them first.
+            Forbidden: it is a predefined network.
+        """
+        delete_network(self._rt, self._record)
+
+
+def host_exclusions(rt: Runtime) -> list[IPNetwork]:
+    """The host namespace's addresses and routes, which default pools must avoid."""
+    with rt.host_netns.netlink() as nl:
+        found: list[IPNetwork] = [a.network for a in addresses.list_addresses(nl) if a.version == 4]
+        found += [r.destination for r in routes.list_routes(nl) if r.destination.prefixlen > 0]
+    return [n for n in found if not n.is_loopback and not n.is_link_local]
+
+
+def create_network(
+    rt: Runtime,
+    name: str,
+    *,
+    driver: str,
+    ipam: IPAMConfig | None,
+    options: Mapping[str, object] | None,
+    internal: bool,
+    labels: Mapping[str, str] | None,
+    predefined: bool = False,
+) -> Network:
+    """Create a network: validate, allocate its pool, then have the driver build it."""
+    validate_name(name, "network")
+    ipam = ipam or IPAMConfig()
+    drv = rt.registry.get(driver)
+    if not isinstance(internal, bool):
+        raise InvalidConfig(f"internal must be True or False, not {internal!r}")
+    user_options = dict(options or {})
+    normalised = drv.validate_network(
+        NetworkRequest(name=name, options=user_options, internal=internal, predefined=predefined)
+    )
+    exclude = host_exclusions(rt) if drv.capabilities.needs_address and ipam.subnet is None else []
+    network_id = new_id()
+    with rt.lock, Rollback(f"create network {name}") as undo:
+        record = _allocate_network(rt, network_id, name, driver, ipam, normalised, user_options, internal,
+                                   labels, predefined, exclude, needs_address=drv.capabilities.needs_address)
+        undo.done("allocate", lambda: _free_network(rt, record))
+        drv.create_network(rt.network_info(record))
+        record = _set_status(rt, record, rec.READY)
+    log.info("created network %s (%s, driver %s, subnet %s)", name, network_id[:12], driver, record.subnet)
+    return Network(rt, record)
+
+
+def _allocate_network(
+    rt: Runtime,
+    network_id: str,
+    name: str,
+    driver: str,
+    ipam: IPAMConfig,
+    options: Mapping[str, object],
+    user_options: Mapping[str, object],
+    internal: bool,
+    labels: Mapping[str, str] | None,
+    predefined: bool,
+    exclude: Sequence[IPNetwork],
+    *,
+    needs_address: bool,
+) -> rec.NetworkRecord:
+    with rt.store.transaction() as txn:
+        try:
+            txn.insert("network.name", name, {"id": network_id})
+        except KeyTaken as exc:
+            raise AlreadyExists(f"network {name!r} already exists; pick another name or delete it first") from exc
+        subnet = gateway = ip_range = pool_id = None
+        aux: dict[str, str] = {}
+        if needs_address:
+            pool = rt.ipam.request_pool(subnet=ipam.subnet, ip_range=ipam.ip_range, exclude=exclude, owner=name)
+            pool_id = pool.id
+            subnet = str(pool.subnet)
+            gw = rt.ipam.request_address(pool.id, ipam.gateway, owner=f"{name} gateway")
+            gateway = str(gw)
+            ip_range = None if pool.ip_range is None else str(pool.ip_range)
+            for aux_name, addr in ipam.aux_addresses.items():
+                rt.ipam.request_address(pool.id, addr, owner=f"{name} aux {aux_name}")
+                aux[aux_name] = str(addr)
+        elif ipam.subnet is not None:
+            raise InvalidConfig(f"driver {driver!r} gives no addresses; drop the ipam config")
+        record = rec.NetworkRecord(
+            id=network_id, name=name, driver=driver, options=dict(options), internal=internal,
+            labels=dict(labels or {}), subnet=subnet, gateway=gateway, ip_range=ip_range, aux_addresses=aux,
+            pool_id=pool_id, created=now(), predefined=predefined, user_options=dict(user_options),
+            user_gateway=ipam.gateway is not None, status=rec.CREATING,
+        )
+        txn.insert("network", network_id, rec.to_json(record))
+    return record
+
+
+def _free_network(rt: Runtime, record: rec.NetworkRecord) -> None:
+    with rt.store.transaction() as txn:
+        if record.pool_id is not None:
+            rt.ipam.release_pool(record.pool_id)
+        txn.delete("network.name", record.name)
+        txn.delete("network", record.id)
+
+
+def _set_status(rt: Runtime, record: rec.NetworkRecord, status: str) -> rec.NetworkRecord:
+    import attrs
+
+    updated = attrs.evolve(record, status=status)
+    with rt.store.transaction() as txn:
+        txn.put("network", record.id, rec.to_json(updated))
+    return updated
+
+
+def delete_network(rt: Runtime, record: rec.NetworkRecord, *, force_predefined: bool = False) -> None:
+    """Delete a network: refuse while endpoints exist; the driver removes its objects, then the store forgets it."""
+    with rt.lock:
+        with rt.store.transaction() as txn:
+            current = txn.get("network", record.id)
+            if current is None:
+                return
+            record = rec.from_json(rec.NetworkRecord, current)
+            if record.predefined and not force_predefined:
+                raise Forbidden(f"network {record.name!r} is predefined and cannot be deleted")
+            members = [v["name"] for _, v in txn.list("endpoint") if v["network_id"] == record.id]
+            if members:
+                raise ActiveEndpoints(
+                    f"network {record.name!r} still has endpoints {', '.join(sorted(members))}; delete them first"
+                )
+            record = _set_status(rt, record, rec.DELETING)
+        rt.driver(record).delete_network(rt.network_info(record))
+        _free_network(rt, record)
+    log.info("deleted network %s (%s)", record.name, record.id[:12])
