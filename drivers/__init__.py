@@ -1,0 +1,1 @@
+"""Built-in drivers; written only against cnm's public driver API, like any third-party driver."""

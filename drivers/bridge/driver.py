@@ -1,0 +1,138 @@
+"""The bridge driver: a Linux bridge per network, a veth per endpoint, NAT through the firewall."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import ClassVar
+
+from cnm.driverapi import (
+    Capabilities,
+    Driver,
+    DriverContext,
+    EndpointInfo,
+    JoinResult,
+    NetworkInfo,
+    NetworkRequest,
+    PortPublisher,
+    SandboxInfo,
+)
+from cnm.errors import InvalidConfig
+from cnm.firewall import FirewallNetwork, PortMapping
+from cnm.kernel import links
+
+from . import setup
+from .config import BridgeOptions
+
+__all__ = ["BridgeDriver"]
+
+log = logging.getLogger(__name__)
+
+
+def host_veth_name(endpoint_id: str) -> str:
+    """The host end of an endpoint's veth: ``cnm`` and 12 digits of its id (15 bytes)."""
+    return "cnm" + endpoint_id[:12]
+
+
+class BridgeDriver:
+    """Docker's bridge driver: endpoints on one bridge talk directly; NAT and published ports to the outside."""
+
+    name: ClassVar[str] = "bridge"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, context: DriverContext) -> None:
+        self._host = context.host_netns
+        self._firewall = context.firewall
+
+    # --- helpers ---------------------------------------------------------------
+    @staticmethod
+    def options(network: NetworkInfo) -> BridgeOptions:
+        """The network's parsed options."""
+        return BridgeOptions.parse(network.options)
+
+    @classmethod
+    def bridge_name(cls, network: NetworkInfo) -> str:
+        """The bridge device of a network."""
+        return cls.options(network).bridge_name or "cnm-" + network.id[:11]
+
+    def firewall_network(self, network: NetworkInfo) -> FirewallNetwork:
+        """How the firewall sees a network."""
+        opts = self.options(network)
+        pool = network.ipv4[0].pool
+        if not isinstance(pool, ipaddress.IPv4Network):
+            raise InvalidConfig(f"network {network.name!r} has no IPv4 subnet; the bridge driver needs one")
+        return FirewallNetwork(
+            id=network.id, interface=self.bridge_name(network), subnet=pool, icc=opts.icc,
+            masquerade=opts.masquerade, internal=network.internal,
+        )
+
+    # --- verbs -------------------------------------------------------------------
+    def validate_network(self, network: NetworkRequest) -> dict[str, object]:
+        """Parse and check the options; see :class:`BridgeOptions`."""
+        return BridgeOptions.parse(network.options).to_json()
+
+    def create_network(self, network: NetworkInfo) -> None:
+        """Create the bridge with the gateway address, set the sysctls, install the firewall rules."""
+        if not network.ipv4:
+            raise InvalidConfig(f"network {network.name!r} has no address pool; the bridge driver needs one")
+        setup.create_network(self._host, self._firewall, self.bridge_name(network), self.options(network).mtu,
+                             network.ipv4[0].gateway, self.firewall_network(network))
+        log.info("bridge network %s ready on %s", network.name, self.bridge_name(network))
+
+    def delete_network(self, network: NetworkInfo) -> None:
+        """Remove the rules and the bridge; succeed if they are gone."""
+        self._firewall.teardown_network(self.firewall_network(network))
+        with self._host.netlink() as nl:
+            links.delete_link(nl, self.bridge_name(network))
+
+    def create_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """Check the endpoint has an address; its veth is made at join."""
+        if endpoint.address is None:
+            raise InvalidConfig(f"endpoint {endpoint.name!r} has no address; the bridge driver needs one")
+
+    def delete_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """Remove a veth left by an interrupted leave; nothing else to do."""
+        with self._host.netlink() as nl:
+            links.delete_link(nl, host_veth_name(endpoint.id))
+
+    def join(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo, ifname: str) -> JoinResult:
+        """Make a veth whose inner end is born in the sandbox as ``ifname``, its outer end on the bridge."""
+        setup.attach_veth(self._host, sandbox.netns, host_veth_name(endpoint.id), ifname,
+                          self.bridge_name(network), endpoint.mac, self.options(network).mtu)
+        gateway = network.ipv4[0].gateway
+        return JoinResult(
+            interface=ifname,
+            gateway=None if network.internal or gateway is None else ipaddress.IPv4Address(gateway.ip),
+        )
+
+    def leave(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo) -> None:
+        """Delete the veth (both ends go); succeed if it is gone."""
+        with self._host.netlink() as nl:
+            links.delete_link(nl, host_veth_name(endpoint.id))
+
+    # --- published ports -----------------------------------------------------------
+    def _mappings(self, endpoint: EndpointInfo) -> list[PortMapping]:
+        if endpoint.address is None:
+            return []
+        mappings = []
+        for port in endpoint.ports:
+            if port.host_port is None:
+                raise InvalidConfig(f"port {port} of endpoint {endpoint.name!r} has no host port resolved")
+            host_ip = port.host_ip if isinstance(port.host_ip, ipaddress.IPv4Address) else None
+            if host_ip is not None and host_ip.is_unspecified:
+                host_ip = None
+            mappings.append(PortMapping(protocol=port.protocol, host_port=port.host_port, host_ip=host_ip,
+                                        container_ip=endpoint.address.ip, container_port=port.container_port))
+        return mappings
+
+    def publish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """DNAT the endpoint's host ports to it."""
+        self._firewall.add_ports(self.firewall_network(network), self._mappings(endpoint))
+
+    def unpublish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """Withdraw the endpoint's DNAT rules."""
+        self._firewall.remove_ports(self.firewall_network(network), self._mappings(endpoint))
+
+
+_: type[Driver] = BridgeDriver
+_publisher: type[PortPublisher] = BridgeDriver

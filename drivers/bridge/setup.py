@@ -1,0 +1,64 @@
+"""The bridge driver's steps, each idempotent, run in order with undo on failure."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from cnm.errors import AlreadyExists, CNMError
+from cnm.firewall import Firewall, FirewallNetwork
+from cnm.kernel import addresses, links, sysctl
+from cnm.kernel.netns import NetNS
+
+__all__ = ["attach_veth", "create_network"]
+
+log = logging.getLogger(__name__)
+
+
+def create_network(
+    host: NetNS,
+    firewall: Firewall,
+    bridge: str,
+    mtu: int,
+    gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
+    fw_network: FirewallNetwork,
+) -> None:
+    """Bridge, gateway address, sysctls, firewall rules; on failure undo what was done."""
+    with host.netlink() as nl:
+        if links.get_link(nl, bridge) is not None:
+            raise AlreadyExists(f"a link named {bridge} already exists in the host namespace; pick another bridge_name")
+        links.ensure_bridge(nl, bridge, mtu=mtu, up=False)
+        try:
+            if gateway is not None:
+                addresses.add_address(nl, bridge, gateway)
+            enable_forwarding(host, bridge)
+            links.set_link(nl, bridge, up=True)
+            firewall.setup_network(fw_network)
+        except BaseException:
+            links.delete_link(nl, bridge)
+            raise
+
+
+def enable_forwarding(host: NetNS, bridge: str) -> None:
+    """Routing between the bridge and the host, filtering of bridged traffic, and DNAT from 127.0.0.1.
+
+    bridge-nf-call-iptables makes bridged frames cross iptables, which icc=false
+    and the hairpin need; route_localnet lets host->127.0.0.1:published be
+    DNATed onto the bridge.
+    """
+    sysctl.set_sysctl(host, "net.ipv4.ip_forward", "1")
+    sysctl.set_sysctl(host, "net.bridge.bridge-nf-call-iptables", "1")
+    sysctl.set_sysctl(host, f"net/ipv4/conf/{bridge}/route_localnet", "1")
+
+
+def attach_veth(host: NetNS, sandbox: NetNS, host_name: str, ifname: str, bridge: str, mac: str | None,
+                mtu: int) -> None:
+    """A veth whose peer is born in the sandbox, the host end enslaved to the bridge with hairpin on."""
+    with host.netlink() as nl:
+        links.add_veth(nl, host_name, ifname, sandbox, peer_mac=mac, mtu=mtu, master=bridge)
+        try:
+            # Hairpin lets a sandbox reach its own published port through the host address.
+            links.set_hairpin(nl, host_name, True)
+        except CNMError:
+            links.delete_link(nl, host_name)
+            raise

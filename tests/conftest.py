@@ -1,0 +1,44 @@
+"""Shared fixtures: every kernel test gets its own throwaway namespaces.
+
+Nothing here touches the machine's root namespace: host and outside
+namespaces are created per test with unique names and removed afterwards, and
+a test that leaves a namespace behind fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+pytest_plugins = ["cnm.testing.fixtures"]
+
+
+def _root_namespaces() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_namespaces(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a kernel test that leaves a named namespace of its own behind."""
+    if request.node.get_closest_marker("kernel") is None:
+        yield
+        return
+    before = _root_namespaces()
+    yield
+    leaked = {name for name in _root_namespaces() - before if name.startswith("cnmt-")}
+    for name in leaked:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+    assert not leaked, f"test leaked network namespaces: {sorted(leaked)}"
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short random suffix for names that must not clash between tests."""
+    return secrets.token_hex(3)
