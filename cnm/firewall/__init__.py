@@ -1,0 +1,118 @@
+"""The firewall seam: what drivers ask of a packet filter, independent of its backend.
+
+A driver describes a network (:class:`FirewallNetwork`), its published ports
+(:class:`PortMapping`) and legacy links (:class:`LinkRule`); a backend turns
+them into rules in the controller's host namespace. The python-iptables
+backend (:mod:`cnm.firewall.iptables`) follows Docker's layout; an nftables
+backend can follow later behind the same :class:`Firewall` protocol.
+
+Every rule a backend writes is tagged as cnm's, so :meth:`Firewall.cleanup`
+finds exactly cnm's rules and nothing else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from cnm.types import PortRange, TransportProtocol
+
+__all__ = ["Firewall", "FirewallNetwork", "LinkRule", "NetworkRules", "PortMapping"]
+
+
+@attrs.frozen(kw_only=True)
+class FirewallNetwork:
+    """One network as the firewall sees it.
+
+    Attributes:
+        id: the network id; rules are tagged with its first 12 characters.
+        interface: the host-side interface the network's traffic crosses (the bridge).
+        subnet: the network's IPv4 subnet.
+        icc: whether endpoints on this network may talk to each other.
+        masquerade: whether traffic leaving the host from this subnet is masqueraded.
+        internal: whether traffic may not leave the network at all.
+    """
+
+    id: str
+    interface: str
+    subnet: ipaddress.IPv4Network
+    icc: bool = True
+    masquerade: bool = True
+    internal: bool = False
+
+    @property
+    def tag(self) -> str:
+        """The tag carried by every rule of this network."""
+        return f"cnm:{self.id[:12]}"
+
+
+@attrs.frozen(kw_only=True, order=True)
+class PortMapping:
+    """A published port, resolved: which host port goes to which container address.
+
+    ``host_port`` and ``container_port`` have equal length, or ``container_port``
+    is a single port that every host port of the range maps to.
+    """
+
+    protocol: TransportProtocol
+    host_port: PortRange
+    container_ip: ipaddress.IPv4Address
+    container_port: PortRange
+    host_ip: ipaddress.IPv4Address | None = None
+
+
+@attrs.frozen(kw_only=True, order=True)
+class LinkRule:
+    """A legacy link on an icc=false network: ``source`` may reach ``target`` on ``ports``."""
+
+    source_ip: ipaddress.IPv4Address
+    target_ip: ipaddress.IPv4Address
+    ports: tuple[tuple[TransportProtocol, int], ...]
+
+
+@attrs.frozen(kw_only=True)
+class NetworkRules:
+    """Everything one network needs in the firewall, for :meth:`Firewall.reapply`."""
+
+    network: FirewallNetwork
+    ports: tuple[PortMapping, ...] = ()
+    links: tuple[LinkRule, ...] = ()
+
+
+@runtime_checkable
+class Firewall(Protocol):
+    """A packet-filter backend bound to one host namespace.
+
+    Every method is one atomic change (one commit per table); adding what is
+    already there and removing what is already gone both succeed.
+    """
+
+    def setup_network(self, network: FirewallNetwork) -> None:
+        """Install the network-level rules: forwarding, isolation, NAT, icc, internal."""
+
+    def teardown_network(self, network: FirewallNetwork) -> None:
+        """Remove every rule of the network, its ports and links included."""
+
+    def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
+        """Publish ports (DNAT, forward accept, hairpin masquerade)."""
+
+    def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
+        """Withdraw published ports."""
+
+    def add_link(self, network: FirewallNetwork, link: LinkRule) -> None:
+        """Allow a legacy link's ports through on an icc=false network."""
+
+    def remove_link(self, network: FirewallNetwork, link: LinkRule) -> None:
+        """Withdraw a legacy link's rules."""
+
+    def reapply(self, networks: Sequence[NetworkRules]) -> None:
+        """Rebuild every cnm rule from this description, dropping any other cnm rule."""
+
+    def cleanup(self, keep: Collection[str] = ()) -> int:
+        """Remove every cnm rule whose network id is not in ``keep``; return how many.
+
+        With ``keep`` empty, cnm's chains go too.
+        """

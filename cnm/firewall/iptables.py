@@ -1,0 +1,543 @@
+"""The python-iptables (libiptc, legacy xtables) firewall backend, in Docker's layout.
+
+:class:`IptablesFirewall` writes Docker's ``--userland-proxy=false`` rule layout
+(cnm runs no userland proxy) with cnm's own chains, described in
+:mod:`cnm.firewall._iptables_rules`.
+
+Every public method is one forked child (:meth:`NetNS.run_in`) that entered the
+namespace, took the xtables lock, read each table it needs once, changed it and
+committed it once. python-iptables keeps process-wide ``Table`` singletons bound
+to the namespace where they were first used (pitfalls B4), so it is never used
+outside such a child; the parent only imports the module, so that every child
+inherits the import instead of paying for it.
+
+Rules are handled as raw libiptc entries wherever possible: presence is asked of
+libiptc (``iptc_check_entry``) and scans read only each entry's comment, so no
+chain is parsed into python-iptables ``Rule`` objects; a thousand published
+ports cost a thousand memcmp's in C, not a thousand Python objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import glob
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from cnm.errors import CNMError, KernelError
+from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
+from cnm.firewall._iptables_rules import (
+    CHAINS,
+    SHARED_TAG,
+    STAGE_1_JUMP,
+    TAG_PREFIX,
+    Block,
+    RuleSpec,
+    TableName,
+    base_blocks,
+    link_blocks,
+    network_blocks,
+    port_blocks,
+)
+from cnm.kernel.netns import NetNS
+
+__all__ = ["DEFAULT_LOCK_PATH", "LOCK_TIMEOUT", "IptablesFirewall"]
+
+log = logging.getLogger(__name__)
+
+#: The lock every xtables-legacy user takes (iptables ``-w``); ``XTABLES_LOCKFILE`` overrides it.
+DEFAULT_LOCK_PATH = "/run/xtables.lock"
+#: Seconds to wait for the xtables lock before giving up.
+LOCK_TIMEOUT = 10.0
+
+_T = TypeVar("_T")
+_TABLES: tuple[TableName, ...] = ("filter", "nat")
+_BUILTIN_CHAINS: dict[TableName, tuple[str, ...]] = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+}
+# struct xt_entry_match: u16 match_size, char name[29], u8 revision, then the data.
+_MATCH_HEADER = struct.Struct("=H29sB")
+_COMMENT_LEN = 256  # XT_MAX_COMMENT_LEN
+
+
+def _load_iptc() -> Any:
+    """Import python-iptables once, without letting it run ldconfig."""
+    if "XTABLES_LIBDIR" not in os.environ:
+        # Without it, importing iptc runs "ldconfig -N -v" to find the extensions (pitfalls B6).
+        found = sorted(glob.glob("/usr/lib/*/xtables")) + sorted(glob.glob("/usr/lib*/xtables"))
+        if found:
+            os.environ["XTABLES_LIBDIR"] = found[0]
+    try:
+        import iptc  # imported on first use: importing it loads kernel modules and C libraries
+        import iptc.ip4tc
+        import iptc.xtables
+    except Exception as exc:  # any import failure (missing C library, no extensions dir) makes the backend unusable
+        raise KernelError(
+            f"python-iptables cannot be loaded ({type(exc).__name__}: {exc}); "
+            "install libiptc/libxtables and set XTABLES_LIBDIR to the xtables extension directory"
+        ) from exc
+    return iptc
+
+
+@contextlib.contextmanager
+def _iptc_errors(what: str) -> Iterator[None]:
+    """The one place where python-iptables errors become :class:`KernelError`."""
+    import iptc.xtables  # only ever entered in a child, after _load_iptc
+
+    try:
+        yield
+    except CNMError:
+        raise
+    except (iptc.IPTCError, iptc.xtables.XTablesError, ValueError) as exc:
+        raise KernelError(f"{what} failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _xtables_lock(path: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the xtables lock: libiptc takes none, and a commit replaces the whole table (pitfalls B3)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise KernelError(f"cannot open the xtables lock {path}: {exc.strerror}", exc.errno) from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise KernelError(
+                        f"the xtables lock {path} is still held by another process after {timeout:g} s; "
+                        "is an iptables command or another firewall manager stuck?",
+                        errno.ETIMEDOUT,
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+class _Table:
+    """One libiptc table handle inside the child: raw-entry helpers around python-iptables."""
+
+    def __init__(self, iptc: Any, name: TableName) -> None:
+        self.name = name
+        self.dirty = False
+        self._iptc = iptc
+        # Bypass Table's process-wide cache: this child owns a fresh handle (pitfalls B4, B5).
+        table = object.__new__(iptc.Table)
+        with _iptc_errors(f"read the {name} table"):
+            table._init(name, False)  # the only way to get an uncached handle
+        self._table = table
+
+        class _Rule(iptc.Rule):  # type: ignore[misc]
+            # python-iptables decides whether a target is a chain by asking Rule.tables, which opens
+            # the process-wide cached Table of every table (five iptc_init calls per rule) and cannot
+            # see a chain this child created but has not committed yet; answer from our own handle.
+            @property
+            def tables(self) -> list[Any]:
+                return [table]
+
+        self._rule_class = _Rule
+        self._lib = iptc.ip4tc._libiptc  # iptc_check_entry is not wrapped by python-iptables
+        self._errno = iptc.ip4tc._get_errno_loc
+        self._entry_size = iptc.xtables.xt_align(ctypes.sizeof(iptc.ip4tc.ipt_entry))
+        # The Rule is kept with its entry: its match and target buffers must outlive the child's use of them.
+        self._built: dict[RuleSpec, tuple[Any, Any, Any]] = {}
+        self.base_ensured = False
+
+    # -- chains -----------------------------------------------------------------
+    def has_chain(self, chain: str) -> bool:
+        return bool(self._table.is_chain(chain))
+
+    def ensure_chain(self, chain: str) -> None:
+        if not self.has_chain(chain):
+            with _iptc_errors(f"create chain {chain} in table {self.name}"):
+                self._table.create_chain(chain)
+            self.dirty = True
+
+    def flush_and_delete(self, chains: Sequence[str]) -> int:
+        """Flush every chain of ``chains`` that exists, then delete the unreferenced ones; count the rules."""
+        present = [c for c in chains if self.has_chain(c)]
+        removed = 0
+        for chain in present:
+            removed += len(self.comments(chain))
+            with _iptc_errors(f"flush chain {chain} in table {self.name}"):
+                self._table.flush_entries(chain)
+            self.dirty = True
+        for chain in present:
+            refs = ctypes.c_uint(0)
+            handle = self._table._handle
+            self._lib.iptc_get_references(ctypes.byref(refs), chain.encode(), handle)
+            if refs.value:
+                log.warning(
+                    "keeping chain %s in table %s: %d rules not cnm's still jump to it", chain, self.name, refs.value
+                )
+                continue
+            with _iptc_errors(f"delete chain {chain} in table {self.name}"):
+                self._table.delete_chain(chain)
+        return removed
+
+    # -- rules by value ---------------------------------------------------------
+    def _build(self, spec: RuleSpec) -> tuple[Any, Any]:
+        """The libiptc entry and match mask of ``spec``, built once per child."""
+        built = self._built.get(spec)
+        if built is not None:
+            return built[0], built[1]
+        with _iptc_errors(f"build rule {spec} in table {self.name}"):
+            rule = self._rule_class()
+            for attr, value in (
+                ("src", spec.source),
+                ("dst", spec.destination),
+                ("in_interface", spec.in_interface),
+                ("out_interface", spec.out_interface),
+                ("protocol", spec.protocol),
+            ):
+                if value is not None:
+                    setattr(rule, attr, value)
+            for module, options in (*spec.matches, ("comment", (("comment", spec.comment),))):
+                match = rule.create_match(module)
+                for option, value in options:
+                    match.set_parameter(option, value)
+            target = rule.create_target(spec.target)
+            for option, value in spec.target_options:
+                target.set_parameter(option, value)
+            rule.final_check()
+            entry, mask = rule.rule, rule.mask
+            if not entry:
+                raise ValueError("python-iptables produced an empty entry")
+        self._built[spec] = (entry, mask, rule)
+        return entry, mask
+
+    def contains(self, spec: RuleSpec) -> bool:
+        if not self.has_chain(spec.chain):
+            return False
+        entry, mask = self._build(spec)
+        return bool(self._lib.iptc_check_entry(spec.chain.encode(), entry, mask, self._table._handle))
+
+    def insert(self, spec: RuleSpec, position: int) -> None:
+        entry, _ = self._build(spec)
+        with _iptc_errors(f"insert rule {spec} at {position + 1} in table {self.name}"):
+            self._table.insert_entry(spec.chain, entry, position)
+        self.dirty = True
+
+    def append(self, spec: RuleSpec) -> None:
+        entry, _ = self._build(spec)
+        with _iptc_errors(f"append rule {spec} in table {self.name}"):
+            self._table.append_entry(spec.chain, entry)
+        self.dirty = True
+
+    def delete(self, spec: RuleSpec) -> bool:
+        """Delete the first rule equal to ``spec``; False when there is none."""
+        if not self.has_chain(spec.chain):
+            return False
+        entry, mask = self._build(spec)
+        handle = self._table._handle
+        if self._lib.iptc_delete_entry(spec.chain.encode(), entry, mask, handle) == 1:
+            self.dirty = True
+            return True
+        code = self._errno()[0]
+        if code == errno.ENOENT:
+            return False
+        raise KernelError(f"delete rule {spec} in table {self.name} failed: {self._table.strerror()}", code)
+
+    # -- rules by scanning ------------------------------------------------------
+    def _comment(self, entry: Any) -> str | None:
+        raw = ctypes.string_at(ctypes.addressof(entry), entry.target_offset)
+        offset = self._entry_size
+        while offset + _MATCH_HEADER.size <= len(raw):
+            size, name, _ = _MATCH_HEADER.unpack_from(raw, offset)
+            if size == 0:
+                break
+            if name.split(b"\0", 1)[0] == b"comment":  # the name is not zero-padded: garbage follows the NUL
+                start = offset + _MATCH_HEADER.size
+                return raw[start : start + _COMMENT_LEN].split(b"\0", 1)[0].decode(errors="replace")
+            offset += size
+        return None
+
+    def comments(self, chain: str) -> list[str | None]:
+        """The comment of every rule of ``chain``, by position; reads no rule into Python objects."""
+        if not self.has_chain(chain):
+            return []
+        result: list[str | None] = []
+        table = self._table
+        entry = table.first_rule(chain)
+        while entry:
+            result.append(self._comment(entry))
+            entry = table.next_rule(entry)
+        return result
+
+    def position_of(self, chain: str, target: str, comment: str) -> int | None:
+        """Index of the first rule of ``chain`` jumping to ``target`` with ``comment``."""
+        table = self._table
+        entry, index = table.first_rule(chain), 0
+        while entry:
+            if self._comment(entry) == comment and (table.get_target(entry) or b"").decode() == target:
+                return index
+            entry, index = table.next_rule(entry), index + 1
+        return None
+
+    def delete_where(self, chain: str, doomed: Callable[[str | None], bool]) -> int:
+        """Delete every rule of ``chain`` whose comment satisfies ``doomed``; return how many."""
+        positions = [i for i, comment in enumerate(self.comments(chain)) if doomed(comment)]
+        for position in reversed(positions):  # from the end, so earlier positions stay valid
+            if self._lib.iptc_delete_num_entry(chain.encode(), position, self._table._handle) != 1:
+                raise KernelError(
+                    f"delete rule {position + 1} of chain {chain} in table {self.name} failed: "
+                    f"{self._table.strerror()}",
+                    self._errno()[0],
+                )
+        if positions:
+            self.dirty = True
+        return len(positions)
+
+    def commit(self) -> None:
+        if self.dirty:
+            with _iptc_errors(f"commit table {self.name}"):
+                self._table.commit()
+
+
+class _Session:
+    """The work of one public call inside the child: tables opened on first use, committed once each."""
+
+    def __init__(self, iptc: Any) -> None:
+        self._iptc = iptc
+        self._tables: dict[TableName, _Table] = {}
+
+    def table(self, name: TableName) -> _Table:
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = _Table(self._iptc, name)
+        return table
+
+    def existing(self, name: TableName) -> _Table | None:
+        """The table if the namespace has it already; removals never open one.
+
+        A legacy table comes into being in a namespace when first opened, so
+        opening it only to find nothing to remove would leave a trace.
+        """
+        if name not in self._tables:
+            try:
+                with open("/proc/net/ip_tables_names") as names:
+                    if name not in names.read().split():
+                        return None
+            except FileNotFoundError:
+                return None  # no ip_tables module at all: certainly no cnm rules
+        return self.table(name)
+
+    def commit(self) -> None:
+        for name in _TABLES:  # filter before nat: a packet is never DNATed towards a network not yet open
+            if name in self._tables:
+                self._tables[name].commit()
+
+    # -- placing blocks ---------------------------------------------------------
+    def ensure_base(self, name: TableName) -> _Table:
+        """Create cnm's chains of table ``name`` and their shared jumps and tails, once per child."""
+        table = self.table(name)
+        if not table.base_ensured:
+            table.base_ensured = True  # set first: placing the base blocks comes back here
+            for chain in CHAINS[name]:
+                table.ensure_chain(chain)
+            for block in base_blocks(name):
+                self._place(table, block)
+        return table
+
+    def place(self, blocks: Iterable[Block]) -> None:
+        for block in blocks:
+            self._place(self.ensure_base(block.table), block)
+
+    def _place(self, table: _Table, block: Block) -> None:
+        rules = block.rules
+        if block.where == "append":
+            for spec in rules:
+                if not table.contains(spec):
+                    table.append(spec)
+            return
+        present = [table.contains(spec) for spec in rules]
+        if all(present):
+            return
+        # A block is kept whole and in order: drop the part that survived, insert it all again.
+        for spec, found in zip(rules, present, strict=True):
+            if found:
+                table.delete(spec)
+        position = 0
+        if block.where == "after-first":
+            found_at = table.position_of(block.chain, STAGE_1_JUMP.target, STAGE_1_JUMP.comment)
+            position = 0 if found_at is None else found_at + 1
+        for offset, spec in enumerate(rules):
+            table.insert(spec, position + offset)
+
+    def remove(self, blocks: Iterable[Block]) -> None:
+        for block in blocks:
+            table = self.existing(block.table)
+            if table is not None:
+                for spec in block.rules:
+                    table.delete(spec)
+
+    def remove_tagged(self, doomed: Callable[[str | None], bool], *, builtin: bool) -> int:
+        """Delete the rules whose comment satisfies ``doomed`` from cnm's chains (and the builtin ones)."""
+        removed = 0
+        for name in _TABLES:
+            table = self.existing(name)
+            if table is None:
+                continue
+            chains = CHAINS[name] + (_BUILTIN_CHAINS[name] if builtin else ())
+            for chain in chains:
+                removed += table.delete_where(chain, doomed)
+        return removed
+
+
+def _is_network_rule(comment: str | None) -> bool:
+    return comment is not None and comment.startswith(TAG_PREFIX)
+
+
+class IptablesFirewall:
+    """A :class:`~cnm.firewall.Firewall` on python-iptables, bound to one host namespace.
+
+    Args:
+        netns: the namespace whose iptables (legacy xtables) cnm manages.
+        lock_path: the xtables lock file; defaults to ``$XTABLES_LOCKFILE`` or
+            ``/run/xtables.lock``, the lock ``iptables -w`` takes.
+        lock_timeout: seconds to wait for that lock before raising KernelError.
+
+    Example::
+
+        fw = IptablesFirewall(NetNS.named("h1"))
+        fw.setup_network(FirewallNetwork(id=net_id, interface="br-1", subnet=subnet))
+    """
+
+    def __init__(self, netns: NetNS, *, lock_path: str | None = None, lock_timeout: float = LOCK_TIMEOUT) -> None:
+        self._netns = netns
+        self._lock_path = lock_path or os.environ.get("XTABLES_LOCKFILE") or DEFAULT_LOCK_PATH
+        self._lock_timeout = lock_timeout
+
+    @property
+    def netns(self) -> NetNS:
+        """The namespace this firewall writes to."""
+        return self._netns
+
+    def __repr__(self) -> str:
+        return f"IptablesFirewall(netns={self._netns.path!r})"
+
+    def _run(self, what: str, work: Callable[[_Session], _T]) -> _T:
+        """Do ``work`` in a child inside the namespace, under the xtables lock, committing once per table."""
+        iptc = _load_iptc()  # in the parent, so every child inherits the import
+        lock_path, lock_timeout = self._lock_path, self._lock_timeout
+
+        def child() -> _T:
+            with _xtables_lock(lock_path, lock_timeout), _iptc_errors(what):
+                session = _Session(iptc)
+                result = work(session)
+                session.commit()
+                return result
+
+        log.debug("%s in %s", what, self._netns.name)
+        try:
+            return self._netns.run_in(child)
+        except KernelError as exc:
+            if what in str(exc):
+                raise
+            raise KernelError(f"{what} in {self._netns.name}: {exc}", exc.errno) from exc
+
+    def setup_network(self, network: FirewallNetwork) -> None:
+        """Install the network-level rules: forwarding, isolation, NAT, icc, internal."""
+        self._run(f"set up firewall for network {network.id[:12]}", lambda s: s.place(network_blocks(network)))
+
+    def teardown_network(self, network: FirewallNetwork) -> None:
+        """Remove every rule of the network, its ports and links included."""
+        tag = network.tag
+        self._run(
+            f"tear down firewall for network {network.id[:12]}",
+            lambda s: s.remove_tagged(lambda comment: comment == tag, builtin=False),
+        )
+
+    def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
+        """Publish ports (DNAT, forward accept, hairpin masquerade)."""
+        blocks = [block for port in ports for block in port_blocks(network, port)]
+        if blocks:
+            self._run(f"publish {_describe(ports)} on network {network.id[:12]}", lambda s: s.place(blocks))
+
+    def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
+        """Withdraw published ports."""
+        blocks = [block for port in ports for block in port_blocks(network, port)]
+        if blocks:
+            self._run(f"withdraw {_describe(ports)} on network {network.id[:12]}", lambda s: s.remove(blocks))
+
+    def add_link(self, network: FirewallNetwork, link: LinkRule) -> None:
+        """Allow a legacy link's ports through on an icc=false network."""
+        blocks = link_blocks(network, link)
+        if blocks:
+            what = f"link {link.source_ip} -> {link.target_ip} on network {network.id[:12]}"
+            self._run(f"allow {what}", lambda s: s.place(blocks))
+
+    def remove_link(self, network: FirewallNetwork, link: LinkRule) -> None:
+        """Withdraw a legacy link's rules."""
+        blocks = link_blocks(network, link)
+        if blocks:
+            what = f"link {link.source_ip} -> {link.target_ip} on network {network.id[:12]}"
+            self._run(f"withdraw {what}", lambda s: s.remove(blocks))
+
+    def reapply(self, networks: Sequence[NetworkRules]) -> None:
+        """Rebuild every cnm rule from this description, dropping any other cnm rule.
+
+        ``networks`` are given in creation order (the newest last), as setup
+        saw them. Everything is rebuilt in one child and committed once per
+        table, so there is no moment without rules; rules that are not cnm's
+        are left where they are.
+        """
+
+        def work(session: _Session) -> None:
+            session.remove_tagged(_is_network_rule, builtin=True)
+            for name in _TABLES:
+                # Repair the shared jumps of a table cnm already uses, even if no network needs it now.
+                table = session.existing(name)
+                if table is not None and any(table.has_chain(chain) for chain in CHAINS[name]):
+                    session.ensure_base(name)
+            for item in networks:
+                session.place(network_blocks(item.network))
+                session.place(block for port in item.ports for block in port_blocks(item.network, port))
+                session.place(block for link in item.links for block in link_blocks(item.network, link))
+
+        self._run(f"reapply firewall rules of {len(networks)} networks", work)
+
+    def cleanup(self, keep: Collection[str] = ()) -> int:
+        """Remove every cnm rule whose network id is not in ``keep``; return how many.
+
+        With ``keep`` empty, cnm's chains and shared jumps go too, leaving the
+        tables as they were before cnm came.
+        """
+        kept = {TAG_PREFIX + network_id[:12] for network_id in keep}
+
+        def doomed(comment: str | None) -> bool:
+            return _is_network_rule(comment) and comment not in kept
+
+        def work(session: _Session) -> int:
+            removed = session.remove_tagged(doomed, builtin=True)
+            if not kept:
+                removed += session.remove_tagged(lambda comment: comment == SHARED_TAG, builtin=True)
+                for name in _TABLES:
+                    table = session.existing(name)
+                    if table is not None:
+                        removed += table.flush_and_delete(CHAINS[name])
+            return removed
+
+        removed = self._run("clean up cnm firewall rules", work)
+        log.info("removed %d cnm firewall rules from %s", removed, self._netns.name)
+        return removed
+
+
+def _describe(ports: Sequence[PortMapping]) -> str:
+    shown = ", ".join(f"{p.host_port}/{p.protocol}" for p in ports[:3])
+    return f"ports {shown}" + (f" and {len(ports) - 3} more" if len(ports) > 3 else "")
+
+
+_: type[Firewall] = IptablesFirewall

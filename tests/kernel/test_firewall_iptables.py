@@ -1,0 +1,296 @@
+"""IptablesFirewall against the real kernel, compared with golden rule dumps.
+
+Each test gets its own throwaway namespace ("host") holding one rule that is
+not cnm's (``-A FORWARD -s 10.9.9.9/32 -j ACCEPT``), which every golden file
+shows surviving. Set ``CNM_UPDATE_GOLDEN=1`` to rewrite the golden files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import re
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cnm.errors import KernelError
+from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
+from cnm.firewall.iptables import IptablesFirewall
+from cnm.kernel import netns
+from cnm.kernel.netns import NetNS
+from cnm.types import PortRange
+
+pytestmark = pytest.mark.kernel
+
+GOLDEN = Path(__file__).parent / "golden" / "firewall"
+FOREIGN_RULE = "-A FORWARD -s 10.9.9.9/32 -j ACCEPT"
+
+NET_A = FirewallNetwork(id="a1" * 32, interface="br-a1a1a1a1a1a1", subnet=ipaddress.IPv4Network("172.28.0.0/16"))
+NET_B = FirewallNetwork(id="b2" * 32, interface="br-b2b2b2b2b2b2", subnet=ipaddress.IPv4Network("172.29.0.0/16"))
+NET_NOICC = FirewallNetwork(
+    id="c3" * 32, interface="br-c3c3c3c3c3c3", subnet=ipaddress.IPv4Network("172.30.0.0/16"), icc=False
+)
+NET_INTERNAL = FirewallNetwork(
+    id="d4" * 32,
+    interface="br-d4d4d4d4d4d4",
+    subnet=ipaddress.IPv4Network("172.31.0.0/16"),
+    internal=True,
+    masquerade=False,
+)
+
+
+def _port(proto: str, host: str, ip: str, container: str, host_ip: str | None = None) -> PortMapping:
+    return PortMapping(
+        protocol=proto,  # type: ignore[arg-type]
+        host_port=PortRange.parse(host),
+        container_ip=ipaddress.IPv4Address(ip),
+        container_port=PortRange.parse(container),
+        host_ip=None if host_ip is None else ipaddress.IPv4Address(host_ip),
+    )
+
+
+PORTS_A = (
+    _port("tcp", "8080", "172.28.0.2", "80"),
+    _port("udp", "9000-9010", "172.28.0.2", "900-910", host_ip="192.0.2.1"),
+    _port("tcp", "7000-7002", "172.28.0.3", "70"),
+)
+PORTS_B = (_port("tcp", "8443", "172.29.0.2", "443"),)
+LINK = LinkRule(
+    source_ip=ipaddress.IPv4Address("172.30.0.3"),
+    target_ip=ipaddress.IPv4Address("172.30.0.2"),
+    ports=(("tcp", 3306), ("udp", 5432)),
+)
+PORTS_NOICC = (_port("tcp", "8081", "172.30.0.2", "80"),)
+
+
+def _ipt(ns: NetNS, *args: str) -> str:
+    result = subprocess.run(["ip", "netns", "exec", ns.name, *args], capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def _normalise(text: str) -> str:
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return "\n".join(re.sub(r"\s*\[\d+:\d+\]", "", line) for line in lines) + "\n"
+
+
+def saved(ns: NetNS, *tables: str) -> str:
+    """The namespace's legacy rules, normalised: no comments, no counters, order kept."""
+    if not tables:
+        return _normalise(_ipt(ns, "iptables-legacy-save"))
+    return "".join(_normalise(_ipt(ns, "iptables-legacy-save", "-t", table)) for table in tables)
+
+
+def assert_golden(ns: NetNS, case: str) -> None:
+    """Compare the filter and nat tables with ``golden/firewall/<case>.rules``."""
+    actual = saved(ns, "filter", "nat")
+    path = GOLDEN / f"{case}.rules"
+    if os.environ.get("CNM_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+    assert path.exists(), f"no golden file {path}; run with CNM_UPDATE_GOLDEN=1 to create it"
+    assert actual == path.read_text(), f"rules differ from {path}"
+    assert FOREIGN_RULE in actual
+
+
+@pytest.fixture
+def host() -> Iterator[NetNS]:
+    """A throwaway "host" namespace with one rule that is not cnm's."""
+    ns = netns.create(f"/run/netns/cnmt-fw-{secrets.token_hex(3)}")
+    try:
+        _ipt(ns, "iptables-legacy", "-A", "FORWARD", "-s", "10.9.9.9", "-j", "ACCEPT")
+        yield ns
+    finally:
+        netns.remove(ns.path)
+
+
+@pytest.fixture
+def fw(host: NetNS) -> IptablesFirewall:
+    return IptablesFirewall(host)
+
+
+def test_is_a_firewall(fw: IptablesFirewall) -> None:
+    assert isinstance(fw, Firewall)
+
+
+def test_one_network(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    assert_golden(host, "one_network")
+
+
+def test_published_ports(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    fw.add_ports(NET_A, PORTS_A)
+    assert_golden(host, "published_ports")
+
+
+def test_icc_false_with_link(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_NOICC)
+    fw.add_ports(NET_NOICC, PORTS_NOICC)
+    fw.add_link(NET_NOICC, LINK)
+    assert_golden(host, "icc_false_link")
+
+
+def test_link_on_icc_true_network_adds_nothing(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    fw.add_link(NET_A, LINK)
+    assert_golden(host, "one_network")
+
+
+def test_internal_network(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_INTERNAL)
+    fw.add_ports(NET_INTERNAL, PORTS_A)  # an internal network publishes nothing
+    assert_golden(host, "internal")
+
+
+def test_two_networks_are_isolated(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    fw.setup_network(NET_B)
+    assert_golden(host, "two_networks")
+
+
+def _build_everything(fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    fw.add_ports(NET_A, PORTS_A)
+    fw.setup_network(NET_B)
+    fw.add_ports(NET_B, PORTS_B)
+    fw.setup_network(NET_NOICC)
+    fw.add_ports(NET_NOICC, PORTS_NOICC)
+    fw.add_link(NET_NOICC, LINK)
+    fw.setup_network(NET_INTERNAL)
+
+
+EVERYTHING = (
+    NetworkRules(network=NET_A, ports=PORTS_A),
+    NetworkRules(network=NET_B, ports=PORTS_B),
+    NetworkRules(network=NET_NOICC, ports=PORTS_NOICC, links=(LINK,)),
+    NetworkRules(network=NET_INTERNAL),
+)
+
+
+def test_teardown_then_cleanup_restores_the_original_tables(host: NetNS, fw: IptablesFirewall) -> None:
+    # Saving "-t nat" brings the (empty) nat table into being first, as cnm's first NAT rule will:
+    # a legacy table, once instantiated in a namespace, stays listed until the namespace goes.
+    before = saved(host, "filter", "nat")
+    _build_everything(fw)
+    assert_golden(host, "everything")
+    for network in (NET_A, NET_B, NET_NOICC, NET_INTERNAL):
+        fw.teardown_network(network)
+    assert_golden(host, "after_teardown")
+    assert "cnm:" not in saved(host)
+    removed = fw.cleanup()
+    assert removed == 9  # the shared rules: filter 2 FORWARD jumps, 3 chain tails, 1 stage-1 jump; nat 3 jumps
+    assert saved(host, "filter", "nat") == before
+
+
+def test_setup_and_add_are_idempotent(host: NetNS, fw: IptablesFirewall) -> None:
+    for _ in range(2):
+        fw.setup_network(NET_NOICC)
+        fw.add_ports(NET_NOICC, PORTS_NOICC)
+        fw.add_link(NET_NOICC, LINK)
+    assert_golden(host, "icc_false_link")
+
+
+def test_remove_is_idempotent(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_NOICC)
+    only_network = saved(host)
+    fw.add_ports(NET_NOICC, PORTS_NOICC)
+    fw.add_link(NET_NOICC, LINK)
+    for _ in range(2):
+        fw.remove_ports(NET_NOICC, PORTS_NOICC)
+        fw.remove_link(NET_NOICC, LINK)
+    assert saved(host) == only_network
+    for _ in range(2):
+        fw.teardown_network(NET_NOICC)
+    assert_golden(host, "after_teardown")
+
+
+def test_removing_from_a_namespace_cnm_never_used_succeeds(host: NetNS, fw: IptablesFirewall) -> None:
+    before = saved(host)  # every table, byte for byte: removing must not even instantiate the nat table
+    fw.remove_ports(NET_A, PORTS_A)
+    fw.remove_link(NET_NOICC, LINK)
+    fw.teardown_network(NET_A)
+    assert fw.cleanup() == 0
+    assert saved(host) == before
+
+
+def test_a_block_found_in_part_is_rebuilt_whole(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    _ipt(host, "iptables-legacy", "-D", "CNM-FORWARD", "2")  # the conntrack ACCEPT of NET_A
+    fw.setup_network(NET_A)
+    assert_golden(host, "one_network")
+
+
+def test_cleanup_keeps_the_networks_it_is_told_to(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    fw.add_ports(NET_A, PORTS_A)
+    expected = saved(host, "filter", "nat")
+    fw.setup_network(NET_B)
+    fw.add_ports(NET_B, PORTS_B)
+    assert fw.cleanup(keep=[NET_A.id]) == 11  # B: filter 4 forward + 2 isolation + 1 port; nat 2 masquerade + 2 port
+    assert saved(host, "filter", "nat") == expected
+    assert_golden(host, "published_ports")
+
+
+def test_reapply_repairs_flushed_tables(host: NetNS, fw: IptablesFirewall) -> None:
+    _build_everything(fw)
+    _ipt(host, "iptables-legacy", "-F")
+    _ipt(host, "iptables-legacy", "-t", "nat", "-F")
+    _ipt(host, "iptables-legacy", "-A", "FORWARD", "-s", "10.9.9.9", "-j", "ACCEPT")
+    fw.reapply(EVERYTHING)
+    assert_golden(host, "everything")
+
+
+def test_reapply_drops_rules_of_networks_it_does_not_know(host: NetNS, fw: IptablesFirewall) -> None:
+    _build_everything(fw)
+    stale = FirewallNetwork(id="e5" * 32, interface="br-e5e5e5e5e5e5", subnet=ipaddress.IPv4Network("10.5.0.0/16"))
+    fw.setup_network(stale)
+    fw.add_ports(stale, (_port("tcp", "5555", "10.5.0.2", "55"),))
+    fw.reapply(EVERYTHING)
+    assert_golden(host, "everything")
+    fw.reapply(EVERYTHING)  # and again: nothing moves
+    assert_golden(host, "everything")
+
+
+def test_reapply_nothing_leaves_only_the_shared_rules(host: NetNS, fw: IptablesFirewall) -> None:
+    _build_everything(fw)
+    fw.reapply(())
+    assert_golden(host, "after_teardown")
+
+
+def test_a_held_lock_times_out_with_a_message_naming_it(host: NetNS, tmp_path: Path) -> None:
+    lock = tmp_path / "xtables.lock"
+    fw = IptablesFirewall(host, lock_path=str(lock), lock_timeout=0.3)
+    with lock.open("w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(KernelError, match=re.escape(str(lock))):
+            fw.setup_network(NET_A)
+    fw.setup_network(NET_A)  # released: works again
+    assert_golden(host, "one_network")
+
+
+def test_errors_name_the_rule(host: NetNS, fw: IptablesFirewall) -> None:
+    bad = FirewallNetwork(id="f6" * 32, interface="x" * 20, subnet=ipaddress.IPv4Network("10.6.0.0/16"))
+    with pytest.raises(KernelError, match="CNM-FORWARD"):
+        fw.setup_network(bad)  # an interface name longer than IFNAMSIZ is refused by libxtables
+
+
+def test_add_ports_stays_fast_with_a_thousand_published(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    ports = [_port("tcp", str(10000 + i), f"172.28.{i // 250}.{i % 250 + 2}", "80") for i in range(1000)]
+    fw.add_ports(NET_A, ports)
+    extra = _port("tcp", "20000", "172.28.9.9", "80")
+    start = time.perf_counter()
+    fw.add_ports(NET_A, [extra])
+    elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    fw.remove_ports(NET_A, [extra])
+    removal = time.perf_counter() - start
+    assert elapsed < 1.0, f"add_ports of one port took {elapsed:.3f} s with 1000 published"
+    assert removal < 1.0, f"remove_ports of one port took {removal:.3f} s with 1000 published"
+    assert saved(host, "nat").count("DNAT") == 1000

@@ -1,0 +1,77 @@
+"""RecordingFirewall: the kernel-free Firewall for unit tests and driver authors."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
+from cnm.firewall._iptables_rules import link_blocks, network_blocks, port_blocks
+from cnm.firewall.recording import Call, RecordingFirewall
+from cnm.types import PortRange
+
+NET = FirewallNetwork(id="a" * 64, interface="br-a", subnet=ipaddress.IPv4Network("172.28.0.0/16"))
+OTHER = FirewallNetwork(id="b" * 64, interface="br-b", subnet=ipaddress.IPv4Network("172.29.0.0/16"), icc=False)
+PORT = PortMapping(
+    protocol="tcp",
+    host_port=PortRange(8080, 8080),
+    container_ip=ipaddress.IPv4Address("172.28.0.2"),
+    container_port=PortRange(80, 80),
+)
+LINK = LinkRule(
+    source_ip=ipaddress.IPv4Address("172.29.0.3"),
+    target_ip=ipaddress.IPv4Address("172.29.0.2"),
+    ports=(("tcp", 3306),),
+)
+
+
+def test_satisfies_the_firewall_protocol() -> None:
+    assert isinstance(RecordingFirewall(), Firewall)
+
+
+def test_records_calls_and_state() -> None:
+    fw = RecordingFirewall()
+    fw.setup_network(NET)
+    fw.add_ports(NET, [PORT])
+    fw.add_ports(NET, [PORT])
+    fw.setup_network(OTHER)
+    fw.add_link(OTHER, LINK)
+    assert fw.methods == ["setup_network", "add_ports", "add_ports", "setup_network", "add_link"]
+    assert fw.calls[1] == Call("add_ports", (NET, (PORT,)))
+    assert fw.ports[NET.id] == {PORT}
+    assert fw.links[OTHER.id] == {LINK}
+    fw.remove_ports(NET, [PORT])
+    fw.remove_ports(NET, [PORT])
+    fw.remove_link(OTHER, LINK)
+    assert fw.ports[NET.id] == set()
+    assert fw.links[OTHER.id] == set()
+    fw.teardown_network(NET)
+    fw.teardown_network(NET)
+    assert set(fw.networks) == {OTHER.id}
+
+
+def test_cleanup_and_reapply() -> None:
+    fw = RecordingFirewall()
+    fw.reapply([NetworkRules(network=NET, ports=(PORT,)), NetworkRules(network=OTHER, links=(LINK,))])
+    assert fw.cleanup(keep=[NET.id[:12]]) == 2  # OTHER and its link
+    assert set(fw.networks) == {NET.id}
+    assert fw.cleanup() == 2  # NET and its port
+    assert fw.networks == {}
+
+
+def test_injected_failure_is_raised_and_recorded() -> None:
+    fw = RecordingFirewall()
+    fw.fail_on.add("add_ports")
+    with pytest.raises(RuntimeError):
+        fw.add_ports(NET, [PORT])
+    assert fw.methods == ["add_ports"]
+    assert NET.id not in fw.ports
+
+
+def test_layout_spells_rules_like_iptables_save() -> None:
+    forward = network_blocks(NET)[0]
+    assert str(forward.rules[2]) == "-A CNM-FORWARD -i br-a ! -o br-a -m comment --comment cnm:aaaaaaaaaaaa -j ACCEPT"
+    assert [block.chain for block in port_blocks(NET, PORT)] == ["CNM", "CNM-POSTROUTING", "CNM"]
+    assert link_blocks(NET, LINK) == ()  # icc=true: nothing is dropped, nothing to allow
+    assert len(link_blocks(OTHER, LINK)[0].rules) == 2
