@@ -95,8 +95,16 @@ class Controller:
             ]
             for name, driver, options in wanted:
                 if name not in existing and driver in self.registry.names():
-                    create_network(self._rt, name, driver=driver, ipam=None, options=options, internal=False,
-                                   labels=None, predefined=True)
+                    create_network(
+                        self._rt,
+                        name,
+                        driver=driver,
+                        ipam=None,
+                        options=options,
+                        internal=False,
+                        labels=None,
+                        predefined=True,
+                    )
 
     def close(self) -> None:
         """Release the store connection. Kernel state stays as it is."""
@@ -133,8 +141,9 @@ class Controller:
             AlreadyExists, DriverNotFound, InvalidConfig, PoolOverlap, Exhausted, KernelError.
             On any error nothing is left behind.
         """
-        return create_network(self._rt, name, driver=driver, ipam=ipam, options=options, internal=internal,
-                              labels=labels)
+        return create_network(
+            self._rt, name, driver=driver, ipam=ipam, options=options, internal=internal, labels=labels
+        )
 
     def networks(self) -> list[Network]:
         """Every network, in name order."""
@@ -173,15 +182,16 @@ class Controller:
         if ports and network is None:
             raise InvalidConfig("ports need a network to publish them on; add network=")
         with self._rt.lock:
-            sandbox = create_sandbox(self._rt, name, hostname=hostname, dns=dns, dns_search=dns_search,
-                                     dns_options=dns_options)
+            sandbox = create_sandbox(
+                self._rt, name, hostname=hostname, dns=dns, dns_search=dns_search, dns_options=dns_options
+            )
             if network is None:
                 return sandbox
             try:
                 net = self._rt.network_record(network)
                 endpoint = create_endpoint(self._rt, net, name, ports=ports, owned_by_sandbox=True)
                 try:
-                    join(self._rt, endpoint._record, sandbox._record)  # noqa: SLF001 - same layer
+                    join(self._rt, endpoint._record, sandbox._record)
                 except BaseException:
                     endpoint.delete()
                     raise

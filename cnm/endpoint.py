@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -44,10 +45,8 @@ class Endpoint:
         return hash(self.id)
 
     def _current(self) -> rec.EndpointRecord:
-        try:
+        with contextlib.suppress(NotFound):
             self._record = self._rt.reload(self._record)
-        except NotFound:
-            pass
         return self._record
 
     @property
@@ -108,7 +107,7 @@ class Endpoint:
         Raises:
             EndpointJoined: it is already joined to a sandbox (leave first).
         """
-        join(self._rt, self._current(), sandbox._current())  # noqa: SLF001 - same layer
+        join(self._rt, self._current(), sandbox._current())
         self._current()
 
     def leave(self) -> None:
@@ -132,7 +131,6 @@ def create_endpoint(
 ) -> Endpoint:
     """Create an endpoint: reserve its name, address and host ports, then tell the driver."""
     validate_name(name, "endpoint")
-    ports = [p if isinstance(p, PortBinding) else PortBinding(**p) for p in ports]  # type: ignore[arg-type]
     drv = rt.driver(network)
     if ports and not isinstance(drv, PortPublisher):
         raise InvalidConfig(f"driver {network.driver!r} of network {network.name!r} cannot publish ports; drop ports=")
@@ -143,8 +141,16 @@ def create_endpoint(
         raise InvalidConfig(f"driver {network.driver!r} gives no addresses; drop ip=")
     endpoint_id = new_id()
     with rt.lock, Rollback(f"create endpoint {name}") as undo:
-        record = _allocate_endpoint(rt, network, endpoint_id, name, ports, wanted_ip, owned_by_sandbox,
-                                    needs_address=drv.capabilities.needs_address)
+        draft = rec.EndpointRecord(
+            id=endpoint_id,
+            name=name,
+            network_id=network.id,
+            requested_ports=rec.ports_to_json(list(ports)),
+            owned_by_sandbox=owned_by_sandbox,
+            created=now(),
+            status=rec.CREATING,
+        )
+        record = _allocate_endpoint(rt, network, draft, ports, wanted_ip, needs_address=drv.capabilities.needs_address)
         undo.done("allocate", lambda: _free_endpoint(rt, record))
         drv.create_endpoint(rt.network_info(network), rt.endpoint_info(record))
         record = _save(rt, attrs.evolve(record, status=rec.READY))
@@ -155,42 +161,35 @@ def create_endpoint(
 def _allocate_endpoint(
     rt: Runtime,
     network: rec.NetworkRecord,
-    endpoint_id: str,
-    name: str,
+    draft: rec.EndpointRecord,
     ports: Sequence[PortBinding],
     wanted_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
-    owned_by_sandbox: bool,
     *,
     needs_address: bool,
 ) -> rec.EndpointRecord:
+    """Reserve the name, the address and the host ports, and store the record: one transaction."""
     with rt.store.transaction() as txn:
         if txn.get("network", network.id) is None:
             raise NotFound(f"network {network.name!r} no longer exists")
         try:
-            txn.insert("endpoint.name", f"{network.id}/{name}", {"id": endpoint_id})
+            txn.insert("endpoint.name", f"{network.id}/{draft.name}", {"id": draft.id})
         except KeyTaken as exc:
             raise AlreadyExists(
-                f"endpoint {name!r} already exists on network {network.name!r}; pick another name"
+                f"endpoint {draft.name!r} already exists on network {network.name!r}; pick another name"
             ) from exc
-        address = mac = None
+        record = draft
         if needs_address and network.pool_id is not None:
-            ip = rt.ipam.request_address(network.pool_id, wanted_ip, owner=name)
+            ip = rt.ipam.request_address(network.pool_id, wanted_ip, owner=draft.name)
             prefix = ipaddress.ip_network(network.subnet or "").prefixlen
-            address = f"{ip}/{prefix}"
-            if isinstance(ip, ipaddress.IPv4Address):
-                mac = mac_for(ip)
-        resolved: list[PortBinding] = []
+            mac = mac_for(ip) if isinstance(ip, ipaddress.IPv4Address) else None
+            record = attrs.evolve(record, address=f"{ip}/{prefix}", mac=mac)
         if ports:
             default_ip = network.options.get("host_binding_ipv4")
             resolved = rt.ports.allocate(
-                endpoint_id, ports, None if default_ip is None else parse_address(default_ip), label=name
+                draft.id, ports, None if default_ip is None else parse_address(default_ip), label=draft.name
             )
-        record = rec.EndpointRecord(
-            id=endpoint_id, name=name, network_id=network.id, address=address, mac=mac,
-            ports=rec.ports_to_json(resolved), requested_ports=rec.ports_to_json(list(ports)),
-            owned_by_sandbox=owned_by_sandbox, created=now(), status=rec.CREATING,
-        )
-        txn.insert("endpoint", endpoint_id, rec.to_json(record))
+            record = attrs.evolve(record, ports=rec.ports_to_json(resolved))
+        txn.insert("endpoint", record.id, rec.to_json(record))
     return record
 
 
@@ -228,9 +227,9 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
         if endpoint.sandbox_id is not None:
             if endpoint.sandbox_id == sandbox.id:
                 return
+            other = rt.sandbox_record(endpoint.sandbox_id).name
             raise EndpointJoined(
-                f"endpoint {endpoint.name!r} is already joined to sandbox {rt.sandbox_record(endpoint.sandbox_id).name!r}; "
-                "leave it first"
+                f"endpoint {endpoint.name!r} is already joined to sandbox {other!r}; leave it first"
             )
         network = rt.network_record(endpoint.network_id)
         drv = rt.driver(network)
@@ -240,20 +239,25 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
         seq = sandbox.join_counter + 1
         with Rollback(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo:
             with rt.store.transaction() as txn:
-                endpoint = attrs.evolve(endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq,
-                                        status=rec.CREATING)
+                endpoint = attrs.evolve(
+                    endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq, status=rec.CREATING
+                )
                 txn.put("endpoint", endpoint.id, rec.to_json(endpoint))
                 sandbox = attrs.evolve(sandbox, join_counter=seq)
                 txn.put("sandbox", sandbox.id, rec.to_json(sandbox))
-            undo.done("record join", lambda: _save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None,
-                                                                    gateway=None, join_seq=0, status=rec.READY)))
+            undo.done(
+                "record join",
+                lambda: _save(
+                    rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY)
+                ),
+            )
             net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
             result = drv.join(net_info, ep_info, sb_info, ifname)
             undo.done("driver join", lambda: drv.leave(net_info, ep_info, sb_info))
             _configure_interface(rt, sandbox, endpoint, result)
             if ep_info.ports and isinstance(drv, PortPublisher):
                 drv.publish_ports(net_info, ep_info)
-                undo.done("publish ports", lambda: drv.unpublish_ports(net_info, ep_info))  # type: ignore[union-attr]
+                undo.done("publish ports", lambda: drv.unpublish_ports(net_info, ep_info))
             gateway = None if result.gateway is None else str(result.gateway)
             endpoint = _save(rt, attrs.evolve(endpoint, gateway=gateway, status=rec.READY))
             update_gateway(rt, sandbox)
@@ -261,8 +265,9 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
     log.info("joined endpoint %s to sandbox %s as %s", endpoint.name, sandbox.name, ifname)
 
 
-def _configure_interface(rt: Runtime, sandbox: rec.SandboxRecord, endpoint: rec.EndpointRecord,
-                         result: JoinResult) -> None:
+def _configure_interface(
+    rt: Runtime, sandbox: rec.SandboxRecord, endpoint: rec.EndpointRecord, result: JoinResult
+) -> None:
     if result.interface is None:
         return
     netns = rt.sandbox_info(sandbox).netns

@@ -116,9 +116,14 @@ class KernelError(CNMError, OSError):
         super().__init__(message)
         self.errno = errno
         self.strerror = message
+        self._message = message
 
     def __str__(self) -> str:
         if self.errno is None:
-            return self.strerror
+            return self._message
         name = _errno.errorcode.get(self.errno, str(self.errno))
-        return f"{self.strerror} [{name}]"
+        return f"{self._message} [{name}]"
+
+    def __reduce__(self) -> tuple[type[KernelError], tuple[str, int | None]]:
+        # Errors cross process boundaries (NetNS.run_in); keep errno on the way.
+        return (type(self), (self._message, self.errno))

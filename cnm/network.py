@@ -7,6 +7,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from cnm import _records as rec
 from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm._steps import Rollback
@@ -162,8 +164,20 @@ def create_network(
     exclude = host_exclusions(rt) if drv.capabilities.needs_address and ipam.subnet is None else []
     network_id = new_id()
     with rt.lock, Rollback(f"create network {name}") as undo:
-        record = _allocate_network(rt, network_id, name, driver, ipam, normalised, user_options, internal,
-                                   labels, predefined, exclude, needs_address=drv.capabilities.needs_address)
+        draft = rec.NetworkRecord(
+            id=network_id,
+            name=name,
+            driver=driver,
+            options=dict(normalised),
+            internal=internal,
+            labels=dict(labels or {}),
+            created=now(),
+            predefined=predefined,
+            user_options=user_options,
+            user_gateway=ipam.gateway is not None,
+            status=rec.CREATING,
+        )
+        record = _allocate_network(rt, draft, ipam, exclude, needs_address=drv.capabilities.needs_address)
         undo.done("allocate", lambda: _free_network(rt, record))
         drv.create_network(rt.network_info(record))
         record = _set_status(rt, record, rec.READY)
@@ -172,46 +186,33 @@ def create_network(
 
 
 def _allocate_network(
-    rt: Runtime,
-    network_id: str,
-    name: str,
-    driver: str,
-    ipam: IPAMConfig,
-    options: Mapping[str, object],
-    user_options: Mapping[str, object],
-    internal: bool,
-    labels: Mapping[str, str] | None,
-    predefined: bool,
-    exclude: Sequence[IPNetwork],
-    *,
-    needs_address: bool,
+    rt: Runtime, draft: rec.NetworkRecord, ipam: IPAMConfig, exclude: Sequence[IPNetwork], *, needs_address: bool
 ) -> rec.NetworkRecord:
+    """Reserve the name, the pool, the gateway and aux addresses, and store the record: one transaction."""
     with rt.store.transaction() as txn:
         try:
-            txn.insert("network.name", name, {"id": network_id})
+            txn.insert("network.name", draft.name, {"id": draft.id})
         except KeyTaken as exc:
-            raise AlreadyExists(f"network {name!r} already exists; pick another name or delete it first") from exc
-        subnet = gateway = ip_range = pool_id = None
-        aux: dict[str, str] = {}
+            raise AlreadyExists(f"network {draft.name!r} already exists; pick another name or delete it first") from exc
+        record = draft
         if needs_address:
-            pool = rt.ipam.request_pool(subnet=ipam.subnet, ip_range=ipam.ip_range, exclude=exclude, owner=name)
-            pool_id = pool.id
-            subnet = str(pool.subnet)
-            gw = rt.ipam.request_address(pool.id, ipam.gateway, owner=f"{name} gateway")
-            gateway = str(gw)
-            ip_range = None if pool.ip_range is None else str(pool.ip_range)
+            pool = rt.ipam.request_pool(subnet=ipam.subnet, ip_range=ipam.ip_range, exclude=exclude, owner=draft.name)
+            gateway = rt.ipam.request_address(pool.id, ipam.gateway, owner=f"{draft.name} gateway")
+            aux: dict[str, str] = {}
             for aux_name, addr in ipam.aux_addresses.items():
-                rt.ipam.request_address(pool.id, addr, owner=f"{name} aux {aux_name}")
+                rt.ipam.request_address(pool.id, addr, owner=f"{draft.name} aux {aux_name}")
                 aux[aux_name] = str(addr)
+            record = attrs.evolve(
+                draft,
+                subnet=str(pool.subnet),
+                gateway=str(gateway),
+                ip_range=None if pool.ip_range is None else str(pool.ip_range),
+                aux_addresses=aux,
+                pool_id=pool.id,
+            )
         elif ipam.subnet is not None:
-            raise InvalidConfig(f"driver {driver!r} gives no addresses; drop the ipam config")
-        record = rec.NetworkRecord(
-            id=network_id, name=name, driver=driver, options=dict(options), internal=internal,
-            labels=dict(labels or {}), subnet=subnet, gateway=gateway, ip_range=ip_range, aux_addresses=aux,
-            pool_id=pool_id, created=now(), predefined=predefined, user_options=dict(user_options),
-            user_gateway=ipam.gateway is not None, status=rec.CREATING,
-        )
-        txn.insert("network", network_id, rec.to_json(record))
+            raise InvalidConfig(f"driver {draft.driver!r} gives no addresses; drop the ipam config")
+        txn.insert("network", record.id, rec.to_json(record))
     return record
 
 
@@ -224,8 +225,6 @@ def _free_network(rt: Runtime, record: rec.NetworkRecord) -> None:
 
 
 def _set_status(rt: Runtime, record: rec.NetworkRecord, status: str) -> rec.NetworkRecord:
-    import attrs
-
     updated = attrs.evolve(record, status=status)
     with rt.store.transaction() as txn:
         txn.put("network", record.id, rec.to_json(updated))

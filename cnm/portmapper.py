@@ -98,7 +98,16 @@ class PortAllocator:
                 else:
                     candidates = [binding.host_port]
                     explicit = True
-                chosen = self._take(txn, owner, label, binding.protocol, host_ip, candidates, explicit, str(binding))
+                chosen = self._take(
+                    txn,
+                    owner=owner,
+                    label=label,
+                    protocol=binding.protocol,
+                    host_ip=host_ip,
+                    candidates=candidates,
+                    explicit=explicit,
+                    what=str(binding),
+                )
                 resolved.append(attrs.evolve(binding, host_port=chosen, host_ip=host_ip))
         return resolved
 
@@ -125,6 +134,7 @@ class PortAllocator:
     def _take(
         self,
         txn: Transaction,
+        *,
         owner: str,
         label: str,
         protocol: TransportProtocol,
@@ -158,14 +168,12 @@ class PortAllocator:
                     )
                 continue
             try:
-                for port in block:
-                    txn.insert(_KIND, _key(protocol, port, ip), {"owner": owner, "name": label})
+                for number in block:
+                    txn.insert(_KIND, _key(protocol, number, ip), {"owner": owner, "name": label})
             except KeyTaken as exc:  # pragma: no cover - the transaction holds the write lock
                 raise PortInUse(f"host port {block}/{protocol} was taken concurrently; retry") from exc
             return block
-        raise Exhausted(
-            f"no free host port for {what} in its range; free some published ports or widen the range"
-        )
+        raise Exhausted(f"no free host port for {what} in its range; free some published ports or widen the range")
 
     @staticmethod
     def _holder(held: dict[int, list[tuple[IPAddress, str]]], block: PortRange, ip: IPAddress) -> str | None:

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 
-__all__ = ["DEFAULT_NAMESERVERS", "HOST_RESOLV_CONF", "SYSTEMD_RESOLV_CONF", "render", "read_host"]
+__all__ = ["DEFAULT_NAMESERVERS", "HOST_RESOLV_CONF", "SYSTEMD_RESOLV_CONF", "read_host", "render"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,11 @@ def _is_loopback(value: str) -> bool:
 
 
 def _nameservers(text: str) -> list[str]:
-    return [parts[1] for parts in (line.split() for line in text.splitlines()) if parts[:1] == ["nameserver"] and len(parts) > 1]
+    return [
+        parts[1]
+        for parts in (line.split() for line in text.splitlines())
+        if parts[:1] == ["nameserver"] and len(parts) > 1
+    ]
 
 
 def read_host(path: str = HOST_RESOLV_CONF, systemd_path: str = SYSTEMD_RESOLV_CONF) -> str:
@@ -49,8 +53,9 @@ def read_host(path: str = HOST_RESOLV_CONF, systemd_path: str = SYSTEMD_RESOLV_C
     return text
 
 
-def render(host_text: str, nameservers: Sequence[str] = (), search: Sequence[str] = (),
-           options: Sequence[str] = ()) -> str:
+def render(
+    host_text: str, nameservers: Sequence[str] = (), search: Sequence[str] = (), options: Sequence[str] = ()
+) -> str:
     """The sandbox's resolv.conf.
 
     Args:
@@ -69,7 +74,7 @@ def render(host_text: str, nameservers: Sequence[str] = (), search: Sequence[str
         if key == "nameserver" and len(parts) > 1:
             if not _is_loopback(parts[1]):
                 host_servers.append(parts[1])
-        elif (key == "search" and search) or (key == "options" and options) or key == "domain" and search:
+        elif (key == "search" and search) or (key == "options" and options) or (key == "domain" and search):
             continue
         else:
             kept.append(line.strip())

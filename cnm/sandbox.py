@@ -100,8 +100,11 @@ class Sandbox:
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """The argv that runs ``argv`` in the sandbox (its namespace, hostname and files)."""
-        files = {"/etc/hosts": self.hosts_path, "/etc/resolv.conf": self.resolv_conf_path,
-                 "/etc/hostname": self.hostname_path}
+        files = {
+            "/etc/hosts": self.hosts_path,
+            "/etc/resolv.conf": self.resolv_conf_path,
+            "/etc/hostname": self.hostname_path,
+        }
         return command_in(self.netns, argv, files=files, hostname=self.hostname)
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
@@ -152,11 +155,16 @@ def create_sandbox(
             raise InvalidConfig(f"invalid dns server {server!r}: give an IP address") from exc
     sandbox_id = new_id()
     record = rec.SandboxRecord(
-        id=sandbox_id, name=name, hostname=hostname,
+        id=sandbox_id,
+        name=name,
+        hostname=hostname,
         netns_path=os.path.join(rt.state_dir, "netns", sandbox_id[:12]),
         files_dir=os.path.join(rt.state_dir, "sandboxes", sandbox_id),
-        dns=list(dns), dns_search=list(dns_search), dns_options=list(dns_options),
-        created=now(), status=rec.CREATING,
+        dns=list(dns),
+        dns_search=list(dns_search),
+        dns_options=list(dns_options),
+        created=now(),
+        status=rec.CREATING,
     )
     with rt.lock, Rollback(f"create sandbox {name}") as undo:
         with rt.store.transaction() as txn:

@@ -7,7 +7,7 @@ malformed value is refused before anything is created.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Literal, TypeAlias, cast
 
 import attrs
@@ -16,9 +16,9 @@ from cnm.errors import InvalidConfig
 
 __all__ = [
     "IPAMConfig",
-    "Pool",
     "IPAddress",
     "IPNetwork",
+    "Pool",
     "PortBinding",
     "PortRange",
     "TransportProtocol",
@@ -58,18 +58,20 @@ def parse_network(value: object, what: str = "subnet") -> IPNetwork:
         raise InvalidConfig(f"invalid {what} {text!r}: {exc}{hint}") from exc
 
 
-def _optional_address(what: str) -> object:
-    def convert(value: object) -> IPAddress | None:
-        return None if value is None or value == "" else parse_address(value, what)
-
-    return convert
+def _subnet(value: object) -> IPNetwork | None:
+    return None if value is None or value == "" else parse_network(value, "subnet")
 
 
-def _optional_network(what: str) -> object:
-    def convert(value: object) -> IPNetwork | None:
-        return None if value is None or value == "" else parse_network(value, what)
+def _ip_range(value: object) -> IPNetwork | None:
+    return None if value is None or value == "" else parse_network(value, "ip_range")
 
-    return convert
+
+def _gateway(value: object) -> IPAddress | None:
+    return None if value is None or value == "" else parse_address(value, "gateway")
+
+
+def _host_ip(value: object) -> IPAddress | None:
+    return None if value is None or value == "" else parse_address(value, "host_ip")
 
 
 def _aux_addresses(value: Mapping[str, object] | None) -> Mapping[str, IPAddress]:
@@ -89,23 +91,23 @@ class IPAMConfig:
         aux_addresses: addresses inside ``subnet`` that are reserved, never given out.
     """
 
-    subnet: IPNetwork | None = attrs.field(default=None, converter=_optional_network("subnet"))  # type: ignore[misc]
-    gateway: IPAddress | None = attrs.field(default=None, converter=_optional_address("gateway"))  # type: ignore[misc]
-    ip_range: IPNetwork | None = attrs.field(default=None, converter=_optional_network("ip_range"))  # type: ignore[misc]
+    subnet: IPNetwork | None = attrs.field(default=None, converter=_subnet)
+    gateway: IPAddress | None = attrs.field(default=None, converter=_gateway)
+    ip_range: IPNetwork | None = attrs.field(default=None, converter=_ip_range)
     aux_addresses: Mapping[str, IPAddress] = attrs.field(factory=dict, converter=_aux_addresses)
 
     def __attrs_post_init__(self) -> None:
         subnet = self.subnet
         if subnet is None:
             if self.gateway is not None or self.ip_range is not None or self.aux_addresses:
-                raise InvalidConfig(
-                    "gateway, ip_range and aux_addresses need an explicit subnet; add subnet=..."
-                )
+                raise InvalidConfig("gateway, ip_range and aux_addresses need an explicit subnet; add subnet=...")
             return
         if self.gateway is not None and self.gateway not in subnet:
             raise InvalidConfig(f"gateway {self.gateway} is not inside subnet {subnet}; pick an address in it")
-        if self.gateway is not None and subnet.prefixlen < subnet.max_prefixlen - 1 and (
-            self.gateway in (subnet.network_address, subnet.broadcast_address)
+        if (
+            self.gateway is not None
+            and subnet.prefixlen < subnet.max_prefixlen - 1
+            and (self.gateway in (subnet.network_address, subnet.broadcast_address))
         ):
             raise InvalidConfig(
                 f"gateway {self.gateway} is the network or broadcast address of {subnet}; pick a host address"
@@ -156,15 +158,19 @@ class PortRange:
     def __len__(self) -> int:
         return self.end - self.start + 1
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.end + 1))
 
     def __str__(self) -> str:
         return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
 
 
+def _port_range(value: object) -> PortRange:
+    return PortRange.parse(value)
+
+
 def _optional_range(value: object) -> PortRange | None:
-    return None if value is None or value == "" or value == 0 else PortRange.parse(value)
+    return None if value is None or value in ("", 0) else PortRange.parse(value)
 
 
 def _protocol(value: object) -> TransportProtocol:
@@ -190,10 +196,10 @@ class PortBinding:
     resolved: ``host_port`` and ``host_ip`` are filled in.
     """
 
-    container_port: PortRange = attrs.field(converter=PortRange.parse)
+    container_port: PortRange = attrs.field(converter=_port_range)
     host_port: PortRange | None = attrs.field(default=None, converter=_optional_range)
     protocol: TransportProtocol = attrs.field(default="tcp", converter=_protocol)
-    host_ip: IPAddress | None = attrs.field(default=None, converter=_optional_address("host_ip"))  # type: ignore[misc]
+    host_ip: IPAddress | None = attrs.field(default=None, converter=_host_ip)
 
     def __attrs_post_init__(self) -> None:
         host = self.host_port

@@ -33,9 +33,8 @@ from cnm.ipam.pools import (
     parse_default_pools,
     reserved_addresses,
 )
-from cnm.types import Pool
 from cnm.store import KeyTaken, Record, Store, Transaction
-from cnm.types import IPAddress, IPNetwork, parse_address, parse_network
+from cnm.types import IPAddress, IPNetwork, Pool, parse_address, parse_network
 
 __all__ = ["DEFAULT_POOLS", "LocalIpam"]
 

@@ -7,6 +7,6 @@ Modules: :mod:`~cnm.kernel.netns` (namespaces and work inside them),
 these helpers like any other part of cnm.
 """
 
-from cnm.kernel.netns import NetNS, Netlink
+from cnm.kernel.netns import Netlink, NetNS
 
 __all__ = ["NetNS", "Netlink"]

@@ -46,7 +46,11 @@ def delete_address(nl: Netlink, ifname: str, address: IPInterface) -> bool:
         return False
     try:
         nl.ipr.addr(
-            "del", index=link.index, address=str(address.ip), prefixlen=address.network.prefixlen, family=_family(address)
+            "del",
+            index=link.index,
+            address=str(address.ip),
+            prefixlen=address.network.prefixlen,
+            family=_family(address),
         )
     except NetlinkError as exc:
         if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):

@@ -190,7 +190,7 @@ def set_link(
 def set_hairpin(nl: Netlink, name: str, on: bool = True) -> None:
     """Let a bridge port send frames back out the port they came in on."""
     with map_netlink_errors(f"set hairpin on bridge port {name} in {nl.netns.name}"):
-        nl.ipr.brport("set", index=_index(nl, name), hairpin_mode=int(on))
+        nl.ipr.brport("set", index=_index(nl, name), mode=int(on))  # IFLA_BRPORT_MODE: hairpin
 
 
 def delete_link(nl: Netlink, name: str) -> bool:

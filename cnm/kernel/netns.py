@@ -198,7 +198,7 @@ class NetNS:
             raise KernelError(f"worker for namespace {self.name} died (wait status {status})")
         ok, value = pickle.loads(data)  # noqa: S301 - our own child's output
         if not ok:
-            raise value  # type: ignore[misc]
+            raise value
         return value  # type: ignore[no-any-return]
 
 
@@ -276,7 +276,7 @@ def remove(path: str) -> bool:
         True if something was removed.
     """
     encoded = os.path.abspath(path).encode()
-    mounted = _libc.umount2(encoded, _MNT_DETACH) == 0
+    mounted = bool(_libc.umount2(encoded, _MNT_DETACH) == 0)
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -76,7 +76,7 @@ class _SqliteTransaction:
 
     def get(self, kind: str, key: str) -> Record | None:
         row = self._conn.execute("SELECT value FROM records WHERE kind=? AND key=?", (kind, key)).fetchone()
-        return None if row is None else json.loads(row[0])  # type: ignore[no-any-return]
+        return None if row is None else json.loads(row[0])
 
     def put(self, kind: str, key: str, value: Record) -> None:
         self._conn.execute(
@@ -171,7 +171,7 @@ class _MemoryTransaction:
 
     def get(self, kind: str, key: str) -> Record | None:
         value = self._data.get((kind, key))
-        return None if value is None else json.loads(value)  # type: ignore[no-any-return]
+        return None if value is None else json.loads(value)
 
     def put(self, kind: str, key: str, value: Record) -> None:
         self._data[(kind, key)] = json.dumps(value)

@@ -125,3 +125,6 @@ def processes() -> Iterator[Callable[[subprocess.Popen[Any]], subprocess.Popen[A
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

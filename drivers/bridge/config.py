@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import Any
 
 import attrs
 
@@ -24,18 +23,15 @@ _ALIASES = {
 }
 
 
-def _bool(name: str) -> Any:
-    def convert(value: object) -> bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off"):
-            return False
-        raise InvalidConfig(f"bridge option {name}={value!r} is not a boolean; use true or false")
-
-    return convert
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise InvalidConfig(f"bridge option value {value!r} is not a boolean; use true or false")
 
 
 def _mtu(value: object) -> int:
@@ -77,11 +73,11 @@ class BridgeOptions:
     """
 
     bridge_name: str | None = attrs.field(default=None, converter=_bridge_name)
-    icc: bool = attrs.field(default=True, converter=_bool("icc"))
-    masquerade: bool = attrs.field(default=True, converter=_bool("masquerade"))
+    icc: bool = attrs.field(default=True, converter=_bool)
+    masquerade: bool = attrs.field(default=True, converter=_bool)
     mtu: int = attrs.field(default=1500, converter=_mtu)
     host_binding_ipv4: str | None = attrs.field(default=None, converter=_host_ip)
-    default_bridge: bool = attrs.field(default=False, converter=_bool("default_bridge"))
+    default_bridge: bool = attrs.field(default=False, converter=_bool)
 
     @classmethod
     def parse(cls, options: Mapping[str, object]) -> BridgeOptions:
@@ -91,11 +87,9 @@ class BridgeOptions:
         for key, value in options.items():
             name = _ALIASES.get(key, key)
             if name not in known:
-                raise InvalidConfig(
-                    f"unknown bridge option {key!r}; known options: {', '.join(sorted(known))}"
-                )
+                raise InvalidConfig(f"unknown bridge option {key!r}; known options: {', '.join(sorted(known))}")
             values[name] = value
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # the converters validate each value
 
     def to_json(self) -> dict[str, object]:
         """The options as stored with the network."""

@@ -62,8 +62,12 @@ class BridgeDriver:
         if not isinstance(pool, ipaddress.IPv4Network):
             raise InvalidConfig(f"network {network.name!r} has no IPv4 subnet; the bridge driver needs one")
         return FirewallNetwork(
-            id=network.id, interface=self.bridge_name(network), subnet=pool, icc=opts.icc,
-            masquerade=opts.masquerade, internal=network.internal,
+            id=network.id,
+            interface=self.bridge_name(network),
+            subnet=pool,
+            icc=opts.icc,
+            masquerade=opts.masquerade,
+            internal=network.internal,
         )
 
     # --- verbs -------------------------------------------------------------------
@@ -75,8 +79,14 @@ class BridgeDriver:
         """Create the bridge with the gateway address, set the sysctls, install the firewall rules."""
         if not network.ipv4:
             raise InvalidConfig(f"network {network.name!r} has no address pool; the bridge driver needs one")
-        setup.create_network(self._host, self._firewall, self.bridge_name(network), self.options(network).mtu,
-                             network.ipv4[0].gateway, self.firewall_network(network))
+        setup.create_network(
+            self._host,
+            self._firewall,
+            bridge=self.bridge_name(network),
+            mtu=self.options(network).mtu,
+            gateway=network.ipv4[0].gateway,
+            fw_network=self.firewall_network(network),
+        )
         log.info("bridge network %s ready on %s", network.name, self.bridge_name(network))
 
     def delete_network(self, network: NetworkInfo) -> None:
@@ -97,8 +107,15 @@ class BridgeDriver:
 
     def join(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo, ifname: str) -> JoinResult:
         """Make a veth whose inner end is born in the sandbox as ``ifname``, its outer end on the bridge."""
-        setup.attach_veth(self._host, sandbox.netns, host_veth_name(endpoint.id), ifname,
-                          self.bridge_name(network), endpoint.mac, self.options(network).mtu)
+        setup.attach_veth(
+            self._host,
+            sandbox.netns,
+            host_name=host_veth_name(endpoint.id),
+            ifname=ifname,
+            bridge=self.bridge_name(network),
+            mac=endpoint.mac,
+            mtu=self.options(network).mtu,
+        )
         gateway = network.ipv4[0].gateway
         return JoinResult(
             interface=ifname,
@@ -121,8 +138,15 @@ class BridgeDriver:
             host_ip = port.host_ip if isinstance(port.host_ip, ipaddress.IPv4Address) else None
             if host_ip is not None and host_ip.is_unspecified:
                 host_ip = None
-            mappings.append(PortMapping(protocol=port.protocol, host_port=port.host_port, host_ip=host_ip,
-                                        container_ip=endpoint.address.ip, container_port=port.container_port))
+            mappings.append(
+                PortMapping(
+                    protocol=port.protocol,
+                    host_port=port.host_port,
+                    host_ip=host_ip,
+                    container_ip=endpoint.address.ip,
+                    container_port=port.container_port,
+                )
+            )
         return mappings
 
     def publish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 def create_network(
     host: NetNS,
     firewall: Firewall,
+    *,
     bridge: str,
     mtu: int,
     gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
@@ -51,8 +52,9 @@ def enable_forwarding(host: NetNS, bridge: str) -> None:
     sysctl.set_sysctl(host, f"net/ipv4/conf/{bridge}/route_localnet", "1")
 
 
-def attach_veth(host: NetNS, sandbox: NetNS, host_name: str, ifname: str, bridge: str, mac: str | None,
-                mtu: int) -> None:
+def attach_veth(
+    host: NetNS, sandbox: NetNS, *, host_name: str, ifname: str, bridge: str, mac: str | None, mtu: int
+) -> None:
     """A veth whose peer is born in the sandbox, the host end enslaved to the bridge with hairpin on."""
     with host.netlink() as nl:
         links.add_veth(nl, host_name, ifname, sandbox, peer_mac=mac, mtu=mtu, master=bridge)
