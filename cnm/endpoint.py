@@ -228,9 +228,7 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
             if endpoint.sandbox_id == sandbox.id:
                 return
             other = rt.sandbox_record(endpoint.sandbox_id).name
-            raise EndpointJoined(
-                f"endpoint {endpoint.name!r} is already joined to sandbox {other!r}; leave it first"
-            )
+            raise EndpointJoined(f"endpoint {endpoint.name!r} is already joined to sandbox {other!r}; leave it first")
         network = rt.network_record(endpoint.network_id)
         drv = rt.driver(network)
         if drv.capabilities.needs_sandbox_netns and not sandbox.netns_path:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from cnm.testing import namespace_prefix
+
 pytest_plugins = ["cnm.testing.fixtures"]
 
 
@@ -32,7 +34,7 @@ def _no_leaked_namespaces(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     before = _root_namespaces()
     yield
-    leaked = {name for name in _root_namespaces() - before if name.startswith("cnmt-")}
+    leaked = {name for name in _root_namespaces() - before if name.startswith(namespace_prefix())}
     for name in leaked:
         subprocess.run(["ip", "netns", "del", name], check=False)
     assert not leaked, f"test leaked network namespaces: {sorted(leaked)}"

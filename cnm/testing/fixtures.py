@@ -21,6 +21,7 @@ import pytest
 from cnm.controller import Controller
 from cnm.kernel import addresses, links, netns
 from cnm.kernel.netns import NetNS
+from cnm.testing import namespace_prefix
 
 __all__ = ["Outside", "controller", "host_netns", "netns_factory", "outside", "processes"]
 
@@ -53,9 +54,9 @@ class Outside:
 
 @pytest.fixture
 def netns_factory() -> Iterator[Callable[[str], NetNS]]:
-    """Make named namespaces ``cnmt-<random>-<label>``; all are removed at teardown."""
+    """Make named namespaces ``cnmt-<worker>-<random>-<label>``; all are removed at teardown."""
     made: list[NetNS] = []
-    prefix = "cnmt-" + secrets.token_hex(3)
+    prefix = namespace_prefix() + secrets.token_hex(3)
 
     def make(label: str) -> NetNS:
         ns = netns.create(os.path.join(netns.NETNS_RUN_DIR, f"{prefix}-{label}"))

@@ -74,9 +74,8 @@ class Runner(Protocol):
 def serve(where: Runner, protocol: str, port: int, timeout: float = 10.0) -> subprocess.Popen[str]:
     """Start a server on ``0.0.0.0:port`` in ``where``; return once it listens. End it by PID."""
     proc = where.popen([sys.executable, "-c", _SERVER, protocol, str(port)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    line = proc.stdout.readline()
+    line = proc.stdout.readline() if proc.stdout is not None else ""
     if line.strip() != "ready" or time.monotonic() > deadline:
         proc.kill()
         proc.wait()

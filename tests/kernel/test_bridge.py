@@ -71,7 +71,8 @@ def test_published_ports_from_outside_host_and_hairpin(
     ep = net.endpoint("web")
     by_port = {p.container_port.start: p for p in ep.ports}
     ephemeral = by_port[81].host_port
-    assert ephemeral is not None and ephemeral.start >= 1024
+    assert ephemeral is not None
+    assert ephemeral.start >= 1024
     for proto, port in (("tcp", 80), ("tcp", 81), ("udp", 53)):
         processes(serve(sb, proto, port))
     host = str(outside.host_address)

@@ -11,10 +11,9 @@ import fcntl
 import ipaddress
 import os
 import re
-import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ import pytest
 from cnm.errors import KernelError
 from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.firewall.iptables import IptablesFirewall
-from cnm.kernel import netns
 from cnm.kernel.netns import NetNS
 from cnm.types import PortRange
 
@@ -99,14 +97,11 @@ def assert_golden(ns: NetNS, case: str) -> None:
 
 
 @pytest.fixture
-def host() -> Iterator[NetNS]:
+def host(netns_factory: Callable[[str], NetNS]) -> NetNS:
     """A throwaway "host" namespace with one rule that is not cnm's."""
-    ns = netns.create(f"/run/netns/cnmt-fw-{secrets.token_hex(3)}")
-    try:
-        _ipt(ns, "iptables-legacy", "-A", "FORWARD", "-s", "10.9.9.9", "-j", "ACCEPT")
-        yield ns
-    finally:
-        netns.remove(ns.path)
+    ns = netns_factory("fw")
+    _ipt(ns, "iptables-legacy", "-A", "FORWARD", "-s", "10.9.9.9", "-j", "ACCEPT")
+    return ns
 
 
 @pytest.fixture
