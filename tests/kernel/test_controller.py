@@ -1,0 +1,229 @@
+"""Controller-level guarantees: bad input leaves nothing behind, state survives a reopen,
+controllers in different host namespaces never see each other, nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cnm import Controller, IPAMConfig, PortBinding, errors
+from cnm.kernel import links
+from cnm.kernel.netns import NetNS
+from cnm.testing.fixtures import Outside
+from cnm.testing.traffic import ping, probe, serve
+
+pytestmark = pytest.mark.kernel
+
+GOLDEN = Path(__file__).parent / "golden" / "controller"
+
+
+def iptables_save(ns: NetNS) -> str:
+    """The host namespace's legacy rules, without comments and counters."""
+    out = subprocess.run(
+        ["nsenter", f"--net={ns.path}", "--", "iptables-legacy-save"], capture_output=True, text=True, check=True
+    ).stdout
+    return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in out.splitlines() if not line.startswith("#"))
+
+
+def host_links(ns: NetNS) -> list[str]:
+    with ns.netlink() as nl:
+        return sorted(link.name for link in links.list_links(nl))
+
+
+def store_rows(ctl: Controller) -> list[tuple[str, str]]:
+    with sqlite3.connect(os.path.join(ctl.state_dir, "cnm.db")) as db:
+        return sorted(db.execute("SELECT kind, key FROM records"))
+
+
+def snapshot(ctl: Controller) -> tuple[list[str], str, list[tuple[str, str]], list[str]]:
+    netns_dir = os.path.join(ctl.state_dir, "netns")
+    mounts = sorted(os.listdir(netns_dir)) if os.path.isdir(netns_dir) else []
+    return host_links(ctl.host_netns), iptables_save(ctl.host_netns), store_rows(ctl), mounts
+
+
+def normalise(text: str, ctl: Controller) -> str:
+    """Replace ids and generated names by stable placeholders for golden files."""
+    for net in ctl.networks():
+        text = text.replace(net.id[:12], f"<{net.name}-id>").replace(net.id[:11], f"<{net.name}-id>")
+    return text
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / f"{name}.rules"
+    if os.environ.get("CNM_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"rules differ from {path}; CNM_UPDATE_GOLDEN=1 regenerates it"
+
+
+BAD_INPUTS: list[tuple[str, type[errors.CNMError], Callable[[Controller], object]]] = [
+    ("malformed subnet", errors.InvalidConfig, lambda c: c.create_network("x", ipam=IPAMConfig(subnet="10.1.2.3/33"))),
+    ("host bits", errors.InvalidConfig, lambda c: c.create_network("x", ipam=IPAMConfig(subnet="10.1.2.3/24"))),
+    (
+        "gateway outside",
+        errors.InvalidConfig,
+        lambda c: c.create_network("x", ipam=IPAMConfig(subnet="10.1.0.0/24", gateway="10.2.0.1")),
+    ),
+    ("overlap", errors.PoolOverlap, lambda c: c.create_network("x", ipam=IPAMConfig(subnet="10.50.0.0/24"))),
+    ("duplicate", errors.AlreadyExists, lambda c: c.create_network("base")),
+    ("unknown driver", errors.DriverNotFound, lambda c: c.create_network("x", driver="nope")),
+    ("unknown option", errors.InvalidConfig, lambda c: c.create_network("x", options={"colour": "blue"})),
+    ("bridge name too long", errors.InvalidConfig, lambda c: c.create_network("x", options={"bridge_name": "b" * 16})),
+    ("bad name", errors.InvalidConfig, lambda c: c.create_network("no spaces")),
+    ("bad mtu", errors.InvalidConfig, lambda c: c.create_network("x", options={"mtu": 10})),
+    (
+        "port published twice",
+        errors.PortInUse,
+        lambda c: c.network("base").create_endpoint("e2", ports=[PortBinding(container_port=1, host_port=8080)]),
+    ),
+    (
+        "port held by a host program",
+        errors.PortInUse,
+        lambda c: c.network("base").create_endpoint("e2", ports=[PortBinding(container_port=1, host_port=9999)]),
+    ),
+    (
+        "address taken",
+        errors.AddressInUse,
+        lambda c: c.network("base").create_endpoint("e2", ip="10.50.0.2"),
+    ),
+    ("duplicate endpoint", errors.AlreadyExists, lambda c: c.network("base").create_endpoint("e1")),
+    ("duplicate sandbox", errors.AlreadyExists, lambda c: c.create_sandbox("s1")),
+    ("network with endpoints", errors.ActiveEndpoints, lambda c: c.network("base").delete()),
+    ("predefined network", errors.Forbidden, lambda c: c.network("bridge").delete()),
+    ("unknown network", errors.NetworkNotFound, lambda c: c.network("ghost")),
+    ("sandbox on unknown network", errors.NetworkNotFound, lambda c: c.create_sandbox("s9", network="ghost")),
+    ("bad port", errors.InvalidConfig, lambda c: PortBinding(container_port=70000)),
+    ("bad protocol", errors.InvalidConfig, lambda c: PortBinding(container_port=80, protocol="sctp")),
+]
+
+
+@pytest.mark.parametrize(("case", "error", "call"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_raises_and_leaves_nothing(
+    controller: Controller,
+    processes: Callable[[subprocess.Popen[Any]], subprocess.Popen[Any]],
+    case: str,
+    error: type[errors.CNMError],
+    call: Callable[[Controller], object],
+) -> None:
+    net = controller.create_network("base", ipam=IPAMConfig(subnet="10.50.0.0/24"))
+    sb = controller.create_sandbox("s1")
+    ep = net.create_endpoint("e1", ports=[PortBinding(container_port=80, host_port=8080)])
+    ep.join(sb)
+
+    class HostNs:
+        def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+            return subprocess.Popen(["nsenter", f"--net={controller.host_netns.path}", "--", *argv], **kwargs)
+
+    processes(serve(HostNs(), "tcp", 9999))  # type: ignore[arg-type]
+    before = snapshot(controller)
+    with pytest.raises(error) as info:
+        call(controller)
+    assert str(info.value), "every error says what failed"
+    assert snapshot(controller) == before, f"{case}: something was left behind"
+    sb.delete()
+    ep.delete()
+    net.delete()
+
+
+def test_state_survives_reopening_the_state_dir(host_netns: NetNS, outside: Outside, tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    with Controller(state_dir=state, host_netns=host_netns) as ctl:
+        net = ctl.create_network("keep", ipam=IPAMConfig(subnet="10.60.0.0/24"))
+        sb = ctl.create_sandbox("k1", network="keep", ports=[PortBinding(container_port=80)])
+        before = {
+            "networks": [(n.name, n.id, str(n.subnet)) for n in ctl.networks()],
+            "sandboxes": [(s.name, s.id, s.netns_path) for s in ctl.sandboxes()],
+            "endpoint": (net.endpoint("k1").ip, net.endpoint("k1").mac, net.endpoint("k1").ports),
+        }
+        assert sb.netns.exists()
+    with Controller(state_dir=state, host_netns=host_netns) as ctl:
+        net = ctl.network("keep")
+        after = {
+            "networks": [(n.name, n.id, str(n.subnet)) for n in ctl.networks()],
+            "sandboxes": [(s.name, s.id, s.netns_path) for s in ctl.sandboxes()],
+            "endpoint": (net.endpoint("k1").ip, net.endpoint("k1").mac, net.endpoint("k1").ports),
+        }
+        assert after == before
+        # Allocations were restored: the next address and the same host port are taken.
+        e2 = net.create_endpoint("k2")
+        assert str(e2.ip) == "10.60.0.3"
+        port = net.endpoint("k1").ports[0].host_port
+        with pytest.raises(errors.PortInUse):
+            net.create_endpoint("k3", ports=[PortBinding(container_port=80, host_port=port)])
+        assert ping(ctl.sandbox("k1"), "10.60.0.1")
+        e2.delete()
+        ctl.sandbox("k1").delete()
+        net.delete()
+
+
+def test_two_controllers_in_one_process_never_see_each_other(
+    netns_factory: Callable[[str], NetNS], tmp_path: Path
+) -> None:
+    ns_a, ns_b = netns_factory("ha"), netns_factory("hb")
+    with (
+        Controller(state_dir=str(tmp_path / "a"), host_netns=ns_a) as a,
+        Controller(state_dir=str(tmp_path / "b"), host_netns=ns_b) as b,
+    ):
+        rules_b = iptables_save(ns_b)
+        links_b = host_links(ns_b)
+        net = a.create_network("only-a", ipam=IPAMConfig(subnet="10.70.0.0/24"))
+        sb = a.create_sandbox("sa", network="only-a", ports=[PortBinding(container_port=80, host_port=8080)])
+        assert iptables_save(ns_b) == rules_b
+        assert host_links(ns_b) == links_b
+        assert [n.name for n in b.networks()] == ["bridge", "host", "none"]
+        # The same subnet and host port are free in the other host.
+        net_b = b.create_network("only-b", ipam=IPAMConfig(subnet="10.70.0.0/24"))
+        sb_b = b.create_sandbox("sb", network="only-b", ports=[PortBinding(container_port=80, host_port=8080)])
+        assert "10.70.0.0/24" not in iptables_save(ns_a).replace("-s 10.70.0.0/24 ! -o cnm-" + net.id[:11], "").replace(
+            "-s 10.70.0.0/24 ! -o cnm-" + net_b.id[:11], "<other>"
+        )
+        for s in (sb, sb_b):
+            s.delete()
+        net.delete()
+        net_b.delete()
+
+
+def test_deleting_everything_leaves_nothing(
+    controller: Controller, outside: Outside, processes: Callable[[subprocess.Popen[Any]], subprocess.Popen[Any]]
+) -> None:
+    before = snapshot(controller)
+    net = controller.create_network("tmp", ipam=IPAMConfig(subnet="10.80.0.0/24"), options={"icc": False})
+    sandboxes = [
+        controller.create_sandbox(f"t{i}", network="tmp", ports=[PortBinding(container_port=80)]) for i in range(3)
+    ]
+    server = processes(serve(sandboxes[0], "tcp", 80))
+    port = net.endpoint("t0").ports[0].host_port
+    assert port is not None
+    assert probe(outside, "tcp", str(outside.host_address), port.start) is not None
+    server.terminate()
+    server.wait()
+    for s in sandboxes:
+        s.delete()
+    net.delete()
+    assert snapshot(controller) == before
+
+
+def test_firewall_layout_golden(controller: Controller) -> None:
+    base = iptables_save(controller.host_netns)
+    net = controller.create_network("web", ipam=IPAMConfig(subnet="10.90.0.0/24"), options={"icc": False})
+    inner = controller.create_network("back", ipam=IPAMConfig(subnet="10.91.0.0/24"), internal=True)
+    sb = controller.create_sandbox(
+        "w1",
+        network="web",
+        ports=[
+            PortBinding(container_port=80, host_port=8080),
+            PortBinding(container_port="5000-5002", host_port="15000-15002", protocol="udp"),
+        ],
+    )
+    check_golden("web_and_internal", normalise(iptables_save(controller.host_netns), controller))
+    sb.delete()
+    inner.delete()
+    net.delete()
+    assert iptables_save(controller.host_netns) == base
