@@ -147,13 +147,12 @@ class PortRange:
         if isinstance(value, tuple) and len(value) == 2:
             return cls(int(value[0]), int(value[1]))
         text = str(value).strip()
+        low, _, high = text.partition("-")
         try:
-            if "-" in text:
-                low, high = text.split("-", 1)
-                return cls(int(low), int(high))
-            return cls(int(text), int(text))
+            start, end = int(low), int(high or low)
         except ValueError as exc:
             raise InvalidConfig(f"invalid port {value!r}; give a number like 80 or a range like 8000-8010") from exc
+        return cls(start, end)
 
     def __len__(self) -> int:
         return self.end - self.start + 1

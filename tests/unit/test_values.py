@@ -1,0 +1,101 @@
+"""Pure logic: value types, bridge options, the registry, the resolv.conf and hosts renderers."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from cnm import IPAMConfig, PortBinding, errors, etchosts, resolvconf
+from cnm.driverapi import DriverContext
+from cnm.firewall.recording import RecordingFirewall
+from cnm.kernel.netns import NetNS
+from cnm.registry import DriverRegistry
+from cnm.types import PortRange
+from cnm_drivers.bridge import BridgeOptions
+from cnm_drivers.null import NullDriver
+
+
+def test_ipam_config_converts_and_validates() -> None:
+    cfg = IPAMConfig(
+        subnet="172.28.0.0/16", gateway="172.28.5.254", ip_range="172.28.5.0/24", aux_addresses={"a": "172.28.1.5"}
+    )
+    assert cfg.subnet == ipaddress.ip_network("172.28.0.0/16")
+    assert cfg.gateway == ipaddress.ip_address("172.28.5.254")
+    with pytest.raises(errors.InvalidConfig, match=r"did you mean 172\.28\.0\.0/16"):
+        IPAMConfig(subnet="172.28.1.0/16")
+    with pytest.raises(errors.InvalidConfig, match="not inside subnet"):
+        IPAMConfig(subnet="172.28.0.0/16", ip_range="10.0.0.0/24")
+    with pytest.raises(errors.InvalidConfig, match="need an explicit subnet"):
+        IPAMConfig(gateway="10.0.0.1")
+    with pytest.raises(errors.InvalidConfig, match="network or broadcast"):
+        IPAMConfig(subnet="10.0.0.0/24", gateway="10.0.0.255")
+
+
+def test_port_binding_forms() -> None:
+    assert PortBinding(container_port=80).container_port == PortRange(80, 80)
+    ranged = PortBinding(container_port="8000-8002", host_port="9000-9002", protocol="UDP")
+    assert (len(ranged.container_port), ranged.protocol) == (3, "udp")
+    assert list(ranged.container_port) == [8000, 8001, 8002]
+    assert str(PortBinding(container_port=80, host_port=8080, host_ip="127.0.0.1")) == "127.0.0.1:8080:80/tcp"
+    with pytest.raises(errors.InvalidConfig, match="differ in length"):
+        PortBinding(container_port="80-81", host_port="90-92")
+    with pytest.raises(errors.InvalidConfig, match="reversed"):
+        PortRange.parse("90-80")
+    with pytest.raises(errors.InvalidConfig):
+        PortRange.parse("http")
+
+
+def test_bridge_options_accept_docker_names_and_refuse_unknown() -> None:
+    opts = BridgeOptions.parse(
+        {"com.docker.network.bridge.enable_icc": "false", "mtu": "1400", "com.docker.network.bridge.name": "br1"}
+    )
+    assert (opts.icc, opts.mtu, opts.bridge_name, opts.masquerade) == (False, 1400, "br1", True)
+    with pytest.raises(errors.InvalidConfig, match="known options"):
+        BridgeOptions.parse({"colour": "blue"})
+    with pytest.raises(errors.InvalidConfig, match="not a boolean"):
+        BridgeOptions.parse({"icc": "maybe"})
+    with pytest.raises(errors.InvalidConfig, match="at most 15 bytes"):
+        BridgeOptions.parse({"bridge_name": "x" * 16})
+
+
+def test_registry_loads_entry_points_and_names_the_installed_drivers(tmp_path: object) -> None:
+    def context(name: str) -> DriverContext:
+        return DriverContext(host_netns=NetNS.current(), firewall=RecordingFirewall(), state_dir="/nonexistent")
+
+    registry = DriverRegistry(context)
+    assert {"bridge", "null", "host"} <= set(registry.names())
+    assert isinstance(registry.get("null"), NullDriver)
+    assert registry.get("null") is registry.get("null")
+    with pytest.raises(errors.DriverNotFound, match=r"installed drivers: .*bridge"):
+        registry.get("nope")
+    registry.register("mine", NullDriver)
+    assert isinstance(registry.get("mine"), NullDriver)
+
+
+def test_resolv_conf_drops_loopback_servers() -> None:
+    host = "nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch example.org\noptions edns0\n"
+    assert resolvconf.render(host) == "nameserver 10.0.0.2\nsearch example.org\noptions edns0\n"
+    only_loopback = resolvconf.render("nameserver 127.0.0.1\n")
+    assert only_loopback == "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+    custom = resolvconf.render(host, nameservers=["1.1.1.1"], search=["corp"], options=["ndots:2"])
+    assert custom == "nameserver 1.1.1.1\nsearch corp\noptions ndots:2\n"
+
+
+def test_hosts_file_matches_dockers_layout() -> None:
+    text = etchosts.render([etchosts.HostEntry(ipaddress.ip_address("172.17.0.2"), ("85ea1431e404",))])
+    with open("/work/shared/reference/docker/raw/2-default-bridge-db0.txt") as f:
+        capture = f.read()
+    docker_hosts = capture.split("## cat /etc/hosts\n", 1)[1].split("##", 1)[0]
+    assert text == docker_hosts
+
+
+def test_errors_are_also_builtin_exceptions() -> None:
+    assert issubclass(errors.NetworkNotFound, LookupError)
+    assert issubclass(errors.InvalidConfig, ValueError)
+    assert issubclass(errors.KernelError, OSError)
+    err = errors.KernelError("create veth failed", 17)
+    assert str(err) == "create veth failed [EEXIST]"
+    import pickle
+
+    assert pickle.loads(pickle.dumps(err)).errno == 17  # noqa: S301 - our own bytes
