@@ -10,7 +10,8 @@ own, and every verb must be idempotent, since a verb may be repeated after a
 crash. Deletes succeed when the object is already gone.
 
 Optional abilities are separate small protocols, checked with ``isinstance``:
-:class:`PortPublisher` (published ports).
+:class:`PortPublisher` (published ports) and :class:`Reconciler` (repair after
+a crash or a reboot, firewall re-application, garbage collection).
 
 A minimal driver (the built-in null driver is the example to copy)::
 
@@ -31,12 +32,12 @@ A minimal driver (the built-in null driver is the example to copy)::
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from cnm.firewall import Firewall
+from cnm.firewall import Firewall, NetworkRules
 from cnm.kernel.netns import NetNS
 from cnm.types import IPAddress, PortBinding
 
@@ -50,6 +51,7 @@ __all__ = [
     "NetworkInfo",
     "NetworkRequest",
     "PortPublisher",
+    "Reconciler",
     "SandboxInfo",
     "StaticRoute",
 ]
@@ -234,3 +236,32 @@ class PortPublisher(Protocol):
 
     def unpublish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         """Withdraw ``endpoint.ports``; called before leave; idempotent."""
+
+
+@runtime_checkable
+class Reconciler(Protocol):
+    """A driver that can repair its host-side state from the controller's store.
+
+    :meth:`cnm.Controller.reconcile` calls these after a crash or a reboot, and
+    :meth:`cnm.Controller.reapply_firewall` after someone flushed the firewall.
+    """
+
+    def restore_network(self, network: NetworkInfo) -> bool:
+        """Re-create whatever of the network's host-side objects is missing (not its rules).
+
+        Returns:
+            True if something had to be re-created.
+        """
+
+    def firewall_rules(self, network: NetworkInfo, endpoints: Sequence[EndpointInfo]) -> NetworkRules | None:
+        """Every firewall rule the network needs, given its joined endpoints; None if it needs none."""
+
+    def endpoint_intact(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo) -> bool:
+        """Whether a joined endpoint's kernel objects are all still there."""
+
+    def collect_garbage(self, networks: Sequence[NetworkInfo], joined: Sequence[EndpointInfo]) -> list[str]:
+        """Remove host objects this driver made that belong to none of ``networks`` or ``joined``.
+
+        Only objects recognisably the driver's own (by name prefix, tag or
+        external id) may be touched. Returns a description of each removal.
+        """

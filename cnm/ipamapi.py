@@ -100,3 +100,7 @@ class Ipam(Protocol):
             cnm.errors.NotFound: no such pool.
         """
         ...
+
+    def pools(self) -> list[Pool]:
+        """Every pool currently handed out (for reconciliation)."""
+        ...

@@ -176,6 +176,11 @@ class LocalIpam:
         if existed:
             logger.info("released %s", pool_id)
 
+    def pools(self) -> list[Pool]:
+        """Every pool currently handed out."""
+        with self._store.transaction() as txn:
+            return [_pool_of(pool_id, record) for pool_id, record in txn.list(_POOL)]
+
     def get_pool(self, pool_id: str) -> Pool:
         """The pool with this id; :class:`~cnm.errors.NotFound` if there is none."""
         with self._store.transaction() as txn:

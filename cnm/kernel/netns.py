@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import pickle
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ NETNS_RUN_DIR = "/run/netns"
 _CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
 _MNT_DETACH = 2
+_PR_SET_PDEATHSIG = 1
 _T = TypeVar("_T")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -176,6 +178,11 @@ class NetNS:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(read_fd)
+            # Die with the parent: a worker left running after its caller was
+            # killed could commit rules after a reconcile has looked.
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() == 1:
+                os._exit(1)
             try:
                 self._enter()
                 payload: tuple[bool, object] = (True, fn())

@@ -11,9 +11,9 @@ __all__ = ["namespace_prefix"]
 
 
 def namespace_prefix() -> str:
-    """The name prefix of this test process's namespaces: ``cnmt-<xdist worker>-``.
+    """The name prefix of this test process's namespaces: ``cnmt-<pid>-``.
 
-    Tests running in parallel in other workers use other prefixes, so a leak
-    check can look at its own namespaces only.
+    Tests running at the same time in other processes (xdist workers, other
+    test sessions) use other prefixes, so a leak check looks at its own only.
     """
-    return f"cnmt-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-"
+    return f"cnmt-{os.getpid()}-"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
+from collections.abc import Sequence
 from typing import ClassVar
 
 from cnm.driverapi import (
@@ -15,10 +17,11 @@ from cnm.driverapi import (
     NetworkInfo,
     NetworkRequest,
     PortPublisher,
+    Reconciler,
     SandboxInfo,
 )
 from cnm.errors import InvalidConfig
-from cnm.firewall import FirewallNetwork, PortMapping
+from cnm.firewall import FirewallNetwork, NetworkRules, PortMapping
 from cnm.kernel import links
 
 from . import setup
@@ -27,6 +30,11 @@ from .config import BridgeOptions
 __all__ = ["BridgeDriver"]
 
 log = logging.getLogger(__name__)
+
+
+# Names this driver generates; only links named so are ever garbage-collected.
+_OWN_BRIDGE = re.compile(r"^cnm-[0-9a-f]{11}$")
+_OWN_VETH = re.compile(r"^cnm[0-9a-f]{12}$")
 
 
 def host_veth_name(endpoint_id: str) -> str:
@@ -157,6 +165,43 @@ class BridgeDriver:
         """Withdraw the endpoint's DNAT rules."""
         self._firewall.remove_ports(self.firewall_network(network), self._mappings(endpoint))
 
+    # --- reconciliation ---------------------------------------------------------------
+    def restore_network(self, network: NetworkInfo) -> bool:
+        """Re-create the bridge, its address and sysctls if the bridge is gone (e.g. after a reboot)."""
+        bridge = self.bridge_name(network)
+        with self._host.netlink() as nl:
+            if links.get_link(nl, bridge) is not None:
+                return False
+        setup.restore_bridge(self._host, bridge=bridge, mtu=self.options(network).mtu, gateway=network.ipv4[0].gateway)
+        log.info("re-created bridge %s of network %s", bridge, network.name)
+        return True
+
+    def firewall_rules(self, network: NetworkInfo, endpoints: Sequence[EndpointInfo]) -> NetworkRules | None:
+        """The network's rules and the published ports of its joined endpoints."""
+        ports = tuple(m for e in endpoints for m in self._mappings(e))
+        return NetworkRules(network=self.firewall_network(network), ports=ports)
+
+    def endpoint_intact(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo) -> bool:
+        """True if the endpoint's veth is still on its bridge."""
+        with self._host.netlink() as nl:
+            veth = links.get_link(nl, host_veth_name(endpoint.id))
+            bridge = links.get_link(nl, self.bridge_name(network))
+        return veth is not None and bridge is not None and veth.master == bridge.index
+
+    def collect_garbage(self, networks: Sequence[NetworkInfo], joined: Sequence[EndpointInfo]) -> list[str]:
+        """Delete bridges and veths named as this driver names them that no known object owns."""
+        keep = {self.bridge_name(n) for n in networks} | {host_veth_name(e.id) for e in joined}
+        removed = []
+        with self._host.netlink() as nl:
+            for link in links.list_links(nl):
+                own = (link.kind == "bridge" and _OWN_BRIDGE.match(link.name)) or (
+                    link.kind == "veth" and _OWN_VETH.match(link.name)
+                )
+                if own and link.name not in keep and links.delete_link(nl, link.name):
+                    removed.append(f"deleted orphaned {link.kind} {link.name}")
+        return removed
+
 
 _: type[Driver] = BridgeDriver
 _publisher: type[PortPublisher] = BridgeDriver
+_reconciler: type[Reconciler] = BridgeDriver

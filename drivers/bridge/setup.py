@@ -10,7 +10,7 @@ from cnm.firewall import Firewall, FirewallNetwork
 from cnm.kernel import addresses, links, sysctl
 from cnm.kernel.netns import NetNS
 
-__all__ = ["attach_veth", "create_network"]
+__all__ = ["attach_veth", "create_network", "restore_bridge"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,18 @@ def create_network(
         except BaseException:
             links.delete_link(nl, bridge)
             raise
+
+
+def restore_bridge(
+    host: NetNS, *, bridge: str, mtu: int, gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
+) -> None:
+    """The bridge, its gateway address and sysctls, without rules (the controller re-applies those)."""
+    with host.netlink() as nl:
+        links.ensure_bridge(nl, bridge, mtu=mtu, up=False)
+        if gateway is not None:
+            addresses.add_address(nl, bridge, gateway)
+        enable_forwarding(host, bridge)
+        links.set_link(nl, bridge, up=True)
 
 
 def enable_forwarding(host: NetNS, bridge: str) -> None:

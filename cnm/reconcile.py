@@ -1,0 +1,270 @@
+"""Reconciliation: make the kernel and the store agree again after a crash or a reboot.
+
+Every operation records its intent in the store (a ``creating`` or
+``deleting`` status) before it touches the kernel, and every driver verb is
+idempotent, so an interrupted operation can always be finished or undone:
+
+* records still ``creating`` are rolled back, records ``deleting`` are finished;
+* sandboxes whose namespace is gone (a reboot) are marked ``dead``: their
+  endpoints leave, the endpoints they own are deleted, their addresses and
+  host ports are released;
+* networks whose host objects are gone are re-created by their driver;
+* joined endpoints whose interfaces vanished are joined again;
+* kernel objects that are recognisably cnm's but unknown to the store are
+  removed, and so are allocations nobody owns;
+* finally the firewall is rebuilt from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+
+from cnm import _records as rec
+from cnm._runtime import Runtime
+from cnm.driverapi import Reconciler
+from cnm.errors import CNMError
+from cnm.firewall import Firewall, NetworkRules
+from cnm.kernel import links, netns
+from cnm.kernel.netns import NetNS
+
+__all__ = ["DEAD", "ReconcileReport", "reapply_firewall", "reconcile"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+DEAD = "dead"
+"""Status of a sandbox whose namespace disappeared (e.g. after a host reboot)."""
+
+
+@attrs.frozen
+class ReconcileReport:
+    """What :meth:`cnm.Controller.reconcile` did, one line per action.
+
+    Attributes:
+        actions: each repair, in the order it was made.
+        errors: repairs that failed (the next reconcile retries them).
+    """
+
+    actions: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.actions or self.errors)
+
+    def __str__(self) -> str:
+        lines = list(self.actions) + [f"FAILED: {e}" for e in self.errors]
+        return "\n".join(lines) if lines else "nothing to do"
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.actions: list[str] = []
+        self.errors: list[str] = []
+
+    def did(self, action: str) -> None:
+        log.info("reconcile: %s", action)
+        self.actions.append(action)
+
+    def attempt(self, what: str, fn: Callable[..., _T], *args: Any) -> _T | None:
+        """Run one repair; a failure is recorded and the others still run."""
+        try:
+            return fn(*args)
+        except CNMError as exc:
+            log.error("reconcile: %s failed: %s", what, exc)
+            self.errors.append(f"{what}: {exc}")
+            return None
+
+
+def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
+    """Finish or undo interrupted operations, repair and collect garbage; see the module doc."""
+    out = _Log()
+    with rt.lock:
+        _settle_networks(rt, out)
+        _settle_sandboxes(rt, out)
+        _settle_endpoints(rt, out)
+        _restore_networks(rt, out)
+        _repair_joins(rt, out)
+        _collect_garbage(rt, out)
+        _release_orphans(rt, out)
+        out.attempt("re-apply the firewall", reapply_firewall, rt, firewall)
+    return ReconcileReport(tuple(out.actions), tuple(out.errors))
+
+
+def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
+    """Rebuild every cnm rule from the store, touching no other rule."""
+    with rt.lock:
+        networks = sorted(rt.list_records("network", rec.NetworkRecord), key=lambda n: n.created)
+        endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+        described: list[NetworkRules] = []
+        for network in networks:
+            if network.status != rec.READY:
+                continue
+            driver = rt.driver(network)
+            if not isinstance(driver, Reconciler):
+                continue
+            joined = [rt.endpoint_info(e) for e in endpoints if e.network_id == network.id and e.sandbox_id]
+            rules = driver.firewall_rules(rt.network_info(network), joined)
+            if rules is not None:
+                described.append(rules)
+        firewall.reapply(described)
+
+
+def _settle_networks(rt: Runtime, out: _Log) -> None:
+    from cnm.network import _free_network
+
+    for network in rt.list_records("network", rec.NetworkRecord):
+        if network.status in (rec.CREATING, rec.DELETING):
+
+            def undo(network: rec.NetworkRecord = network) -> None:
+                rt.driver(network).delete_network(rt.network_info(network))
+                _free_network(rt, network)
+
+            verb = "rolled back" if network.status == rec.CREATING else "finished deleting"
+            out.attempt(f"settle network {network.name}", undo)
+            out.did(f"{verb} network {network.name}")
+
+
+def _settle_sandboxes(rt: Runtime, out: _Log) -> None:
+    from cnm.endpoint import delete_endpoint, leave
+    from cnm.sandbox import delete_sandbox, joined_endpoints
+
+    for sandbox in rt.list_records("sandbox", rec.SandboxRecord):
+        if sandbox.status in (rec.CREATING, rec.DELETING):
+            verb = "rolled back" if sandbox.status == rec.CREATING else "finished deleting"
+            out.attempt(f"settle sandbox {sandbox.name}", delete_sandbox, rt, sandbox)
+            out.did(f"{verb} sandbox {sandbox.name}")
+        elif sandbox.status == rec.READY and not NetNS(sandbox.netns_path).exists():
+            for endpoint in joined_endpoints(rt, sandbox.id):
+                action = delete_endpoint if endpoint.owned_by_sandbox else leave
+                out.attempt(f"release endpoint {endpoint.name}", action, rt, endpoint)
+            with rt.store.transaction() as txn:
+                txn.put("sandbox", sandbox.id, rec.to_json(attrs.evolve(sandbox, status=DEAD)))
+            out.did(f"sandbox {sandbox.name} lost its namespace: marked dead, its endpoints left")
+
+
+def _settle_endpoints(rt: Runtime, out: _Log) -> None:
+    from cnm.endpoint import _free_endpoint, delete_endpoint, leave
+
+    for endpoint in rt.list_records("endpoint", rec.EndpointRecord):
+        if endpoint.status == rec.READY:
+            continue
+        try:
+            rt.network_record(endpoint.network_id)
+        except CNMError:
+            out.attempt(f"forget endpoint {endpoint.name}", _free_endpoint, rt, endpoint)
+            out.did(f"forgot endpoint {endpoint.name} of a vanished network")
+            continue
+        if endpoint.sandbox_id is not None:
+            # Interrupted in join (creating) or in leave (deleting): either way, leave.
+            out.attempt(f"settle the join of endpoint {endpoint.name}", leave, rt, endpoint)
+            out.did(f"undid the interrupted join/leave of endpoint {endpoint.name}")
+        else:
+            verb = "rolled back" if endpoint.status == rec.CREATING else "finished deleting"
+            out.attempt(f"settle endpoint {endpoint.name}", delete_endpoint, rt, endpoint)
+            out.did(f"{verb} endpoint {endpoint.name}")
+
+
+def _restore_networks(rt: Runtime, out: _Log) -> None:
+    for network in rt.list_records("network", rec.NetworkRecord):
+        driver = rt.driver(network)
+        if (
+            network.status == rec.READY
+            and isinstance(driver, Reconciler)
+            and out.attempt(f"restore network {network.name}", driver.restore_network, rt.network_info(network))
+        ):
+            out.did(f"re-created the host objects of network {network.name}")
+
+
+def _interface_present(sandbox: rec.SandboxRecord, ifname: str | None) -> bool:
+    if ifname is None:
+        return True
+    with NetNS(sandbox.netns_path).netlink() as nl:
+        return links.get_link(nl, ifname) is not None
+
+
+def _repair_joins(rt: Runtime, out: _Log) -> None:
+    from cnm.endpoint import join, leave
+
+    for endpoint in rt.list_records("endpoint", rec.EndpointRecord):
+        if endpoint.sandbox_id is None or endpoint.status != rec.READY:
+            continue
+        network = rt.network_record(endpoint.network_id)
+        sandbox = rt.sandbox_record(endpoint.sandbox_id)
+        driver = rt.driver(network)
+        if sandbox.status != rec.READY or not isinstance(driver, Reconciler):
+            continue
+        intact = driver.endpoint_intact(
+            rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
+        ) and _interface_present(sandbox, endpoint.ifname)
+        if not intact:
+
+            def rejoin(e: rec.EndpointRecord = endpoint, s: rec.SandboxRecord = sandbox) -> None:
+                leave(rt, e)
+                join(rt, rt.reload(e), rt.reload(s))
+
+            out.attempt(f"rejoin endpoint {endpoint.name}", rejoin)
+            out.did(f"endpoint {endpoint.name} had lost its interface: joined sandbox {sandbox.name} again")
+
+
+def _collect_garbage(rt: Runtime, out: _Log) -> None:
+    networks = [n for n in rt.list_records("network", rec.NetworkRecord) if n.status == rec.READY]
+    endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+    for name in sorted({n.driver for n in networks} | set(rt.registry.names())):
+        try:
+            driver = rt.registry.get(name)
+        except CNMError:
+            continue
+        if not isinstance(driver, Reconciler):
+            continue
+        mine = [n for n in networks if n.driver == name]
+        ids = {n.id for n in mine}
+        joined = [rt.endpoint_info(e) for e in endpoints if e.network_id in ids and e.sandbox_id]
+        infos = [rt.network_info(n) for n in mine]
+        for line in out.attempt(f"collect garbage of driver {name}", driver.collect_garbage, infos, joined) or []:
+            out.did(line)
+    sandboxes = rt.list_records("sandbox", rec.SandboxRecord)
+    known_ns = {os.path.basename(s.netns_path) for s in sandboxes}
+    known_files = {os.path.basename(s.files_dir) for s in sandboxes}
+    remove_dir: Callable[[str], object] = functools.partial(shutil.rmtree, ignore_errors=True)
+    for directory, known, remove in (
+        (os.path.join(rt.state_dir, "netns"), known_ns, netns.remove),
+        (os.path.join(rt.state_dir, "sandboxes"), known_files, remove_dir),
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.listdir(directory):
+                if entry not in known:
+                    remove(os.path.join(directory, entry))
+                    out.did(f"removed orphaned {os.path.join(directory, entry)}")
+
+
+def _release_orphans(rt: Runtime, out: _Log) -> None:
+    networks = rt.list_records("network", rec.NetworkRecord)
+    endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+    by_pool = {n.pool_id: n for n in networks if n.pool_id}
+    for pool in rt.ipam.pools():
+        network = by_pool.get(pool.id)
+        if network is None:
+            rt.ipam.release_pool(pool.id)
+            out.did(f"released pool {pool.id} of no network")
+            continue
+        expected = {ipaddress.ip_address(a) for a in (network.gateway, *network.aux_addresses.values()) if a}
+        expected |= {
+            ipaddress.IPv4Interface(e.address).ip for e in endpoints if e.network_id == network.id and e.address
+        }
+        for address in set(rt.ipam.allocated(pool.id)) - expected:
+            rt.ipam.release_address(pool.id, address)
+            out.did(f"released address {address} of no endpoint")
+    owners = {e.id for e in endpoints}
+    for owner in sorted(set(rt.ports.held().values()) - owners):
+        rt.ports.release(owner)
+        out.did(f"released host ports of vanished endpoint {owner[:12]}")
