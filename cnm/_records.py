@@ -23,6 +23,11 @@ CREATING = "creating"
 READY = "ready"
 DELETING = "deleting"
 
+# Sandbox modes: whose network namespace a sandbox uses.
+PRIVATE = "private"  # its own, created with it and removed with it
+HOST = "host"  # the controller's host namespace, never removed
+CONTAINER = "container"  # another sandbox's, with that sandbox's files (``shares``)
+
 
 @attrs.frozen(kw_only=True)
 class NetworkRecord:
@@ -88,6 +93,9 @@ class SandboxRecord:
     dns_options: list[str] = attrs.field(factory=list)
     join_counter: int = 0
     created: str = ""
+    mode: str = PRIVATE
+    shares: str | None = None
+    network_mode: str = ""
     status: str = READY
 
 

@@ -16,6 +16,7 @@ from cnm.ipam import LocalIpam
 from cnm.kernel.netns import NetNS
 from cnm.network import Network, create_network
 from cnm.portmapper import PortAllocator, read_ephemeral_range
+from cnm.reconcile import ReconcileReport, reapply_firewall, reconcile
 from cnm.registry import DriverRegistry
 from cnm.sandbox import Sandbox, create_sandbox
 from cnm.store import SqliteStore
@@ -27,6 +28,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BRIDGE = "cnm0"
 """The device name of the predefined ``bridge`` network (Docker's docker0)."""
+
+DEFAULT_BRIDGE_OPTIONS: Mapping[str, object] = {
+    "com.docker.network.bridge.default_bridge": "true",
+    "com.docker.network.bridge.enable_icc": "true",
+    "com.docker.network.bridge.enable_ip_masquerade": "true",
+    "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
+    "com.docker.network.bridge.name": DEFAULT_BRIDGE,
+    "com.docker.network.driver.mtu": "1500",
+}
+"""The options the predefined ``bridge`` is created with: the list dockerd passes for docker0,
+which is what ``docker network inspect bridge`` shows."""
 
 
 class Controller:
@@ -53,6 +65,7 @@ class Controller:
         firewall: Firewall | None = None,
         registry: DriverRegistry | None = None,
         predefined: bool = True,
+        reconcile: bool = True,
     ) -> None:
         if host_netns is None:
             host = NetNS.current()
@@ -79,6 +92,10 @@ class Controller:
         )
         if predefined:
             self._ensure_predefined()
+        if reconcile:
+            report = self.reconcile()
+            if report:
+                log.warning("reconciled state_dir %s on open:\n%s", self.state_dir, report)
 
     def _driver_context(self, name: str) -> DriverContext:
         path = os.path.join(self.state_dir, "drivers", name)
@@ -91,7 +108,7 @@ class Controller:
             wanted: list[tuple[str, str, Mapping[str, object]]] = [
                 ("none", "null", {}),
                 ("host", "host", {}),
-                ("bridge", "bridge", {"bridge_name": DEFAULT_BRIDGE, "default_bridge": True}),
+                ("bridge", "bridge", DEFAULT_BRIDGE_OPTIONS),
             ]
             for name, driver, options in wanted:
                 if name not in existing and driver in self.registry.names():
@@ -166,29 +183,70 @@ class Controller:
         dns_search: Sequence[str] = (),
         dns_options: Sequence[str] = (),
     ) -> Sandbox:
-        """Create a sandbox, and with ``network`` connect it in one call (``docker run --net``).
+        """Create a sandbox, and with ``network`` connect it in one call, as ``docker run --net`` does.
 
         Args:
             name: unique among this controller's sandboxes.
-            hostname: what processes inside see; the name by default.
-            network: a network to connect to right away, through an endpoint named
-                after the sandbox that the sandbox owns (deleted with it).
-                ``None`` leaves the sandbox with loopback only.
-            ports: ports to publish through that endpoint.
-            dns, dns_search, dns_options: resolv.conf overrides.
+            hostname: what processes inside see; the name by default (the
+                host's hostname in host mode).
+            network: one of Docker's modes:
+
+                * a network name or id (``"bridge"``, a user network): a fresh
+                  namespace joined to it through an endpoint named after the
+                  sandbox, which the sandbox owns (deleted with it);
+                * ``"none"``: a fresh namespace with loopback only, joined to
+                  the ``none`` network (an endpoint with no address);
+                * ``"host"`` (any network whose driver gives the host's stack):
+                  no namespace of its own; processes run in the controller's host
+                  namespace, with copies of the host's hosts and resolv.conf;
+                * ``"container:<name>"``: the namespace, hosts and resolv.conf
+                  files and hostname of another sandbox; that sandbox cannot be
+                  deleted while this one exists;
+                * ``None``: a fresh namespace with loopback only and no endpoint,
+                  for the lower-level CNM calls.
+            ports: ports to publish through the sandbox's endpoint (bridge-like
+                networks only).
+            dns, dns_search, dns_options: resolv.conf overrides (not in container mode).
+
+        Raises:
+            NotFound: the network or the sandbox to share does not exist.
+            InvalidConfig: an option the mode cannot honour (ports on none, host
+                or container; hostname or dns in container mode).
+            AlreadyExists, Conflict, Exhausted, PortInUse, KernelError.
+            On any error nothing is left behind.
         """
+        from cnm import _records as rec
         from cnm.endpoint import create_endpoint, join
 
-        if ports and network is None:
+        def make(mode: str, share: str | None = None, network_mode: str = "") -> Sandbox:
+            return create_sandbox(
+                self._rt,
+                name,
+                hostname=hostname,
+                dns=dns,
+                dns_search=dns_search,
+                dns_options=dns_options,
+                mode=mode,
+                share=share,
+                network_mode=network_mode,
+            )
+
+        if ports and not network:
             raise InvalidConfig("ports need a network to publish them on; add network=")
         with self._rt.lock:
-            sandbox = create_sandbox(
-                self._rt, name, hostname=hostname, dns=dns, dns_search=dns_search, dns_options=dns_options
-            )
-            if network is None:
-                return sandbox
+            if not network:
+                return make(rec.PRIVATE)
+            if network.startswith("container:"):
+                if ports:
+                    raise InvalidConfig(
+                        f"sandbox {name!r} uses another sandbox's namespace; publish ports on that one instead"
+                    )
+                return make(rec.CONTAINER, share=network.removeprefix("container:"))
+            net = self._rt.network_record(network)
+            # Host mode is whatever network gives the host's own stack (the host driver's).
+            host_stack = not self.registry.get(net.driver).capabilities.needs_sandbox_netns
+            sandbox = make(rec.HOST if host_stack else rec.PRIVATE, network_mode=net.name)
             try:
-                net = self._rt.network_record(network)
                 endpoint = create_endpoint(self._rt, net, name, ports=ports, owned_by_sandbox=True)
                 try:
                     join(self._rt, endpoint._record, sandbox._record)
@@ -208,3 +266,23 @@ class Controller:
     def sandbox(self, ref: str) -> Sandbox:
         """A sandbox by name, id or unique id prefix; :class:`cnm.errors.SandboxNotFound` if none."""
         return Sandbox(self._rt, self._rt.sandbox_record(ref))
+
+    # --- repair ----------------------------------------------------------------
+    def reconcile(self) -> ReconcileReport:
+        """Make the kernel and the store agree again, after a crash or a host reboot.
+
+        Finishes or undoes interrupted operations; marks sandboxes whose
+        namespace is gone as dead and releases their endpoints; re-creates
+        networks whose host objects vanished; removes kernel objects that are
+        cnm's but unknown to the store; releases allocations nobody owns; and
+        rebuilds the firewall. Runs when a Controller opens, unless
+        ``reconcile=False``. Safe to run at any time.
+        """
+        return reconcile(self._rt, self.firewall)
+
+    def reapply_firewall(self) -> None:
+        """Rebuild every cnm firewall rule from the store, e.g. after ``iptables -F`` or a firewall reload.
+
+        Rules that are not cnm's are never touched.
+        """
+        reapply_firewall(self._rt, self.firewall)

@@ -6,7 +6,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -100,6 +100,17 @@ class Endpoint:
     def ifname(self) -> str | None:
         """The interface name inside the sandbox (eth0, eth1, ...) while joined."""
         return self._current().ifname
+
+    def inspect(self) -> dict[str, Any]:
+        """The endpoint as an entry of ``docker inspect``'s ``NetworkSettings.Networks``.
+
+        ``NetworkID``, ``EndpointID``, ``Gateway``, ``IPAddress``,
+        ``IPPrefixLen``, ``MacAddress`` and Docker's other keys (empty ones for IPv6).
+        """
+        from cnm import _inspect
+
+        record = self._current()
+        return _inspect.endpoint_settings(self._rt.network_record(record.network_id), record)
 
     def join(self, sandbox: Sandbox) -> None:
         """Connect the endpoint to ``sandbox``: an interface ethN appears inside it.
@@ -210,16 +221,19 @@ def _save(rt: Runtime, record: rec.EndpointRecord) -> rec.EndpointRecord:
 
 
 def _next_ifname(rt: Runtime, sandbox: rec.SandboxRecord) -> str:
-    used = {e.ifname for e in rt.list_records("endpoint", rec.EndpointRecord) if e.sandbox_id == sandbox.id}
-    index = 0
-    while f"eth{index}" in used:
-        index += 1
-    return f"eth{index}"
+    # One past the highest index in use, so names follow join order even after
+    # a leave (eth0 leaves, the next join is eth2 next to eth1), as Docker's are.
+    used = [
+        int(e.ifname[3:])
+        for e in rt.list_records("endpoint", rec.EndpointRecord)
+        if e.sandbox_id == sandbox.id and e.ifname and e.ifname.startswith("eth") and e.ifname[3:].isdigit()
+    ]
+    return f"eth{max(used, default=-1) + 1}"
 
 
 def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) -> None:
     """Join ``endpoint`` to ``sandbox``: driver join, address, routes, published ports, hosts file."""
-    from cnm.sandbox import refresh_files, update_gateway
+    from cnm.sandbox import check_join, refresh_files, update_gateway
 
     with rt.lock:
         endpoint = rt.reload(endpoint)
@@ -231,8 +245,7 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
             raise EndpointJoined(f"endpoint {endpoint.name!r} is already joined to sandbox {other!r}; leave it first")
         network = rt.network_record(endpoint.network_id)
         drv = rt.driver(network)
-        if drv.capabilities.needs_sandbox_netns and not sandbox.netns_path:
-            raise InvalidConfig(f"sandbox {sandbox.name!r} shares the host's stack; it cannot join {network.name!r}")
+        check_join(rt, sandbox, network, host_stack=not drv.capabilities.needs_sandbox_netns)
         ifname = _next_ifname(rt, sandbox)
         seq = sandbox.join_counter + 1
         with Rollback(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo:
@@ -257,7 +270,13 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
                 drv.publish_ports(net_info, ep_info)
                 undo.done("publish ports", lambda: drv.unpublish_ports(net_info, ep_info))
             gateway = None if result.gateway is None else str(result.gateway)
-            endpoint = _save(rt, attrs.evolve(endpoint, gateway=gateway, status=rec.READY))
+            # A driver that makes no interface (null, host) leaves the name free.
+            endpoint = _save(
+                rt,
+                attrs.evolve(
+                    endpoint, gateway=gateway, ifname=None if result.interface is None else ifname, status=rec.READY
+                ),
+            )
             update_gateway(rt, sandbox)
             refresh_files(rt, sandbox)
     log.info("joined endpoint %s to sandbox %s as %s", endpoint.name, sandbox.name, ifname)

@@ -122,6 +122,25 @@ class Network:
 
         return create_endpoint(self._rt, self._rt.reload(self._record), name, ports=ports, ip=ip)
 
+    def inspect(self) -> dict[str, Any]:
+        """The network as ``docker network inspect`` prints it (one object, not a list).
+
+        Name, Id, Created, Scope, Driver, EnableIPv6, IPAM, Internal, Attachable,
+        Ingress, ConfigFrom, ConfigOnly, Containers (by sandbox id), Options
+        (as given at creation) and Labels, with Docker's quirks; see :mod:`cnm._inspect`.
+        """
+        from cnm import _inspect
+        from cnm.errors import NotFound
+
+        record = self._rt.reload(self._record)
+        endpoints = [r for r in self._rt.list_records("endpoint", rec.EndpointRecord) if r.network_id == record.id]
+        sandboxes = {s.id: s for s in self._rt.list_records("sandbox", rec.SandboxRecord)}
+        try:
+            scope = self._rt.driver(record).capabilities.scope
+        except NotFound:  # the driver was uninstalled; the network is still worth showing
+            scope = "local"
+        return _inspect.network(record, endpoints, sandboxes, scope=scope)
+
     def delete(self) -> None:
         """Delete the network. Succeeds if it is already gone.
 

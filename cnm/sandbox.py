@@ -1,4 +1,15 @@
-"""Sandboxes: a workload's network stack (a namespace, its routes, hosts and resolv.conf)."""
+"""Sandboxes: a workload's network stack (a namespace, its routes, hosts and resolv.conf).
+
+A sandbox uses one of three namespaces, as Docker's ``--net`` modes do
+(:attr:`Sandbox.mode`):
+
+* ``private``: its own, created with it and removed with it (``bridge``, ``none``
+  and user networks);
+* ``host``: the controller's host namespace, which it never creates or removes;
+  its hosts and resolv.conf are copies of the host's;
+* ``container``: another sandbox's namespace *and files* (``container:<name>``).
+  The owner cannot be deleted while a sandbox shares it.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +18,18 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from cnm import _inspect, etchosts, resolvconf
 from cnm import _records as rec
-from cnm import etchosts, resolvconf
 from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm._steps import Rollback
-from cnm.errors import AlreadyExists, InvalidConfig, NotFound
+from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
 from cnm.kernel import links, netns, routes
 from cnm.kernel.netns import NetNS
 from cnm.kernel.process import command_in
@@ -26,9 +38,12 @@ from cnm.store import KeyTaken
 if TYPE_CHECKING:
     from cnm.endpoint import Endpoint
 
-__all__ = ["Sandbox"]
+__all__ = ["HOST_HOSTS", "Sandbox"]
 
 log = logging.getLogger(__name__)
+
+HOST_HOSTS = "/etc/hosts"
+"""The host's hosts file, copied into host-mode sandboxes."""
 
 
 class Sandbox:
@@ -68,8 +83,32 @@ class Sandbox:
         return self._record.hostname
 
     @property
+    def mode(self) -> str:
+        """Whose namespace the sandbox uses: ``"private"``, ``"host"`` or ``"container"``."""
+        return self._record.mode
+
+    @property
+    def network_mode(self) -> str:
+        """What ``network=`` asked for at creation, as Docker's ``HostConfig.NetworkMode``.
+
+        A network name, ``"host"``, ``"container:<owner id>"``, or ``""`` when
+        the sandbox was created without a network.
+        """
+        return self._record.network_mode
+
+    @property
+    def shares(self) -> Sandbox | None:
+        """In container mode, the sandbox whose namespace and files this one uses; else None."""
+        owner = self._record.shares
+        return None if owner is None else Sandbox(self._rt, self._rt.sandbox_record(owner))
+
+    def sharers(self) -> list[Sandbox]:
+        """The sandboxes created with ``network="container:<this one>"``, in name order."""
+        return [Sandbox(self._rt, r) for r in sharers_of(self._rt, self.id)]
+
+    @property
     def netns(self) -> NetNS:
-        """The sandbox's network namespace."""
+        """The sandbox's network namespace (the host's in host mode, the owner's in container mode)."""
         return NetNS(self._record.netns_path)
 
     @property
@@ -119,11 +158,34 @@ class Sandbox:
         """Start a command inside the sandbox; takes :class:`subprocess.Popen`'s keywords."""
         return subprocess.Popen(self.command(argv), **kwargs)
 
+    def inspect(self) -> dict[str, Any]:
+        """The sandbox as ``docker inspect`` shows a container's networking.
+
+        ``Id``, ``Name``, ``Created``, the files' paths, ``HostConfig.NetworkMode``
+        and the DNS settings, ``Config.Hostname``, and ``NetworkSettings`` with
+        one entry per joined network under ``Networks`` (empty in container
+        mode, whose ``SandboxID`` and ``SandboxKey`` are empty, as Docker's are).
+        """
+        record = self._current()
+        joined = [(self._rt.network_record(e.network_id), e) for e in joined_endpoints(self._rt, record.id)]
+        return _inspect.sandbox(
+            record,
+            joined,
+            hosts_path=self.hosts_path,
+            resolv_conf_path=self.resolv_conf_path,
+            hostname_path=self.hostname_path,
+        )
+
     def delete(self) -> None:
         """Delete the sandbox: leave every joined endpoint, then remove the namespace and files.
 
         Endpoints it joined stay (unless it created them itself); deleting what is
-        already gone succeeds.
+        already gone succeeds. A host-mode sandbox never removes the host's
+        namespace; a container-mode sandbox removes nothing of its owner's.
+
+        Raises:
+            Conflict: other sandboxes share this one's namespace (container mode);
+                delete them first.
         """
         delete_sandbox(self._rt, self._record)
 
@@ -134,6 +196,71 @@ def joined_endpoints(rt: Runtime, sandbox_id: str) -> list[rec.EndpointRecord]:
     return sorted(joined, key=lambda e: e.join_seq)
 
 
+def sharers_of(rt: Runtime, sandbox_id: str) -> list[rec.SandboxRecord]:
+    """The sandboxes sharing ``sandbox_id``'s namespace, in name order."""
+    shared = [s for s in rt.list_records("sandbox", rec.SandboxRecord) if s.shares == sandbox_id]
+    return sorted(shared, key=lambda s: s.name)
+
+
+def _check_settings(hostname: str | None, dns: Sequence[str]) -> None:
+    if hostname is not None and (
+        not hostname or len(hostname) > 64 or not all(c.isalnum() or c in "-." for c in hostname)
+    ):
+        raise InvalidConfig(f"invalid hostname {hostname!r}: at most 64 characters of letters, digits, '-' and '.'")
+    for server in dns:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError as exc:
+            raise InvalidConfig(f"invalid dns server {server!r}: give an IP address") from exc
+
+
+def _draft(
+    rt: Runtime,
+    sandbox_id: str,
+    name: str,
+    *,
+    mode: str,
+    hostname: str | None,
+    owner: rec.SandboxRecord | None,
+    dns: Sequence[str],
+    dns_search: Sequence[str],
+    dns_options: Sequence[str],
+    network_mode: str,
+) -> rec.SandboxRecord:
+    """The record of a sandbox about to be created, with its namespace and files chosen by mode."""
+    if owner is not None:
+        # Same namespace, same files (not copies), same hostname: what the
+        # owner's processes see, the sharer's see.
+        hostname = owner.hostname
+        netns_path = owner.netns_path
+        files_dir = owner.files_dir
+        dns, dns_search, dns_options = owner.dns, owner.dns_search, owner.dns_options
+        network_mode = f"container:{owner.id}"
+    elif mode == rec.HOST:
+        hostname = hostname or socket.gethostname()
+        netns_path = rt.host_netns.path
+        files_dir = os.path.join(rt.state_dir, "sandboxes", sandbox_id)
+    else:
+        hostname = hostname or name
+        netns_path = os.path.join(rt.state_dir, "netns", sandbox_id[:12])
+        files_dir = os.path.join(rt.state_dir, "sandboxes", sandbox_id)
+    return rec.SandboxRecord(
+        id=sandbox_id,
+        name=name,
+        hostname=hostname,
+        netns_path=netns_path,
+        files_dir=files_dir,
+        dns=list(dns),
+        dns_search=list(dns_search),
+        dns_options=list(dns_options),
+        created=now(),
+        mode=mode,
+        shares=None if owner is None else owner.id,
+        network_mode=network_mode,
+        status=rec.CREATING,
+    )
+
+
 def create_sandbox(
     rt: Runtime,
     name: str,
@@ -142,49 +269,77 @@ def create_sandbox(
     dns: Sequence[str] = (),
     dns_search: Sequence[str] = (),
     dns_options: Sequence[str] = (),
+    mode: str = rec.PRIVATE,
+    share: str | None = None,
+    network_mode: str = "",
 ) -> Sandbox:
-    """Create a sandbox: a fresh namespace with loopback up, and its files."""
+    """Create a sandbox in ``mode``, with its files.
+
+    Args:
+        rt: the controller's runtime.
+        name: unique among the controller's sandboxes.
+        hostname, dns, dns_search, dns_options: as :meth:`cnm.Controller.create_sandbox`.
+        mode: ``private`` makes a fresh namespace with loopback up; ``host``
+            uses the controller's host namespace; ``container`` uses the
+            namespace and files of the sandbox ``share`` names.
+        share: in container mode, the sandbox to share (name or id).
+        network_mode: what the caller asked for, kept for :meth:`Sandbox.inspect`.
+    """
     validate_name(name, "sandbox")
-    hostname = hostname or name
-    if len(hostname) > 64 or not all(c.isalnum() or c in "-." for c in hostname):
-        raise InvalidConfig(f"invalid hostname {hostname!r}: at most 64 characters of letters, digits, '-' and '.'")
-    for server in dns:
-        try:
-            ipaddress.ip_address(server)
-        except ValueError as exc:
-            raise InvalidConfig(f"invalid dns server {server!r}: give an IP address") from exc
+    _check_settings(hostname, dns)
+    if mode not in (rec.PRIVATE, rec.HOST, rec.CONTAINER):
+        raise InvalidConfig(f"unknown sandbox mode {mode!r}; use private, host or container")
+    owner = None
+    if mode == rec.CONTAINER:
+        if share is None:
+            raise InvalidConfig("container mode needs the sandbox to share; give network='container:<name>'")
+        if hostname is not None or dns or dns_search or dns_options:
+            raise InvalidConfig(
+                f"sandbox {name!r} shares the namespace and files of {share!r}: its hostname and DNS "
+                "settings are that sandbox's; drop hostname= and dns*="
+            )
+        owner = rt.sandbox_record(share)
+        if owner.shares is not None:
+            # Sharing a sharer means sharing its owner: one owner, one check on delete.
+            owner = rt.sandbox_record(owner.shares)
     sandbox_id = new_id()
-    record = rec.SandboxRecord(
-        id=sandbox_id,
-        name=name,
+    record = _draft(
+        rt,
+        sandbox_id,
+        name,
+        mode=mode,
         hostname=hostname,
-        netns_path=os.path.join(rt.state_dir, "netns", sandbox_id[:12]),
-        files_dir=os.path.join(rt.state_dir, "sandboxes", sandbox_id),
-        dns=list(dns),
-        dns_search=list(dns_search),
-        dns_options=list(dns_options),
-        created=now(),
-        status=rec.CREATING,
+        owner=owner,
+        dns=dns,
+        dns_search=dns_search,
+        dns_options=dns_options,
+        network_mode=network_mode,
     )
     with rt.lock, Rollback(f"create sandbox {name}") as undo:
         with rt.store.transaction() as txn:
+            if owner is not None:
+                current = txn.get("sandbox", owner.id)
+                if current is None or current["status"] != rec.READY:
+                    raise Conflict(f"sandbox {owner.name!r} is being deleted or is gone; it cannot be shared")
             try:
                 txn.insert("sandbox.name", name, {"id": sandbox_id})
             except KeyTaken as exc:
                 raise AlreadyExists(f"sandbox {name!r} already exists; pick another name or delete it first") from exc
             txn.insert("sandbox", sandbox_id, rec.to_json(record))
         undo.done("record", lambda: _forget(rt, record))
-        ns = netns.create(record.netns_path)
-        undo.done("namespace", lambda: netns.remove(ns.path))
-        with ns.netlink() as nl:
-            links.set_link(nl, "lo", up=True)
-        os.makedirs(record.files_dir, exist_ok=True)
-        undo.done("files", lambda: shutil.rmtree(record.files_dir, ignore_errors=True))
-        write_files(rt, record)
+        if mode == rec.PRIVATE:
+            ns = netns.create(record.netns_path)
+            undo.done("namespace", lambda: netns.remove(ns.path))
+            with ns.netlink() as nl:
+                links.set_link(nl, "lo", up=True)
+        if mode != rec.CONTAINER:
+            os.makedirs(record.files_dir, exist_ok=True)
+            undo.done("files", lambda: shutil.rmtree(record.files_dir, ignore_errors=True))
+            write_files(rt, record)
         record = attrs.evolve(record, status=rec.READY)
         with rt.store.transaction() as txn:
             txn.put("sandbox", sandbox_id, rec.to_json(record))
-    log.info("created sandbox %s (%s)", name, sandbox_id[:12])
+    log.info("created sandbox %s (%s, %s mode)", name, sandbox_id[:12], mode)
     return Sandbox(rt, record)
 
 
@@ -194,18 +349,40 @@ def _forget(rt: Runtime, record: rec.SandboxRecord) -> None:
         txn.delete("sandbox", record.id)
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def write_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
-    """Write the sandbox's hostname, hosts and resolv.conf files."""
+    """Write the sandbox's hostname, hosts and resolv.conf files (a sharer has none of its own)."""
+    if sandbox.mode == rec.CONTAINER:
+        return
     etchosts.write(os.path.join(sandbox.files_dir, "hostname"), sandbox.hostname + "\n")
-    etchosts.write(
-        os.path.join(sandbox.files_dir, "resolv.conf"),
-        resolvconf.render(resolvconf.read_host(), sandbox.dns, sandbox.dns_search, sandbox.dns_options),
-    )
+    overrides = sandbox.dns or sandbox.dns_search or sandbox.dns_options
+    if sandbox.mode == rec.HOST and not overrides:
+        # The host's stack is the sandbox's, so even a loopback resolver (a
+        # local stub) works: copy the file as it is, as Docker does.
+        resolv = _read(resolvconf.HOST_RESOLV_CONF)
+    else:
+        resolv = resolvconf.render(resolvconf.read_host(), sandbox.dns, sandbox.dns_search, sandbox.dns_options)
+    etchosts.write(os.path.join(sandbox.files_dir, "resolv.conf"), resolv)
+    if sandbox.mode == rec.HOST:
+        etchosts.write(os.path.join(sandbox.files_dir, "hosts"), _read(HOST_HOSTS) or etchosts.STANDARD_BLOCK)
     refresh_files(rt, sandbox)
 
 
 def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
-    """Rewrite the hosts file from the sandbox's joined endpoints (one line per address)."""
+    """Rewrite the hosts file from the sandbox's joined endpoints (one line per address).
+
+    Only a private-mode sandbox's: a host-mode one keeps its copy of the
+    host's file, and a sharer's file is its owner's.
+    """
+    if sandbox.mode != rec.PRIVATE:
+        return
     own = [
         etchosts.HostEntry(ipaddress.IPv4Interface(e.address).ip, (sandbox.hostname,))
         for e in joined_endpoints(rt, sandbox.id)
@@ -217,7 +394,13 @@ def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
 
 
 def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
-    """Point the default route at the first-joined endpoint that offers a gateway, or remove it."""
+    """Point the default route at the first-joined endpoint that offers a gateway, or remove it.
+
+    Only in a namespace the sandbox owns: the host's routes (host mode) are
+    never touched, and a sharer has no endpoints of its own.
+    """
+    if sandbox.mode != rec.PRIVATE or not _owns_netns(rt, sandbox):
+        return
     ns = NetNS(sandbox.netns_path)
     if not ns.exists():
         return
@@ -229,8 +412,57 @@ def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
         routes.replace_default_route(nl, ipaddress.IPv4Address(gateway_ep.gateway), gateway_ep.ifname)
 
 
+def _owns_netns(rt: Runtime, sandbox: rec.SandboxRecord) -> bool:
+    # Belt and braces: whatever the record says, only a namespace file under
+    # the controller's own netns directory is ever modified or removed.
+    own_dir = os.path.join(rt.state_dir, "netns")
+    path = os.path.abspath(sandbox.netns_path)
+    return os.path.dirname(path) == own_dir and path != os.path.abspath(rt.host_netns.path)
+
+
+def check_join(rt: Runtime, sandbox: rec.SandboxRecord, network: rec.NetworkRecord, *, host_stack: bool) -> None:
+    """Refuse a join the sandbox's mode does not allow, as ``docker network connect`` does.
+
+    Args:
+        rt: the controller's runtime.
+        sandbox: the sandbox about to be joined.
+        network: the endpoint's network.
+        host_stack: the network's driver gives the host's own stack (needs no
+            namespace of the sandbox's own: the host driver).
+
+    Raises:
+        InvalidConfig: a sharer joins anything; a host-mode sandbox joins a
+            network that needs its own namespace, or a second network; a
+            private one joins the host network; ``none`` is combined with others.
+    """
+    if sandbox.mode == rec.CONTAINER:
+        owner = rt.sandbox_record(sandbox.shares or "").name
+        raise InvalidConfig(
+            f"sandbox {sandbox.name!r} uses the namespace of sandbox {owner!r}; connect {owner!r} to "
+            f"{network.name!r} instead"
+        )
+    joined = [rt.network_record(e.network_id) for e in joined_endpoints(rt, sandbox.id)]
+    if sandbox.mode == rec.HOST and (not host_stack or joined):
+        raise InvalidConfig(
+            f"sandbox {sandbox.name!r} uses the host's own stack; it cannot join network {network.name!r}"
+        )
+    if sandbox.mode != rec.HOST and host_stack:
+        raise InvalidConfig(
+            f"network {network.name!r} gives the host's own stack; only a sandbox created with "
+            f"network={network.name!r} can be on it"
+        )
+    if joined and (network.driver == "null" or any(n.driver == "null" for n in joined)):
+        raise InvalidConfig(
+            f"sandbox {sandbox.name!r} cannot be on a null network ('none') and on others at once; disconnect it first"
+        )
+
+
 def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
-    """Leave every joined endpoint, delete endpoints the sandbox owns, remove the namespace and files."""
+    """Leave every joined endpoint, delete endpoints the sandbox owns, remove what the sandbox owns.
+
+    Its namespace only in private mode, its files unless it shares another's;
+    refused while sharers exist.
+    """
     from cnm.endpoint import delete_endpoint, leave
 
     with rt.lock:
@@ -238,6 +470,13 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
             sandbox = rt.reload(sandbox)
         except NotFound:
             return
+        sharers = sharers_of(rt, sandbox.id)
+        if sharers:
+            names = ", ".join(repr(s.name) for s in sharers)
+            raise Conflict(
+                f"sandbox {sandbox.name!r} is shared by {names} (network='container:{sandbox.name}'); "
+                "delete those first"
+            )
         with rt.store.transaction() as txn:
             sandbox = attrs.evolve(sandbox, status=rec.DELETING)
             txn.put("sandbox", sandbox.id, rec.to_json(sandbox))
@@ -252,7 +491,9 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
                 errors.append(exc)
         if errors:
             raise ExceptionGroup(f"deleting sandbox {sandbox.name!r} left endpoints behind; retry the delete", errors)
-        netns.remove(sandbox.netns_path)
-        shutil.rmtree(sandbox.files_dir, ignore_errors=True)
+        if sandbox.mode == rec.PRIVATE and _owns_netns(rt, sandbox):
+            netns.remove(sandbox.netns_path)
+        if sandbox.mode != rec.CONTAINER:
+            shutil.rmtree(sandbox.files_dir, ignore_errors=True)
         _forget(rt, sandbox)
-    log.info("deleted sandbox %s", sandbox.name)
+    log.info("deleted sandbox %s (%s mode)", sandbox.name, sandbox.mode)
