@@ -16,7 +16,7 @@ import pytest
 
 from cnm.testing import namespace_prefix
 
-pytest_plugins = ["cnm.testing.fixtures"]
+pytest_plugins = ["cnm.testing.fixtures", "cnm.testing.ovs"]
 
 
 def _root_namespaces() -> set[str]:

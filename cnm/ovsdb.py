@@ -1,0 +1,638 @@
+"""A thin typed client of the Open vSwitch database (OVSDB, RFC 7047), spoken directly.
+
+cnm changes Open vSwitch only through this module: bridges, ports and
+interfaces are rows of the ``Open_vSwitch`` database, written in one
+``transact`` call each over the server's JSON-RPC socket (never through
+``ovs-vsctl``). The protocol is small enough that no client library is
+needed, which keeps every call bounded: each one opens its own connection,
+and every read, write and wait has a deadline.
+
+A change can wait until ovs-vswitchd has applied it (the ``next_cfg`` /
+``cur_cfg`` handshake that ``ovs-vsctl`` uses), and then checks that every
+interface it added opened. An unreachable ovsdb-server fails at once, a
+stopped ovs-vswitchd after the timeout; both as :class:`cnm.errors.KernelError`
+naming the socket and what to do. Nothing here ever blocks without a limit.
+
+Rows made by cnm carry ``external_ids`` (``cnm-network``, ``cnm-endpoint``...)
+so that cleanup finds exactly cnm's rows: see :meth:`Ovsdb.ports`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from cnm.errors import AlreadyExists, CNMError, InvalidConfig, KernelError, NotFound
+
+__all__ = [
+    "DATABASE",
+    "DEFAULT_REMOTE",
+    "DEFAULT_TIMEOUT",
+    "Bridge",
+    "Interface",
+    "Ovsdb",
+    "Port",
+    "PortSpec",
+    "parse_remote",
+]
+
+log = logging.getLogger(__name__)
+
+DATABASE = "Open_vSwitch"
+DEFAULT_REMOTE = "unix:/var/run/openvswitch/db.sock"
+"""Where Debian's and most distributions' ovsdb-server listens."""
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a call (connection, transaction, wait for ovs-vswitchd) may take at most."""
+
+_POLL = 0.01  # seconds between cur_cfg reads while waiting for ovs-vswitchd
+
+Json = Any  # what json.loads returns; narrowed where it is read
+
+
+def parse_remote(remote: str) -> tuple[int, str | tuple[str, int]]:
+    """Split ``unix:PATH`` or ``tcp:HOST:PORT`` into a socket family and address.
+
+    Raises:
+        InvalidConfig: for any other form.
+    """
+    kind, _, rest = remote.partition(":")
+    if kind == "unix" and rest.startswith("/"):
+        return socket.AF_UNIX, rest
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit():
+            return socket.AF_INET, (host.strip("[]"), int(port))
+    raise InvalidConfig(f"OVSDB remote {remote!r} is not unix:/PATH or tcp:HOST:PORT")
+
+
+# --- values -------------------------------------------------------------------------------
+def _map(values: Mapping[str, str]) -> list[Json]:
+    return ["map", [[str(k), str(v)] for k, v in values.items()]]
+
+
+def _from_map(value: Json) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value[1]}
+
+
+def _from_set(value: Json) -> list[Json]:
+    """An OVSDB set as a list; a set of one may come bare."""
+    if isinstance(value, list) and value and value[0] == "set":
+        return list(value[1])
+    return [value]
+
+
+def _uuids(value: Json) -> tuple[str, ...]:
+    return tuple(str(item[1]) for item in _from_set(value))
+
+
+def _optional_int(value: Json) -> int | None:
+    items = _from_set(value)
+    return int(items[0]) if items else None
+
+
+def _optional_str(value: Json) -> str | None:
+    items = _from_set(value)
+    return str(items[0]) if items else None
+
+
+@attrs.frozen(kw_only=True)
+class Bridge:
+    """A row of the Bridge table.
+
+    Attributes:
+        uuid: the row's id.
+        name: the bridge (and its LOCAL port's netdev).
+        datapath_type: ``system`` (kernel datapath, also written as empty) or ``netdev`` (userspace).
+        ports: the uuids of its Port rows.
+        external_ids: free-form keys; cnm's rows carry ``cnm-*`` keys.
+    """
+
+    uuid: str
+    name: str
+    datapath_type: str
+    ports: tuple[str, ...]
+    external_ids: Mapping[str, str]
+
+
+@attrs.frozen(kw_only=True)
+class Port:
+    """A row of the Port table.
+
+    Attributes:
+        uuid: the row's id.
+        name: the port's name.
+        tag: its VLAN (an access port), or None (a trunk).
+        interfaces: the uuids of its Interface rows.
+        external_ids: free-form keys; cnm's rows carry ``cnm-*`` keys.
+    """
+
+    uuid: str
+    name: str
+    tag: int | None
+    interfaces: tuple[str, ...]
+    external_ids: Mapping[str, str]
+
+
+@attrs.frozen(kw_only=True)
+class Interface:
+    """A row of the Interface table.
+
+    Attributes:
+        uuid: the row's id.
+        name: the netdev (or tunnel) name.
+        type: empty for a system netdev, or ``internal``, ``vxlan``, ``gre``...
+        options: type-specific settings (``remote_ip``, ``key``...).
+        external_ids: free-form keys.
+        ofport: the OpenFlow port number once ovs-vswitchd opened it; -1 when it failed.
+        error: why ovs-vswitchd could not open it, or None.
+    """
+
+    uuid: str
+    name: str
+    type: str
+    options: Mapping[str, str]
+    external_ids: Mapping[str, str]
+    ofport: int | None
+    error: str | None
+
+
+@attrs.frozen(kw_only=True)
+class PortSpec:
+    """A port to add: one Port row with one Interface row of the same name.
+
+    Attributes:
+        name: the port's and the interface's name.
+        type: the interface type: empty for an existing netdev (a veth end), or
+            ``internal``, ``vxlan``, ``gre``.
+        options: the interface's options, e.g. ``{"remote_ip": "192.0.2.2", "key": "42"}``.
+        tag: the VLAN of an access port, or None.
+        mtu: the MTU asked for the interface (``mtu_request``), or None.
+        external_ids: set on both rows, so cleanup can find them.
+    """
+
+    name: str
+    type: str = ""
+    options: Mapping[str, str] = attrs.field(factory=dict)
+    tag: int | None = None
+    mtu: int | None = None
+    external_ids: Mapping[str, str] = attrs.field(factory=dict)
+
+
+# --- the connection -------------------------------------------------------------------------
+class _Connection:
+    """One JSON-RPC connection with a deadline on every read and write."""
+
+    def __init__(self, remote: str, deadline: float) -> None:
+        family, address = parse_remote(remote)
+        self._remote = remote
+        self.deadline = deadline
+        self._ids = itertools.count(1)
+        self._buffer = b""
+        self._decoder = json.JSONDecoder()
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(self._remaining())
+            self._sock.connect(address)
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def _remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(errno.ETIMEDOUT, "timed out")
+        return left
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _send(self, message: Mapping[str, Json]) -> None:
+        self._sock.settimeout(self._remaining())
+        self._sock.sendall(json.dumps(message).encode())
+
+    def _receive(self) -> Json:
+        while True:
+            text = self._buffer.decode(errors="replace").lstrip()
+            if text:
+                try:
+                    message, end = self._decoder.raw_decode(text)
+                except json.JSONDecodeError:
+                    pass  # incomplete: read more
+                else:
+                    self._buffer = text[end:].encode()
+                    return message
+            self._sock.settimeout(self._remaining())
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError(errno.ECONNRESET, "ovsdb-server closed the connection")
+            self._buffer += chunk
+
+    def call(self, method: str, params: list[Json]) -> Json:
+        """Send one request and return its result, answering the server's echo probes meanwhile."""
+        request_id = next(self._ids)
+        self._send({"method": method, "params": params, "id": request_id})
+        while True:
+            message = self._receive()
+            if message.get("method") == "echo":
+                self._send({"result": message.get("params", []), "error": None, "id": message.get("id")})
+                continue
+            if message.get("id") != request_id:
+                continue  # a notification (no monitors are set up, but be tolerant)
+            if message.get("error") is not None:
+                raise _ServerError(f"{method} refused: {message['error']}")
+            return message.get("result")
+
+
+class _ServerError(Exception):
+    """The server answered with an error (mapped to KernelError at the boundary)."""
+
+
+class _OpError(Exception):
+    """One operation of a transaction failed; ``error`` is OVSDB's error string."""
+
+    def __init__(self, error: str, details: str, op: str) -> None:
+        super().__init__(f"{error}: {details}" if details else error)
+        self.error = error
+        self.details = details
+        self.op = op
+
+
+class Ovsdb:
+    """A client of one ovsdb-server's ``Open_vSwitch`` database.
+
+    Holds no connection between calls: each call connects, does its work
+    within ``timeout`` seconds and disconnects, so an instance is cheap and
+    safe to share between threads.
+
+    Args:
+        remote: ``unix:/PATH`` or ``tcp:HOST:PORT``; Debian's default socket if omitted.
+        timeout: seconds each call may take, waiting for ovs-vswitchd included.
+    """
+
+    def __init__(self, remote: str = DEFAULT_REMOTE, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        parse_remote(remote)
+        if timeout <= 0:
+            raise InvalidConfig(f"OVSDB timeout {timeout!r} must be positive")
+        self.remote = remote
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"Ovsdb({self.remote!r}, timeout={self.timeout})"
+
+    # --- plumbing -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, what: str, *, missing: str = "a row it needs does not exist") -> Iterator[None]:
+        """The one place where socket, protocol and transaction failures become cnm errors."""
+        try:
+            yield
+        except (KernelError, AlreadyExists, NotFound, InvalidConfig):
+            raise
+        except TimeoutError as exc:
+            raise KernelError(
+                f"{what} through {self.remote} timed out after {self.timeout:g}s; "
+                "check that ovsdb-server and ovs-vswitchd are running",
+                errno.ETIMEDOUT,
+            ) from exc
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise KernelError(
+                f"{what} failed: no ovsdb-server answers at {self.remote}; start ovsdb-server "
+                "(systemctl start openvswitch-switch) or point the ovsdb option at its socket",
+                exc.errno,
+            ) from exc
+        except OSError as exc:
+            raise KernelError(f"{what} through {self.remote} failed: {exc.strerror or exc}", exc.errno) from exc
+        except (_ServerError, ValueError) as exc:
+            raise KernelError(f"{what} through {self.remote} failed: {exc}", errno.EPROTO) from exc
+        except _OpError as exc:
+            if exc.error == "timed out" and exc.op == "wait":
+                raise NotFound(f"{what} failed: {missing}") from exc
+            if exc.error == "constraint violation" and "identical values" in exc.details:
+                raise AlreadyExists(f"{what} failed: the name is taken in OVSDB ({exc.details})") from exc
+            raise KernelError(f"{what} failed: OVSDB refused it: {exc}", errno.EPROTO) from exc
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[_Connection]:
+        conn = _Connection(self.remote, time.monotonic() + self.timeout)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _transact(conn: _Connection, ops: Sequence[Mapping[str, Json]]) -> list[Json]:
+        result = conn.call("transact", [DATABASE, *ops])
+        if not isinstance(result, list):
+            raise _ServerError(f"unexpected transact reply {result!r}")
+        for op, outcome in zip([*ops, {}], result, strict=False):
+            if isinstance(outcome, dict) and outcome.get("error"):
+                detail = str(outcome.get("details", ""))
+                if op:
+                    detail = f"{detail} (in {op.get('op')} {op.get('table', '')})".strip()
+                raise _OpError(str(outcome["error"]), detail, str(op.get("op", "commit")))
+        return result
+
+    def _select(self, conn: _Connection, table: str, where: list[Json] | None = None) -> list[dict[str, Json]]:
+        result = self._transact(conn, [{"op": "select", "table": table, "where": where or []}])
+        rows: list[dict[str, Json]] = result[0]["rows"]
+        return rows
+
+    def _change(
+        self,
+        what: str,
+        ops: list[Mapping[str, Json]],
+        *,
+        wait: bool,
+        check: Sequence[str] = (),
+        missing: str = "a row it needs does not exist",
+    ) -> None:
+        """Commit ``ops`` in one transaction; with ``wait``, until ovs-vswitchd applied them.
+
+        ``check`` names interfaces that must have opened once applied;
+        ``missing`` explains a failed ``wait`` operation (a precondition).
+        """
+        with self._errors(what, missing=missing), self._connect() as conn:
+            if wait:
+                ops = [
+                    *ops,
+                    {"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]]},
+                    {"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]},
+                ]
+            result = self._transact(conn, ops)
+            if not wait:
+                return
+            rows = result[len(ops) - 1]["rows"]
+            if not rows:
+                raise KernelError(
+                    f"{what} failed: the Open_vSwitch table has no row; initialise the database (ovs-vsctl init)",
+                    errno.ENOENT,
+                )
+            self._wait_applied(conn, what, int(rows[0]["next_cfg"]))
+            if check:
+                self._check_interfaces(conn, what, check)
+
+    def _wait_applied(self, conn: _Connection, what: str, target: int) -> None:
+        while True:
+            rows = self._transact(
+                conn, [{"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"]}]
+            )[0]["rows"]
+            if rows and int(rows[0]["cur_cfg"]) >= target:
+                return
+            if time.monotonic() + _POLL > conn.deadline:
+                raise KernelError(
+                    f"{what}: ovs-vswitchd did not apply the change within {self.timeout:g}s "
+                    f"(database {self.remote}); check that ovs-vswitchd is running and connected to it",
+                    errno.ETIMEDOUT,
+                )
+            time.sleep(_POLL)
+
+    def _check_interfaces(self, conn: _Connection, what: str, names: Sequence[str]) -> None:
+        for row in self._select(conn, "Interface"):
+            iface = _interface(row)
+            if iface.name in names and (iface.error or iface.ofport == -1):
+                raise KernelError(
+                    f"{what}: ovs-vswitchd could not open interface {iface.name}: {iface.error or 'unknown error'}",
+                    errno.ENODEV,
+                )
+
+    # --- reads ----------------------------------------------------------------------------
+    def bridges(self) -> list[Bridge]:
+        """Every bridge."""
+        with self._errors("list OVS bridges"), self._connect() as conn:
+            return [_bridge(row) for row in self._select(conn, "Bridge")]
+
+    def ports(self) -> list[Port]:
+        """Every port (cnm's carry ``external_ids`` naming their network or endpoint)."""
+        with self._errors("list OVS ports"), self._connect() as conn:
+            return [_port(row) for row in self._select(conn, "Port")]
+
+    def interfaces(self) -> list[Interface]:
+        """Every interface."""
+        with self._errors("list OVS interfaces"), self._connect() as conn:
+            return [_interface(row) for row in self._select(conn, "Interface")]
+
+    def bridge(self, name: str) -> Bridge | None:
+        """The bridge called ``name``, or None."""
+        with self._errors(f"look up OVS bridge {name}"), self._connect() as conn:
+            rows = self._select(conn, "Bridge", [["name", "==", name]])
+        return _bridge(rows[0]) if rows else None
+
+    def bridge_of_port(self, port: str) -> Bridge | None:
+        """The bridge that holds port ``port``, or None."""
+        with self._errors(f"look up the bridge of OVS port {port}"), self._connect() as conn:
+            found = self._select(conn, "Port", [["name", "==", port]])
+            if not found:
+                return None
+            uuid = found[0]["_uuid"][1]
+            rows = self._select(conn, "Bridge", [["ports", "includes", ["uuid", uuid]]])
+        return _bridge(rows[0]) if rows else None
+
+    def status(self) -> dict[str, Json]:
+        """The Open_vSwitch row (``ovs_version``, ``datapath_types``, ``cur_cfg``...), or {} before init."""
+        with self._errors("read the Open_vSwitch row"), self._connect() as conn:
+            rows = self._select(conn, "Open_vSwitch")
+        return rows[0] if rows else {}
+
+    # --- writes ---------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Return once ovs-vswitchd has applied everything committed so far.
+
+        Raises:
+            KernelError: ovsdb-server unreachable, or ovs-vswitchd not caught up within the timeout.
+        """
+        self._change("synchronise with ovs-vswitchd", [], wait=True)
+
+    def initialise(self) -> None:
+        """Create the Open_vSwitch root row if the database has none (what ``ovs-vsctl init`` does)."""
+        with self._errors("initialise the Open_vSwitch database"), self._connect() as conn:
+            if self._select(conn, "Open_vSwitch"):
+                return
+            # The wait makes two racing initialisers create one row, not fail on maxRows.
+            self._transact(
+                conn,
+                [
+                    {"op": "wait", "timeout": 0, "table": "Open_vSwitch", "where": [], "columns": ["_uuid"],
+                     "until": "==", "rows": []},
+                    {"op": "insert", "table": "Open_vSwitch", "row": {}},
+                ],
+            )  # fmt: skip
+
+    def add_bridge(
+        self,
+        name: str,
+        *,
+        datapath_type: str = "",
+        mtu: int | None = None,
+        external_ids: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> None:
+        """Create bridge ``name`` with its LOCAL (internal) port, atomically.
+
+        With ``wait``, returns once ovs-vswitchd made the bridge, so its LOCAL
+        port exists as a netdev in ovs-vswitchd's namespace; if it does not
+        happen in time the rows are taken out again.
+
+        Args:
+            name: the bridge, its LOCAL port and that port's netdev.
+            datapath_type: ``netdev`` for the userspace datapath; empty for the kernel one.
+            mtu: the MTU asked for the LOCAL port, or None for OVS's choice.
+            external_ids: set on the bridge, port and interface rows.
+            wait: wait for ovs-vswitchd.
+
+        Raises:
+            AlreadyExists: a bridge, port or interface of that name exists.
+            KernelError: ovsdb-server unreachable, or ovs-vswitchd did not apply it in time.
+        """
+        ids = _map(external_ids or {})
+        iface: dict[str, Json] = {"name": name, "type": "internal", "external_ids": ids}
+        if mtu is not None:
+            iface["mtu_request"] = mtu
+        ops: list[Mapping[str, Json]] = [
+            {"op": "insert", "table": "Interface", "uuid-name": "iface", "row": iface},
+            {"op": "insert", "table": "Port", "uuid-name": "port",
+             "row": {"name": name, "interfaces": ["named-uuid", "iface"], "external_ids": ids}},
+            {"op": "insert", "table": "Bridge", "uuid-name": "bridge",
+             "row": {"name": name, "ports": ["named-uuid", "port"], "datapath_type": datapath_type,
+                     "external_ids": ids}},
+            {"op": "mutate", "table": "Open_vSwitch", "where": [],
+             "mutations": [["bridges", "insert", ["set", [["named-uuid", "bridge"]]]]]},
+        ]  # fmt: skip
+        try:
+            self._change(f"create OVS bridge {name}", ops, wait=wait, check=[name])
+        except KernelError:
+            self._take_back(lambda: self.delete_bridge(name, wait=False))
+            raise
+        log.debug("created OVS bridge %s (datapath %s) at %s", name, datapath_type or "system", self.remote)
+
+    def delete_bridge(self, name: str, *, wait: bool = True) -> bool:
+        """Delete bridge ``name`` and its ports; succeed if it is gone. True if deleted."""
+        found = self.bridge(name)
+        if found is None:
+            return False
+        ops: list[Mapping[str, Json]] = [
+            {"op": "mutate", "table": "Open_vSwitch", "where": [],
+             "mutations": [["bridges", "delete", ["set", [["uuid", found.uuid]]]]]},
+        ]  # fmt: skip
+        self._change(f"delete OVS bridge {name}", ops, wait=wait)
+        log.debug("deleted OVS bridge %s at %s", name, self.remote)
+        return True
+
+    def add_ports(self, bridge: str, ports: Sequence[PortSpec], *, wait: bool = True) -> None:
+        """Add ``ports`` (each a Port with one Interface) to ``bridge`` in one transaction.
+
+        With ``wait``, returns once ovs-vswitchd opened every interface; if it
+        could not (a netdev that does not exist, say) or did not answer in
+        time, the ports are taken out again before the error is raised.
+
+        Raises:
+            NotFound: no bridge ``bridge``.
+            AlreadyExists: a port or interface of one of the names exists.
+            KernelError: ovsdb-server unreachable, ovs-vswitchd did not apply it in
+                time, or could not open an interface.
+        """
+        if not ports:
+            return
+        ops: list[Mapping[str, Json]] = []
+        for n, port in enumerate(ports):
+            ids = _map(port.external_ids)
+            iface: dict[str, Json] = {
+                "name": port.name, "type": port.type, "options": _map(port.options), "external_ids": ids,
+            }  # fmt: skip
+            if port.mtu is not None:
+                iface["mtu_request"] = port.mtu
+            row: dict[str, Json] = {"name": port.name, "interfaces": ["named-uuid", f"i{n}"], "external_ids": ids}
+            if port.tag is not None:
+                row["tag"] = port.tag
+            ops += [
+                {"op": "insert", "table": "Interface", "uuid-name": f"i{n}", "row": iface},
+                {"op": "insert", "table": "Port", "uuid-name": f"p{n}", "row": row},
+            ]
+        ops += [
+            {"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
+             "mutations": [["ports", "insert", ["set", [["named-uuid", f"p{n}"] for n in range(len(ports))]]]]},
+            # Fails the transaction unless the bridge exists (mutate alone would touch 0 rows silently).
+            {"op": "wait", "timeout": 0, "table": "Bridge", "where": [["name", "==", bridge]],
+             "columns": ["name"], "until": "==", "rows": [{"name": bridge}]},
+        ]  # fmt: skip
+        names = [p.name for p in ports]
+        try:
+            self._change(
+                f"add OVS port(s) {', '.join(names)} to bridge {bridge}",
+                ops,
+                wait=wait,
+                check=names,
+                missing=f"no OVS bridge {bridge}; create it (its network) first",
+            )
+        except KernelError:
+            self._take_back(lambda: [self.delete_port(name, wait=False) for name in names])
+            raise
+        log.debug("added OVS port(s) %s to %s at %s", ", ".join(names), bridge, self.remote)
+
+    def add_port(self, bridge: str, port: PortSpec, *, wait: bool = True) -> None:
+        """Add one port; see :meth:`add_ports`."""
+        self.add_ports(bridge, [port], wait=wait)
+
+    @staticmethod
+    def _take_back(undo: Callable[[], object]) -> None:
+        # The change may or may not have been committed; an error here would
+        # hide the one being raised, which says more.
+        try:
+            undo()
+        except CNMError as exc:
+            log.warning("could not take back a failed OVSDB change: %s", exc)
+
+    def delete_port(self, name: str, *, wait: bool = True) -> bool:
+        """Remove port ``name`` from its bridge; succeed if it is gone. True if removed."""
+        with self._errors(f"look up OVS port {name}"), self._connect() as conn:
+            found = self._select(conn, "Port", [["name", "==", name]])
+        if not found:
+            return False
+        uuid = found[0]["_uuid"][1]
+        ops: list[Mapping[str, Json]] = [
+            # Port and Interface are not root tables: dropping the reference deletes both rows.
+            {"op": "mutate", "table": "Bridge", "where": [["ports", "includes", ["uuid", uuid]]],
+             "mutations": [["ports", "delete", ["set", [["uuid", uuid]]]]]},
+        ]  # fmt: skip
+        self._change(f"delete OVS port {name}", ops, wait=wait)
+        log.debug("deleted OVS port %s at %s", name, self.remote)
+        return True
+
+
+def _bridge(row: Mapping[str, Json]) -> Bridge:
+    return Bridge(
+        uuid=str(row["_uuid"][1]),
+        name=str(row["name"]),
+        datapath_type=str(row.get("datapath_type", "")),
+        ports=_uuids(row.get("ports", ["set", []])),
+        external_ids=_from_map(row.get("external_ids", ["map", []])),
+    )
+
+
+def _port(row: Mapping[str, Json]) -> Port:
+    return Port(
+        uuid=str(row["_uuid"][1]),
+        name=str(row["name"]),
+        tag=_optional_int(row.get("tag", ["set", []])),
+        interfaces=_uuids(row.get("interfaces", ["set", []])),
+        external_ids=_from_map(row.get("external_ids", ["map", []])),
+    )
+
+
+def _interface(row: Mapping[str, Json]) -> Interface:
+    return Interface(
+        uuid=str(row["_uuid"][1]),
+        name=str(row["name"]),
+        type=str(row.get("type", "")),
+        options=_from_map(row.get("options", ["map", []])),
+        external_ids=_from_map(row.get("external_ids", ["map", []])),
+        ofport=_optional_int(row.get("ofport", ["set", []])),
+        error=_optional_str(row.get("error", ["set", []])),
+    )
