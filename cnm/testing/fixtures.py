@@ -22,8 +22,9 @@ from cnm.controller import Controller
 from cnm.kernel import addresses, links, netns
 from cnm.kernel.netns import NetNS
 from cnm.testing import namespace_prefix
+from cnm.testing.conformance import driver_conformance
 
-__all__ = ["Outside", "controller", "host_netns", "netns_factory", "outside", "processes"]
+__all__ = ["Outside", "controller", "driver_conformance", "host_netns", "netns_factory", "outside", "processes"]
 
 OUTSIDE_ADDRESS = ipaddress.IPv4Interface("192.0.2.2/24")
 HOST_UPLINK_ADDRESS = ipaddress.IPv4Interface("192.0.2.1/24")
@@ -54,7 +55,7 @@ class Outside:
 
 @pytest.fixture
 def netns_factory() -> Iterator[Callable[[str], NetNS]]:
-    """Make named namespaces ``cnmt-<worker>-<random>-<label>``; all are removed at teardown."""
+    """Make named namespaces ``cnmt-<pid>-<random>-<label>``; all are removed at teardown."""
     made: list[NetNS] = []
     prefix = namespace_prefix() + secrets.token_hex(3)
 
