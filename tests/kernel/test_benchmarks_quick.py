@@ -1,0 +1,47 @@
+"""The benchmark's quick mode runs end to end, so it never rots; its numbers are never asserted.
+
+It runs as a subprocess (it drives its own worker processes and namespaces), with a
+name prefix that carries this xdist worker's, so the leak check covers what it makes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnm.testing import namespace_prefix
+
+pytestmark = pytest.mark.kernel
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cnm.py"
+
+
+def test_quick_benchmark_runs_every_implementation_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    prefix = namespace_prefix() + "bench-"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(out), "--prefix", prefix],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "XTABLES_LIBDIR": os.environ.get("XTABLES_LIBDIR", "/usr/lib/x86_64-linux-gnu/xtables")},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "verified:" in proc.stderr  # every implementation passed its ping and published-port check
+    result = json.loads(out.read_text())
+    rows = {"cnm", "cni", "floor", "floor-unmount"}
+    assert set(result["per_container"]) == rows
+    assert all(result["per_container"][row][op]["n"] == 5 for row in rows for op in ("add", "del"))
+    assert all(set(result["scaling"][row]) == {"10", "20"} for row in rows)
+    assert result["memory"]["endpoints"] == 20
+    assert result["breakdown"]["add"]["steps"]
+    assert result["breakdown"]["del"]["steps"]
+    assert "add cnm/CNI" in result["ratios"]
+    assert "| cnm " in proc.stdout
+    assert not [name for name in os.listdir("/run/netns") if name.startswith(prefix)]
