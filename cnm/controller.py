@@ -20,7 +20,7 @@ from cnm.reconcile import ReconcileReport, reapply_firewall, reconcile
 from cnm.registry import DriverRegistry
 from cnm.sandbox import Sandbox, create_sandbox
 from cnm.store import SqliteStore
-from cnm.types import IPAMConfig, PortBinding
+from cnm.types import IPAMConfig, PortBinding, PortRange
 
 __all__ = ["DEFAULT_BRIDGE", "Controller"]
 
@@ -55,6 +55,10 @@ class Controller:
         registry: the driver registry; by default drivers come from the
             ``cnm.drivers`` entry points.
         predefined: create Docker's predefined networks ``bridge``, ``none`` and ``host``.
+        ephemeral_ports: where host ports for bindings without one come from, e.g.
+            ``"49153-65535"``; by default the host namespace's
+            ``net.ipv4.ip_local_port_range``, as Docker does.
+        reconcile: run :meth:`reconcile` when opening.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Controller:
         firewall: Firewall | None = None,
         registry: DriverRegistry | None = None,
         predefined: bool = True,
+        ephemeral_ports: str | PortRange | None = None,
         reconcile: bool = True,
     ) -> None:
         if host_netns is None:
@@ -86,7 +91,9 @@ class Controller:
             host_netns=host,
             store=store,
             ipam=LocalIpam(store),
-            ports=PortAllocator(store, host, read_ephemeral_range(host)),
+            ports=PortAllocator(
+                store, host, read_ephemeral_range(host) if ephemeral_ports is None else PortRange.parse(ephemeral_ports)
+            ),
             registry=self.registry,
             lock=StateLock(os.path.join(self.state_dir, "lock")),
         )

@@ -3,6 +3,7 @@ controllers in different host namespaces never see each other, nothing leaks."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sqlite3
@@ -18,6 +19,7 @@ from cnm.kernel import links
 from cnm.kernel.netns import NetNS
 from cnm.testing.fixtures import Outside
 from cnm.testing.traffic import ping, probe, serve
+from cnm.types import PortRange
 
 pytestmark = pytest.mark.kernel
 
@@ -227,3 +229,25 @@ def test_firewall_layout_golden(controller: Controller) -> None:
     inner.delete()
     net.delete()
     assert iptables_save(controller.host_netns) == base
+
+
+def test_default_pools_skip_host_routes_and_ephemeral_range_is_configurable(
+    host_netns: NetNS, outside: Outside, tmp_path: Path
+) -> None:
+    from cnm.kernel import addresses
+
+    with host_netns.netlink() as nl:
+        addresses.add_address(nl, "uplink0", ipaddress.IPv4Interface("172.17.5.1/24"))
+    with Controller(state_dir=str(tmp_path / "s"), host_netns=host_netns, ephemeral_ports="40000-40001") as ctl:
+        # 172.17.0.0/16 overlaps a host address, so the default bridge takes the next pool.
+        assert str(ctl.network("bridge").subnet) == "172.18.0.0/16"
+        net = ctl.create_network("auto")
+        assert str(net.subnet) == "172.19.0.0/16"
+        e1 = net.create_endpoint("e1", ports=[PortBinding(container_port=80)])
+        e2 = net.create_endpoint("e2", ports=[PortBinding(container_port=80)])
+        assert {e1.ports[0].host_port, e2.ports[0].host_port} == {PortRange(40000, 40000), PortRange(40001, 40001)}
+        with pytest.raises(errors.Exhausted):
+            net.create_endpoint("e3", ports=[PortBinding(container_port=80)])
+        e1.delete()
+        e2.delete()
+        net.delete()
