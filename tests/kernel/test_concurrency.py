@@ -1,0 +1,114 @@
+"""Threads and processes sharing one state_dir: nothing handed out twice, no lost rule, no deadlock."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cnm import Controller, IPAMConfig, PortBinding, errors
+from cnm.kernel.netns import NetNS
+
+pytestmark = pytest.mark.kernel
+
+DURATION = 4.0
+"""Seconds each worker keeps creating and deleting."""
+BOUND = 120.0
+"""Every worker must be done within this many seconds (no deadlock)."""
+
+
+def iptables_save(ns: NetNS) -> str:
+    out = subprocess.run(
+        ["nsenter", f"--net={ns.path}", "--", "iptables-legacy-save"], capture_output=True, text=True, check=True
+    ).stdout
+    return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in out.splitlines() if not line.startswith("#"))
+
+
+def churn(ctl: Controller, prefix: str, deadline: float) -> int:
+    """Create sandboxes with a published port and delete every other one, until the deadline."""
+    alive: list[str] = []
+    created = 0
+    while time.monotonic() < deadline:
+        name = f"{prefix}-{created}"
+        ctl.create_sandbox(name, network="busy", ports=[PortBinding(container_port=80)])
+        alive.append(name)
+        created += 1
+        if created % 2 == 0:
+            ctl.sandbox(alive.pop(0)).delete()
+    return created
+
+
+def test_threads_and_processes_share_a_state_dir(host_netns: NetNS, tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    with Controller(state_dir=state, host_netns=host_netns) as ctl:
+        ctl.create_network("busy", ipam=IPAMConfig(subnet="10.16.0.0/20"))
+    start = time.monotonic()
+    deadline = start + DURATION
+    children = []
+    for p in range(4):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 0
+            try:
+                with Controller(state_dir=state, host_netns=host_netns, reconcile=False) as child:
+                    churn(child, f"p{p}", deadline)
+            except BaseException:  # noqa: BLE001 - reported through the exit code
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    errors_seen: list[BaseException] = []
+    counts: list[int] = []
+    with Controller(state_dir=state, host_netns=host_netns, reconcile=False) as shared:
+
+        def worker(t: int) -> None:
+            try:
+                counts.append(churn(shared, f"t{t}", deadline))
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors_seen.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=BOUND)
+            assert not thread.is_alive(), "a thread did not finish: deadlock?"
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status)
+        assert os.WEXITSTATUS(status) == 0, "a child process failed (see its traceback above)"
+    assert not errors_seen, errors_seen
+    assert time.monotonic() - start < BOUND
+    assert sum(counts) >= 8, "the threads made hardly any progress"
+
+    check_and_clean(state, host_netns)
+
+
+def check_and_clean(state: str, host_netns: NetNS) -> None:
+    with Controller(state_dir=state, host_netns=host_netns, reconcile=False) as ctl:
+        endpoints = ctl.network("busy").endpoints()
+        assert len(endpoints) >= 12
+        addresses = [e.ip for e in endpoints]
+        ports = [e.ports[0].host_port for e in endpoints]
+        assert len(set(addresses)) == len(addresses), "an address was handed out twice"
+        assert len(set(ports)) == len(ports), "a host port was handed out twice"
+        rules = iptables_save(host_netns)
+        for endpoint in endpoints:
+            assert f"--to-destination {endpoint.ip}:80" in rules, f"the DNAT rule of {endpoint.name} was lost"
+        assert rules.count("-j DNAT") == len(endpoints), "rules of deleted endpoints remain"
+        report = ctl.reconcile()
+        assert not report, f"reconcile found something to repair:\n{report}"
+        # Rebuilding from the store gives the same rules (in store order rather than creation order).
+        assert sorted(iptables_save(host_netns).splitlines()) == sorted(rules.splitlines())
+        for sb in ctl.sandboxes():
+            sb.delete()
+        ctl.network("busy").delete()
+        with pytest.raises(errors.NetworkNotFound):
+            ctl.network("busy")
