@@ -66,6 +66,31 @@ class _Signalled(BaseException):
         self.signum = signum
 
 
+class _Interrupts:
+    """Turns SIGINT/SIGTERM into :class:`_Signalled` at the demo's safe points.
+
+    An exception raised in the middle of a cnm call or of traffic.serve could
+    leave a child process the demo never got the PID of (a server not yet
+    returned, a firewall worker not yet reaped). So the first signal is only
+    noted, and :meth:`check` raises it between steps; a second one raises at
+    once, for a step that hangs.
+    """
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler."""
+        if self.pending is not None:
+            raise _Signalled(signum)
+        self.pending = signum
+
+    def check(self) -> None:
+        """Raise the noted signal, if any."""
+        if self.pending is not None:
+            raise _Signalled(self.pending)
+
+
 def expect(condition: bool, message: str) -> None:
     """Raise :class:`ScenarioFailed` with ``message`` unless ``condition`` holds."""
     if not condition:
@@ -98,8 +123,11 @@ class Demo:
         host_address: the host namespace's address on the link to the outside.
     """
 
-    def __init__(self, ctl: Controller, host: Namespace, outside: Namespace) -> None:
+    def __init__(
+        self, ctl: Controller, host: Namespace, outside: Namespace, interrupts: _Interrupts | None = None
+    ) -> None:
         self.ctl = ctl
+        self._interrupts = interrupts or _Interrupts()
         self.host = host
         self.outside = outside
         self.outside_address = OUTSIDE_ADDRESS.ip
@@ -110,6 +138,11 @@ class Demo:
     def defer(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` when the current scenario ends (last deferred first), pass or fail."""
         self._undo.append(fn)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Stop here if Ctrl-C or SIGTERM arrived: a safe point, where every process started is known."""
+        self._interrupts.check()
 
     def finish_scenario(self) -> list[Exception]:
         """Run the deferred calls of the scenario that just ended; the errors they raised."""
@@ -405,6 +438,7 @@ def run_scenario(demo: Demo, sc: Scenario, position: str) -> Result:
     try:
         for line in sc.run(demo):
             _say(f"{_INDENT}{line}")
+            demo.checkpoint()
     except ScenarioFailed as exc:
         failure = str(exc)
     except Exception as exc:
@@ -419,14 +453,15 @@ def run_scenario(demo: Demo, sc: Scenario, position: str) -> Result:
     return Result(sc, not failure, seconds, failure)
 
 
-def print_table(results: Sequence[Result], not_run: Sequence[Scenario] = ()) -> None:
+def print_table(results: Sequence[Result], not_run: Sequence[Scenario] = (), *, stopped: bool = False) -> None:
     """The closing table: one row per scenario with its result.
 
-    ``not_run`` are the scenarios an interrupt kept from finishing; the first
-    of them was running (STOPPED), the rest never started (NOT RUN).
+    ``not_run`` are the scenarios an interrupt kept from finishing; with
+    ``stopped`` the first of them was running (STOPPED), the others never
+    started (NOT RUN).
     """
     rows = [(r.scenario.key, "PASS" if r.passed else "FAIL", f"{r.seconds:.1f}s", r.scenario.title) for r in results]
-    rows += [(s.key, "NOT RUN" if i else "STOPPED", "-", s.title) for i, s in enumerate(not_run)]
+    rows += [(s.key, "STOPPED" if stopped and i == 0 else "NOT RUN", "-", s.title) for i, s in enumerate(not_run)]
     widths = [max(len(row[i]) for row in [("scenario", "result", "time", ""), *rows]) for i in range(3)]
     _say()
     _say(f"{'scenario':<{widths[0]}}  {'result':<{widths[1]}}  {'time':>{widths[2]}}  what it shows")
@@ -447,7 +482,7 @@ class Environment:
         self.ctl: Controller | None = None
         self.demo: Demo | None = None
 
-    def open(self) -> Demo:
+    def open(self, interrupts: _Interrupts) -> Demo:
         """Make the host and outside namespaces, the link between them, and the controller."""
         self.state_dir = tempfile.mkdtemp(prefix=f"{PREFIX}{self.token}-")
         host = self._namespace("h")
@@ -460,7 +495,8 @@ class Environment:
             addresses.add_address(nl, "eth0", OUTSIDE_ADDRESS)
             links.set_link(nl, "eth0", up=True)
         self.ctl = Controller(state_dir=self.state_dir, host_netns=host)
-        self.demo = Demo(self.ctl, Namespace(host), Namespace(outside))
+        self.demo = Demo(self.ctl, Namespace(host), Namespace(outside), interrupts)
+        interrupts.check()
         return self.demo
 
     def _namespace(self, label: str) -> NetNS:
@@ -503,10 +539,6 @@ def _raise_all(errors: Sequence[Exception]) -> None:
         raise ExceptionGroup("deferred cleanup failed", list(errors))
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise _Signalled(signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; the process exit status (0 when every scenario passed)."""
     parser = argparse.ArgumentParser(
@@ -532,21 +564,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     env = Environment()
     results: list[Result] = []
+    running: Scenario | None = None
     status = 1
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts = _Interrupts()
+    previous = {s: signal.signal(s, interrupts.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        demo = env.open()
+        demo = env.open(interrupts)
         host, outside = (ns.name for ns in env.namespaces)
         _say(f"cnm demo in throwaway namespaces: host {host}, outside {outside} ({OUTSIDE_ADDRESS.ip})")
         _say(f"{_INDENT}state_dir {env.state_dir}; the machine's own network is not touched")
         for i, sc in enumerate(chosen, 1):
+            interrupts.check()
+            running = sc
             results.append(run_scenario(demo, sc, f"[{i}/{len(chosen)}]"))
+            running = None
         print_table(results)
         status = 0 if all(r.passed for r in results) else 1
     except _Signalled as exc:
         _say()
         _say(f"interrupted by {exc}; cleaning up")
-        print_table(results, chosen[len(results) :])
+        print_table(results, chosen[len(results) :], stopped=running is not None)
         status = 128 + exc.signum
     except Exception as exc:
         log.debug("demo setup failed", exc_info=True)
