@@ -114,16 +114,31 @@ def endpoint_settings(net: rec.NetworkRecord, ep: rec.EndpointRecord) -> dict[st
     }
 
 
-def _ports(joined: Sequence[tuple[rec.NetworkRecord, rec.EndpointRecord]]) -> dict[str, list[dict[str, str]]]:
-    ports: dict[str, list[dict[str, str]]] = {}
+def _exposed(sb: rec.SandboxRecord, joined: Sequence[tuple[rec.NetworkRecord, rec.EndpointRecord]]) -> list[str]:
+    # Docker's Config.ExposedPorts: --expose and -p ports, one set for the container.
+    exposed = set(sb.exposed)
+    for _, ep in joined:
+        exposed.update(ep.exposed)
+        for binding in rec.ports_from_json(ep.ports):
+            exposed.update(f"{port}/{binding.protocol}" for port in binding.container_port)
+    return sorted(exposed)  # Go prints map keys sorted
+
+
+def _ports(
+    sb: rec.SandboxRecord, joined: Sequence[tuple[rec.NetworkRecord, rec.EndpointRecord]]
+) -> dict[str, list[dict[str, str]] | None]:
+    # An exposed port that is not published shows as null, as in Docker.
+    ports: dict[str, list[dict[str, str]] | None] = dict.fromkeys(_exposed(sb, joined))
     for _, ep in joined:
         for binding in rec.ports_from_json(ep.ports):
             host = binding.host_port
             for offset, port in enumerate(range(binding.container_port.start, binding.container_port.end + 1)):
                 host_port = "" if host is None else str(host.start + offset if len(host) > 1 else host.start)
-                ports.setdefault(f"{port}/{binding.protocol}", []).append(
-                    {"HostIp": str(binding.host_ip or "0.0.0.0"), "HostPort": host_port}
-                )
+                key = f"{port}/{binding.protocol}"
+                ports[key] = [
+                    *(ports.get(key) or []),
+                    {"HostIp": str(binding.host_ip or "0.0.0.0"), "HostPort": host_port},
+                ]
     return ports
 
 
@@ -134,6 +149,7 @@ def sandbox(
     hosts_path: str,
     resolv_conf_path: str,
     hostname_path: str,
+    links: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The networking part of ``docker inspect`` for a container, for ``sb``.
 
@@ -141,6 +157,7 @@ def sandbox(
         sb: the sandbox.
         joined: its endpoints in join order, each with its network.
         hosts_path, resolv_conf_path, hostname_path: the sandbox's files.
+        links: its legacy links as Docker lists them, ``/<target>:/<source>/<alias>``.
     """
     shared = sb.mode == rec.CONTAINER
     legacy: dict[str, Any] = {
@@ -160,13 +177,17 @@ def sandbox(
         # Docker fills the top-level fields from the default bridge only.
         if net.predefined and net.name == "bridge":
             legacy.update({k: settings[k] for k in legacy})
+    config: dict[str, Any] = {"Hostname": sb.hostname}
+    exposed = _exposed(sb, joined)
+    if exposed:  # Docker omits the key when nothing is exposed
+        config["ExposedPorts"] = {port: {} for port in exposed}
     settings_out: dict[str, Any] = {
         "Bridge": "",
         "SandboxID": "" if shared else sb.id,
         "HairpinMode": False,
         "LinkLocalIPv6Address": "",
         "LinkLocalIPv6PrefixLen": 0,
-        "Ports": _ports(joined),
+        "Ports": _ports(sb, joined),
         "SandboxKey": "" if shared else sb.netns_path,
         "SecondaryIPAddresses": None,
         "SecondaryIPv6Addresses": None,
@@ -185,7 +206,8 @@ def sandbox(
             "Dns": list(sb.dns),
             "DnsOptions": list(sb.dns_options),
             "DnsSearch": list(sb.dns_search),
+            "Links": list(links) or None,
         },
-        "Config": {"Hostname": sb.hostname},
+        "Config": config,
         "NetworkSettings": settings_out,
     }

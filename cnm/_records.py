@@ -14,7 +14,15 @@ import attrs
 
 from cnm.types import PortBinding
 
-__all__ = ["EndpointRecord", "NetworkRecord", "SandboxRecord", "from_json", "ports_from_json", "ports_to_json"]
+__all__ = [
+    "EndpointRecord",
+    "LinkRecord",
+    "NetworkRecord",
+    "SandboxRecord",
+    "from_json",
+    "ports_from_json",
+    "ports_to_json",
+]
 
 _R = TypeVar("_R")
 
@@ -75,6 +83,7 @@ class EndpointRecord:
     gateway: str | None = None
     join_seq: int = 0
     owned_by_sandbox: bool = False
+    exposed: list[str] = attrs.field(factory=list)
     created: str = ""
     status: str = READY
 
@@ -96,6 +105,27 @@ class SandboxRecord:
     mode: str = PRIVATE
     shares: str | None = None
     network_mode: str = ""
+    exposed: list[str] = attrs.field(factory=list)
+    status: str = READY
+
+
+@attrs.frozen(kw_only=True)
+class LinkRecord:
+    """A legacy link as stored: what the source sees of the target, fixed when it was made.
+
+    The addresses and the target's exposed ports (``"3306/tcp"``) are kept so
+    that removing the link's rules never depends on the endpoints still existing.
+    """
+
+    id: str
+    source_id: str
+    target_id: str
+    alias: str
+    network_id: str
+    source_ip: str
+    target_ip: str
+    ports: list[str] = attrs.field(factory=list)
+    created: str = ""
     status: str = READY
 
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from cnm import _records as rec
-from cnm._runtime import Runtime, StateLock
+from cnm._runtime import Runtime, StateLock, validate_name
 from cnm.driverapi import DriverContext
 from cnm.errors import InvalidConfig, NotFound
 from cnm.firewall import Firewall
@@ -189,6 +189,8 @@ class Controller:
         dns: Sequence[str] = (),
         dns_search: Sequence[str] = (),
         dns_options: Sequence[str] = (),
+        exposed: Sequence[object] = (),
+        links: Sequence[tuple[str, str]] = (),
     ) -> Sandbox:
         """Create a sandbox, and with ``network`` connect it in one call, as ``docker run --net`` does.
 
@@ -214,6 +216,10 @@ class Controller:
             ports: ports to publish through the sandbox's endpoint (bridge-like
                 networks only).
             dns, dns_search, dns_options: resolv.conf overrides (not in container mode).
+            exposed: ports the sandbox exposes without publishing them
+                (``["3306/tcp", "5432/udp"]``), as ``--expose``.
+            links: legacy links ``(target, alias)`` to sandboxes on ``network``,
+                as ``--link target:alias``; see :meth:`Sandbox.link`.
 
         Raises:
             NotFound: the network or the sandbox to share does not exist.
@@ -236,11 +242,20 @@ class Controller:
                 mode=mode,
                 share=share,
                 network_mode=network_mode,
+                exposed=exposed,
             )
 
         if ports and not network:
             raise InvalidConfig("ports need a network to publish them on; add network=")
+        if links and (not network or network.startswith("container:")):
+            raise InvalidConfig("links need a network the sandbox joins; add network= (not container mode)")
         with self._rt.lock:
+            for target, alias in links:
+                # Refused before anything is created; that the two meet on the network is checked at link time.
+                validate_name(alias, "link alias")
+                self._rt.sandbox_record(target)
+            if len({alias for _, alias in links}) != len(links):
+                raise InvalidConfig(f"links {list(links)!r} use one alias twice; give each link its own alias")
             if not network:
                 return make(rec.PRIVATE)
             if network.startswith("container:"):
@@ -260,8 +275,10 @@ class Controller:
                 except BaseException:
                     endpoint.delete()
                     raise
+                for target, alias in links:
+                    sandbox.link(target, alias, network=net.name)
             except BaseException:
-                sandbox.delete()
+                sandbox.delete()  # its links go with it
                 raise
             return sandbox
 

@@ -10,8 +10,9 @@ own, and every verb must be idempotent, since a verb may be repeated after a
 crash. Deletes succeed when the object is already gone.
 
 Optional abilities are separate small protocols, checked with ``isinstance``:
-:class:`PortPublisher` (published ports) and :class:`Reconciler` (repair after
-a crash or a reboot, firewall re-application, garbage collection).
+:class:`PortPublisher` (published ports), :class:`Linker` (legacy links'
+firewall rules) and :class:`Reconciler` (repair after a crash or a reboot,
+firewall re-application, garbage collection).
 
 A minimal driver (the built-in null driver is the example to copy)::
 
@@ -37,9 +38,9 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from cnm.firewall import Firewall, NetworkRules
+from cnm.firewall import Firewall, LinkRule, NetworkRules
 from cnm.kernel.netns import NetNS
-from cnm.types import IPAddress, PortBinding
+from cnm.types import IPAddress, PortBinding, TransportProtocol
 
 __all__ = [
     "Capabilities",
@@ -48,6 +49,8 @@ __all__ = [
     "EndpointInfo",
     "IPAMData",
     "JoinResult",
+    "LinkInfo",
+    "Linker",
     "NetworkInfo",
     "NetworkRequest",
     "PortPublisher",
@@ -236,6 +239,43 @@ class PortPublisher(Protocol):
 
     def unpublish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         """Withdraw ``endpoint.ports``; called before leave; idempotent."""
+
+
+@attrs.frozen(kw_only=True)
+class LinkInfo:
+    """A legacy link between two endpoints of one network, as passed to :class:`Linker`.
+
+    Attributes:
+        source_ip: the address of the linking sandbox's endpoint.
+        target_ip: the address of the linked-to sandbox's endpoint.
+        ports: the target's exposed ports as ``(protocol, port)``, lowest first,
+            tcp before udp on the same number.
+        alias: the name the source knows the target by.
+    """
+
+    source_ip: ipaddress.IPv4Address
+    target_ip: ipaddress.IPv4Address
+    ports: tuple[tuple[TransportProtocol, int], ...] = ()
+    alias: str = ""
+
+
+@runtime_checkable
+class Linker(Protocol):
+    """A driver whose networks can block traffic between endpoints and let legacy links through.
+
+    The controller keeps the links themselves (environment, hosts lines); the
+    driver only says what its network must allow, e.g. the bridge driver's
+    ACCEPT pairs on an icc=false network, and nothing when icc is on.
+    """
+
+    def add_link(self, network: NetworkInfo, link: LinkInfo) -> None:
+        """Let ``link.source_ip`` reach ``link.target_ip`` on ``link.ports``; idempotent."""
+
+    def remove_link(self, network: NetworkInfo, link: LinkInfo) -> None:
+        """Withdraw what :meth:`add_link` allowed; succeed if it is gone."""
+
+    def link_rules(self, network: NetworkInfo, links: Sequence[LinkInfo]) -> tuple[LinkRule, ...]:
+        """The firewall rules ``links`` need, for :meth:`cnm.Controller.reapply_firewall`."""
 
 
 @runtime_checkable

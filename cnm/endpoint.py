@@ -89,6 +89,11 @@ class Endpoint:
         return rec.ports_from_json(self._record.ports)
 
     @property
+    def exposed(self) -> tuple[str, ...]:
+        """The ports exposed through this endpoint (``"3306/tcp"``); its published ports are exposed too."""
+        return tuple(self._record.exposed)
+
+    @property
     def sandbox(self) -> Sandbox | None:
         """The sandbox the endpoint is joined to, or None."""
         from cnm.sandbox import Sandbox
@@ -139,9 +144,13 @@ def create_endpoint(
     ports: Sequence[PortBinding] = (),
     ip: str | ipaddress.IPv4Address | None = None,
     owned_by_sandbox: bool = False,
+    exposed: Sequence[object] = (),
 ) -> Endpoint:
     """Create an endpoint: reserve its name, address and host ports, then tell the driver."""
+    from cnm.links import parse_exposed
+
     validate_name(name, "endpoint")
+    exposed_ports = parse_exposed(exposed)
     drv = rt.driver(network)
     if ports and not isinstance(drv, PortPublisher):
         raise InvalidConfig(f"driver {network.driver!r} of network {network.name!r} cannot publish ports; drop ports=")
@@ -158,6 +167,7 @@ def create_endpoint(
             network_id=network.id,
             requested_ports=rec.ports_to_json(list(ports)),
             owned_by_sandbox=owned_by_sandbox,
+            exposed=exposed_ports,
             created=now(),
             status=rec.CREATING,
         )
@@ -298,8 +308,13 @@ def _configure_interface(
             routes.add_route(nl, route.destination, gateway=route.next_hop, ifname=result.interface)
 
 
-def leave(rt: Runtime, endpoint: rec.EndpointRecord) -> None:
-    """Leave the endpoint's sandbox: withdraw ports, driver leave, move the default route, update files."""
+def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False) -> None:
+    """Leave the endpoint's sandbox: drop its links there, withdraw ports, driver leave, move the route, update files.
+
+    ``keep_links`` keeps the sandbox's links on the network, for a leave that
+    is followed at once by a join of the same endpoint (same address).
+    """
+    from cnm.links import drop_links
     from cnm.sandbox import refresh_files, update_gateway
 
     with rt.lock:
@@ -312,6 +327,9 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord) -> None:
         network = rt.network_record(endpoint.network_id)
         sandbox = rt.sandbox_record(endpoint.sandbox_id)
         drv = rt.driver(network)
+        if not keep_links:
+            # Before the status changes: a link stands only while both ends are joined.
+            drop_links(rt, sandbox.id, network.id)
         endpoint = _save(rt, attrs.evolve(endpoint, status=rec.DELETING))
         net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
         if ep_info.ports and isinstance(drv, PortPublisher):

@@ -107,6 +107,7 @@ class Network:
         *,
         ports: Sequence[PortBinding] = (),
         ip: str | ipaddress.IPv4Address | None = None,
+        exposed: Sequence[object] = (),
     ) -> Endpoint:
         """Create an endpoint on this network, with an address and its published ports.
 
@@ -114,13 +115,15 @@ class Network:
             name: unique within the network.
             ports: ports to publish once the endpoint joins a sandbox.
             ip: a specific address to take instead of the next free one.
+            exposed: ports exposed without publishing (``"3306/tcp"``), as
+                ``--expose``; they are what a legacy link to the sandbox allows.
 
         Raises:
             AlreadyExists, AddressInUse, PortInUse, Exhausted, InvalidConfig
         """
         from cnm.endpoint import create_endpoint
 
-        return create_endpoint(self._rt, self._rt.reload(self._record), name, ports=ports, ip=ip)
+        return create_endpoint(self._rt, self._rt.reload(self._record), name, ports=ports, ip=ip, exposed=exposed)
 
     def inspect(self) -> dict[str, Any]:
         """The network as ``docker network inspect`` prints it (one object, not a list).

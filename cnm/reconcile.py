@@ -12,7 +12,9 @@ idempotent, so an interrupted operation can always be finished or undone:
 * joined endpoints whose interfaces vanished are joined again;
 * kernel objects that are recognisably cnm's but unknown to the store are
   removed, and so are allocations nobody owns;
-* finally the firewall is rebuilt from the store.
+* legacy links half made or half removed are removed, and so are links whose
+  sandboxes or network vanished;
+* finally the firewall is rebuilt from the store, links' rules included.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import attrs
 
 from cnm import _records as rec
 from cnm._runtime import Runtime
-from cnm.driverapi import Reconciler
+from cnm.driverapi import Linker, Reconciler
 from cnm.errors import CNMError
 from cnm.firewall import Firewall, NetworkRules
 from cnm.kernel import links, netns
 from cnm.kernel.netns import NetNS
+from cnm.links import link_info, settle_links
 
 __all__ = ["DEAD", "ReconcileReport", "reapply_firewall", "reconcile"]
 
@@ -92,6 +95,8 @@ def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
         _settle_networks(rt, out)
         _settle_sandboxes(rt, out)
         _settle_endpoints(rt, out)
+        for line in out.attempt("settle legacy links", settle_links, rt) or []:
+            out.did(line)
         _restore_networks(rt, out)
         _repair_joins(rt, out)
         _collect_garbage(rt, out)
@@ -105,6 +110,8 @@ def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
     with rt.lock:
         networks = sorted(rt.list_records("network", rec.NetworkRecord), key=lambda n: n.created)
         endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+        # A link half made or half removed gets no rules; reconcile settles it.
+        kept_links = [lk for lk in rt.list_records("link", rec.LinkRecord) if lk.status == rec.READY]
         described: list[NetworkRules] = []
         for network in networks:
             if network.status != rec.READY:
@@ -114,6 +121,9 @@ def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
                 continue
             joined = [rt.endpoint_info(e) for e in endpoints if e.network_id == network.id and e.sandbox_id]
             rules = driver.firewall_rules(rt.network_info(network), joined)
+            if rules is not None and isinstance(driver, Linker):
+                infos = [link_info(lk) for lk in kept_links if lk.network_id == network.id]
+                rules = attrs.evolve(rules, links=rules.links + driver.link_rules(rt.network_info(network), infos))
             if rules is not None:
                 described.append(rules)
         firewall.reapply(described)
@@ -209,7 +219,8 @@ def _repair_joins(rt: Runtime, out: _Log) -> None:
         if not intact:
 
             def rejoin(e: rec.EndpointRecord = endpoint, s: rec.SandboxRecord = sandbox) -> None:
-                leave(rt, e)
+                # The address stays the same across the rejoin, so the sandbox's links stay valid.
+                leave(rt, e, keep_links=True)
                 join(rt, rt.reload(e), rt.reload(s))
 
             out.attempt(f"rejoin endpoint {endpoint.name}", rejoin)

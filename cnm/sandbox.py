@@ -27,6 +27,7 @@ import attrs
 
 from cnm import _inspect, etchosts, resolvconf
 from cnm import _records as rec
+from cnm import links as _links
 from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm._steps import Rollback
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
@@ -37,6 +38,7 @@ from cnm.store import KeyTaken
 
 if TYPE_CHECKING:
     from cnm.endpoint import Endpoint
+    from cnm.links import Link
 
 __all__ = ["HOST_HOSTS", "Sandbox"]
 
@@ -137,6 +139,60 @@ class Sandbox:
 
         return [Endpoint(self._rt, r) for r in joined_endpoints(self._rt, self.id)]
 
+    @property
+    def exposed(self) -> tuple[str, ...]:
+        """The ports the sandbox exposes (``--expose``), e.g. ``("3306/tcp",)``; published ones not included."""
+        return tuple(self._record.exposed)
+
+    # --- legacy links ------------------------------------------------------------
+    def link(self, target: str, alias: str, *, network: str | None = None) -> Link:
+        """Link to the sandbox ``target`` under ``alias``, as ``docker run --link target:alias`` does.
+
+        This sandbox's /etc/hosts gets ``IP<TAB>alias target-hostname
+        target-name``, :meth:`link_env` gets Docker's variables, and on a
+        network that drops traffic between endpoints (bridge with icc off) this
+        sandbox may reach the target's exposed ports, and nothing else of it.
+
+        Args:
+            target: the sandbox to link to, by name or id.
+            alias: the name this sandbox knows it by (``DB`` in ``DB_PORT``).
+            network: the network to meet on; needed only when the two share several.
+
+        Raises:
+            SandboxNotFound: ``target`` does not exist.
+            InvalidConfig: the two share no network (or several, and none was
+                named); a sandbox in host or container mode; a link to itself.
+            AlreadyExists: this sandbox already has a link named ``alias``.
+        """
+        return _links.create_link(self._rt, self._current(), target, alias, network=network)
+
+    def unlink(self, alias: str) -> None:
+        """Remove the link named ``alias``: its variables, hosts line and rules. Succeeds if there is none."""
+        link = _links.find_link(self._rt, self.id, alias)
+        if link is not None:
+            _links.remove_link(self._rt, link)
+
+    def links(self) -> list[Link]:
+        """The links this sandbox made, oldest first."""
+        return [_links.Link(self._rt, r) for r in _links.links_from(self._rt, self.id)]
+
+    def link_env(self) -> dict[str, str]:
+        """The environment variables of all this sandbox's links, as Docker sets them.
+
+        See :func:`cnm.links.link_env`; pass ``link_env=True`` to :meth:`run` or
+        :meth:`popen` to give them to a process.
+        """
+        return _links.sandbox_env(self._rt, self._current())
+
+    def _with_link_env(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # Docker's order: link variables over the inherited environment, the caller's own env over both.
+        if not kwargs.pop("link_env", False):
+            return kwargs
+        base = kwargs.get("env")
+        linked = self.link_env()
+        kwargs["env"] = {**os.environ, **linked} if base is None else {**linked, **base}
+        return kwargs
+
     def command(self, argv: Sequence[str]) -> list[str]:
         """The argv that runs ``argv`` in the sandbox (its namespace, hostname and files)."""
         files = {
@@ -150,12 +206,16 @@ class Sandbox:
         """Run a command inside the sandbox; takes :func:`subprocess.run`'s keywords.
 
         The process sees the sandbox's interfaces, its hostname, and its
-        /etc/hosts and /etc/resolv.conf.
+        /etc/hosts and /etc/resolv.conf. With ``link_env=True`` its environment
+        also holds the variables of the sandbox's links (:meth:`link_env`);
+        variables given in ``env`` win over them.
         """
+        kwargs = self._with_link_env(kwargs)
         return subprocess.run(self.command(argv), **kwargs)  # noqa: PLW1510 - caller's choice
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a command inside the sandbox; takes :class:`subprocess.Popen`'s keywords."""
+        """Start a command inside the sandbox; takes :class:`subprocess.Popen`'s keywords and ``link_env``."""
+        kwargs = self._with_link_env(kwargs)
         return subprocess.Popen(self.command(argv), **kwargs)
 
     def inspect(self) -> dict[str, Any]:
@@ -174,6 +234,7 @@ class Sandbox:
             hosts_path=self.hosts_path,
             resolv_conf_path=self.resolv_conf_path,
             hostname_path=self.hostname_path,
+            links=_links.inspect_links(self._rt, record),
         )
 
     def delete(self) -> None:
@@ -226,6 +287,7 @@ def _draft(
     dns_search: Sequence[str],
     dns_options: Sequence[str],
     network_mode: str,
+    exposed: Sequence[str] = (),
 ) -> rec.SandboxRecord:
     """The record of a sandbox about to be created, with its namespace and files chosen by mode."""
     if owner is not None:
@@ -257,6 +319,7 @@ def _draft(
         mode=mode,
         shares=None if owner is None else owner.id,
         network_mode=network_mode,
+        exposed=list(exposed),
         status=rec.CREATING,
     )
 
@@ -272,6 +335,7 @@ def create_sandbox(
     mode: str = rec.PRIVATE,
     share: str | None = None,
     network_mode: str = "",
+    exposed: Sequence[object] = (),
 ) -> Sandbox:
     """Create a sandbox in ``mode``, with its files.
 
@@ -284,8 +348,10 @@ def create_sandbox(
             namespace and files of the sandbox ``share`` names.
         share: in container mode, the sandbox to share (name or id).
         network_mode: what the caller asked for, kept for :meth:`Sandbox.inspect`.
+        exposed: ports the sandbox exposes (``"3306/tcp"``), for legacy links.
     """
     validate_name(name, "sandbox")
+    exposed_ports = _links.parse_exposed(exposed)
     _check_settings(hostname, dns)
     if mode not in (rec.PRIVATE, rec.HOST, rec.CONTAINER):
         raise InvalidConfig(f"unknown sandbox mode {mode!r}; use private, host or container")
@@ -297,6 +363,10 @@ def create_sandbox(
             raise InvalidConfig(
                 f"sandbox {name!r} shares the namespace and files of {share!r}: its hostname and DNS "
                 "settings are that sandbox's; drop hostname= and dns*="
+            )
+        if exposed_ports:
+            raise InvalidConfig(
+                f"sandbox {name!r} shares the namespace of {share!r}: expose the ports on that sandbox instead"
             )
         owner = rt.sandbox_record(share)
         if owner.shares is not None:
@@ -314,6 +384,7 @@ def create_sandbox(
         dns_search=dns_search,
         dns_options=dns_options,
         network_mode=network_mode,
+        exposed=exposed_ports,
     )
     with rt.lock, Rollback(f"create sandbox {name}") as undo:
         with rt.store.transaction() as txn:
@@ -376,7 +447,7 @@ def write_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
 
 
 def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
-    """Rewrite the hosts file from the sandbox's joined endpoints (one line per address).
+    """Rewrite the hosts file from the sandbox's joined endpoints (one line per address) and its links.
 
     Only a private-mode sandbox's: a host-mode one keeps its copy of the
     host's file, and a sharer's file is its owner's.
@@ -390,7 +461,7 @@ def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
     ]
     path = os.path.join(sandbox.files_dir, "hosts")
     if os.path.isdir(sandbox.files_dir):
-        etchosts.write(path, etchosts.render(own))
+        etchosts.write(path, etchosts.render(own, _links.host_entries(rt, sandbox.id)))
 
 
 def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
@@ -481,6 +552,10 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
             sandbox = attrs.evolve(sandbox, status=rec.DELETING)
             txn.put("sandbox", sandbox.id, rec.to_json(sandbox))
         errors: list[Exception] = []
+        try:
+            _links.drop_links(rt, sandbox.id)
+        except Exception as exc:  # noqa: BLE001 - continue the teardown, report all at the end
+            errors.append(exc)
         for endpoint in reversed(joined_endpoints(rt, sandbox.id)):
             try:
                 if endpoint.owned_by_sandbox:

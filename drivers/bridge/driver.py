@@ -14,6 +14,8 @@ from cnm.driverapi import (
     DriverContext,
     EndpointInfo,
     JoinResult,
+    Linker,
+    LinkInfo,
     NetworkInfo,
     NetworkRequest,
     PortPublisher,
@@ -21,7 +23,7 @@ from cnm.driverapi import (
     SandboxInfo,
 )
 from cnm.errors import InvalidConfig
-from cnm.firewall import FirewallNetwork, NetworkRules, PortMapping
+from cnm.firewall import FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.kernel import links
 
 from . import setup
@@ -165,6 +167,25 @@ class BridgeDriver:
         """Withdraw the endpoint's DNAT rules."""
         self._firewall.remove_ports(self.firewall_network(network), self._mappings(endpoint))
 
+    # --- legacy links -------------------------------------------------------------------
+    def link_rules(self, network: NetworkInfo, links: Sequence[LinkInfo]) -> tuple[LinkRule, ...]:
+        """One rule per link: the source may reach the target on its exposed ports.
+
+        The firewall turns a rule into ACCEPT pairs only on an icc=false network;
+        with icc on nothing is dropped, so there is nothing to allow.
+        """
+        return tuple(LinkRule(source_ip=lk.source_ip, target_ip=lk.target_ip, ports=lk.ports) for lk in links)
+
+    def add_link(self, network: NetworkInfo, link: LinkInfo) -> None:
+        """Append the link's ACCEPT pairs to the network's rules (icc=false networks only)."""
+        for rule in self.link_rules(network, [link]):
+            self._firewall.add_link(self.firewall_network(network), rule)
+
+    def remove_link(self, network: NetworkInfo, link: LinkInfo) -> None:
+        """Withdraw the link's ACCEPT pairs; succeed if they are gone."""
+        for rule in self.link_rules(network, [link]):
+            self._firewall.remove_link(self.firewall_network(network), rule)
+
     # --- reconciliation ---------------------------------------------------------------
     def restore_network(self, network: NetworkInfo) -> bool:
         """Re-create the bridge, its address and sysctls if the bridge is gone (e.g. after a reboot)."""
@@ -205,3 +226,4 @@ class BridgeDriver:
 _: type[Driver] = BridgeDriver
 _publisher: type[PortPublisher] = BridgeDriver
 _reconciler: type[Reconciler] = BridgeDriver
+_linker: type[Linker] = BridgeDriver
