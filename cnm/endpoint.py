@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from cnm import _records as rec
+from cnm._handle import Handle
 from cnm._runtime import Runtime, mac_for, new_id, now, validate_name
 from cnm._steps import Rollback
 from cnm.driverapi import JoinResult, PortPublisher
@@ -28,31 +28,11 @@ __all__ = ["Endpoint"]
 log = logging.getLogger(__name__)
 
 
-class Endpoint:
+class Endpoint(Handle[rec.EndpointRecord]):
     """A CNM endpoint: belongs to one network, joined to at most one sandbox."""
-
-    def __init__(self, runtime: Runtime, record: rec.EndpointRecord) -> None:
-        self._rt = runtime
-        self._record = record
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.name} ip={self._record.address} id={self.id[:12]}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Endpoint) and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    def _current(self) -> rec.EndpointRecord:
-        with contextlib.suppress(NotFound):
-            self._record = self._rt.reload(self._record)
-        return self._record
-
-    @property
-    def id(self) -> str:
-        """The endpoint's id (64 hex digits)."""
-        return self._record.id
 
     @property
     def name(self) -> str:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, cast
 import attrs
 
 from cnm import _records as rec
+from cnm._handle import Handle
 from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm._steps import Rollback
 from cnm.driverapi import Linker, LinkInfo
@@ -166,21 +167,11 @@ def hosts_names(alias: str, target_hostname: str, target_name: str) -> tuple[str
 
 
 # --- the public handle ------------------------------------------------------------------
-class Link:
+class Link(Handle[rec.LinkRecord]):
     """A legacy link from one sandbox to another; get one from :meth:`cnm.sandbox.Sandbox.link`."""
-
-    def __init__(self, runtime: Runtime, record: rec.LinkRecord) -> None:
-        self._rt = runtime
-        self._record = record
 
     def __repr__(self) -> str:
         return f"<Link {self.name} -> {self.target_ip}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Link) and other._record.id == self._record.id
-
-    def __hash__(self) -> int:
-        return hash(self._record.id)
 
     @property
     def alias(self) -> str:

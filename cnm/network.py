@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from cnm import _records as rec
+from cnm._handle import Handle
 from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm._steps import Rollback
 from cnm.driverapi import NetworkRequest
@@ -26,30 +27,15 @@ __all__ = ["Network"]
 log = logging.getLogger(__name__)
 
 
-class Network:
+class Network(Handle[rec.NetworkRecord]):
     """A CNM network. Get one from :meth:`cnm.Controller.create_network` or :meth:`cnm.Controller.network`.
 
     The object is a handle: its properties read the controller's store, so
     they are current even when another handle or process changed the network.
     """
 
-    def __init__(self, runtime: Runtime, record: rec.NetworkRecord) -> None:
-        self._rt = runtime
-        self._record = record
-
     def __repr__(self) -> str:
         return f"<Network {self.name} driver={self.driver} id={self.id[:12]}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Network) and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    @property
-    def id(self) -> str:
-        """The network's id (64 hex digits)."""
-        return self._record.id
 
     @property
     def name(self) -> str:

@@ -13,7 +13,6 @@ A sandbox uses one of three namespaces, as Docker's ``--net`` modes do
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
@@ -28,6 +27,7 @@ import attrs
 from cnm import _inspect, etchosts, resolvconf
 from cnm import _records as rec
 from cnm import links as _links
+from cnm._handle import Handle
 from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm._steps import Rollback
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
@@ -48,31 +48,11 @@ HOST_HOSTS = "/etc/hosts"
 """The host's hosts file, copied into host-mode sandboxes."""
 
 
-class Sandbox:
+class Sandbox(Handle[rec.SandboxRecord]):
     """A CNM sandbox: a network namespace with loopback up and its own hosts/resolv.conf files."""
-
-    def __init__(self, runtime: Runtime, record: rec.SandboxRecord) -> None:
-        self._rt = runtime
-        self._record = record
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.name} id={self.id[:12]}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sandbox) and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    def _current(self) -> rec.SandboxRecord:
-        with contextlib.suppress(NotFound):
-            self._record = self._rt.reload(self._record)
-        return self._record
-
-    @property
-    def id(self) -> str:
-        """The sandbox's id (64 hex digits)."""
-        return self._record.id
 
     @property
     def name(self) -> str:
