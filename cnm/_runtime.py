@@ -156,6 +156,43 @@ class Runtime:
             raise NotFound(f"{kind} {record.name!r} no longer exists")
         return rec.from_json(type(record), data)
 
+    # --- endpoints and their indexes ---------------------------------------------
+    # Endpoints are found by network ("endpoint.name", keyed network/name) and by
+    # sandbox ("sandbox.endpoint", keyed sandbox/endpoint) through prefix scans,
+    # so no hot path reads every endpoint of the controller.
+    @staticmethod
+    def put_endpoint(txn: Transaction, record: rec.EndpointRecord) -> None:
+        """Store an endpoint record and keep the by-sandbox index in step."""
+        old = txn.get("endpoint", record.id)
+        old_sandbox = None if old is None else old.get("sandbox_id")
+        if old_sandbox and old_sandbox != record.sandbox_id:
+            txn.delete("sandbox.endpoint", f"{old_sandbox}/{record.id}")
+        if record.sandbox_id:
+            txn.put("sandbox.endpoint", f"{record.sandbox_id}/{record.id}", {"id": record.id})
+        txn.put("endpoint", record.id, rec.to_json(record))
+
+    @staticmethod
+    def drop_endpoint(txn: Transaction, record: rec.EndpointRecord) -> None:
+        """Delete an endpoint record, its name and its index entries."""
+        old = txn.get("endpoint", record.id)
+        if old is not None and old.get("sandbox_id"):
+            txn.delete("sandbox.endpoint", f"{old['sandbox_id']}/{record.id}")
+        txn.delete("endpoint.name", f"{record.network_id}/{record.name}")
+        txn.delete("endpoint", record.id)
+
+    def endpoints_of_network(self, network_id: str) -> list[rec.EndpointRecord]:
+        """A network's endpoints, in name order."""
+        return self._indexed("endpoint.name", network_id)
+
+    def endpoints_of_sandbox(self, sandbox_id: str) -> list[rec.EndpointRecord]:
+        """The endpoints joined to a sandbox, in join order."""
+        return sorted(self._indexed("sandbox.endpoint", sandbox_id), key=lambda e: e.join_seq)
+
+    def _indexed(self, index: str, owner: str) -> list[rec.EndpointRecord]:
+        with self.store.transaction() as txn:
+            found = (txn.get("endpoint", v["id"]) for _, v in txn.list(index, f"{owner}/"))
+            return [rec.from_json(rec.EndpointRecord, data) for data in found if data is not None]
+
     def list_records(self, kind: str, cls: type[Any]) -> list[Any]:
         """Every record of a kind."""
         with self.store.transaction() as txn:

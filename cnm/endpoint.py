@@ -192,7 +192,7 @@ def _allocate_endpoint(
                 draft.id, ports, None if default_ip is None else parse_address(default_ip), label=draft.name
             )
             record = attrs.evolve(record, ports=rec.ports_to_json(resolved))
-        txn.insert("endpoint", record.id, rec.to_json(record))
+        rt.put_endpoint(txn, record)
     return record
 
 
@@ -202,13 +202,12 @@ def _free_endpoint(rt: Runtime, record: rec.EndpointRecord) -> None:
         if record.address is not None and network is not None and network.get("pool_id"):
             rt.ipam.release_address(network["pool_id"], ipaddress.IPv4Interface(record.address).ip)
         rt.ports.release(record.id)
-        txn.delete("endpoint.name", f"{record.network_id}/{record.name}")
-        txn.delete("endpoint", record.id)
+        rt.drop_endpoint(txn, record)
 
 
 def _save(rt: Runtime, record: rec.EndpointRecord) -> rec.EndpointRecord:
     with rt.store.transaction() as txn:
-        txn.put("endpoint", record.id, rec.to_json(record))
+        rt.put_endpoint(txn, record)
     return record
 
 
@@ -217,8 +216,8 @@ def _next_ifname(rt: Runtime, sandbox: rec.SandboxRecord) -> str:
     # a leave (eth0 leaves, the next join is eth2 next to eth1), as Docker's are.
     used = [
         int(e.ifname[3:])
-        for e in rt.list_records("endpoint", rec.EndpointRecord)
-        if e.sandbox_id == sandbox.id and e.ifname and e.ifname.startswith("eth") and e.ifname[3:].isdigit()
+        for e in rt.endpoints_of_sandbox(sandbox.id)
+        if e.ifname and e.ifname.startswith("eth") and e.ifname[3:].isdigit()
     ]
     return f"eth{max(used, default=-1) + 1}"
 
@@ -245,7 +244,7 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
                 endpoint = attrs.evolve(
                     endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq, status=rec.CREATING
                 )
-                txn.put("endpoint", endpoint.id, rec.to_json(endpoint))
+                rt.put_endpoint(txn, endpoint)
                 sandbox = attrs.evolve(sandbox, join_counter=seq)
                 txn.put("sandbox", sandbox.id, rec.to_json(sandbox))
             undo.done(

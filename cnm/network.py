@@ -78,8 +78,7 @@ class Network(Handle[rec.NetworkRecord]):
         """The network's endpoints, in name order."""
         from cnm.endpoint import Endpoint
 
-        records = [r for r in self._rt.list_records("endpoint", rec.EndpointRecord) if r.network_id == self.id]
-        return [Endpoint(self._rt, r) for r in sorted(records, key=lambda r: r.name)]
+        return [Endpoint(self._rt, r) for r in self._rt.endpoints_of_network(self.id)]
 
     def endpoint(self, ref: str) -> Endpoint:
         """An endpoint of this network by name or id; :class:`cnm.errors.EndpointNotFound` if absent."""
@@ -122,7 +121,7 @@ class Network(Handle[rec.NetworkRecord]):
         from cnm.errors import NotFound
 
         record = self._rt.reload(self._record)
-        endpoints = [r for r in self._rt.list_records("endpoint", rec.EndpointRecord) if r.network_id == record.id]
+        endpoints = self._rt.endpoints_of_network(record.id)
         sandboxes = {s.id: s for s in self._rt.list_records("sandbox", rec.SandboxRecord)}
         try:
             scope = self._rt.driver(record).capabilities.scope
@@ -251,7 +250,7 @@ def delete_network(rt: Runtime, record: rec.NetworkRecord, *, force_predefined: 
             record = rec.from_json(rec.NetworkRecord, current)
             if record.predefined and not force_predefined:
                 raise Forbidden(f"network {record.name!r} is predefined and cannot be deleted")
-            members = [v["name"] for _, v in txn.list("endpoint") if v["network_id"] == record.id]
+            members = [key.split("/", 1)[1] for key, _ in txn.list("endpoint.name", f"{record.id}/")]
             if members:
                 raise ActiveEndpoints(
                     f"network {record.name!r} still has endpoints {', '.join(sorted(members))}; delete them first"

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 DEFAULT_EPHEMERAL_RANGE = PortRange(49153, 65535)
 _ANY = ipaddress.IPv4Address("0.0.0.0")
 _KIND = "port"
+_BY_OWNER = "port.owner"  # owner/<port key>: finds an owner's ports without a scan
+_CURSOR = "port.cursor"  # protocol -> where the next ephemeral search starts
 
 
 def _key(protocol: str, port: int, host_ip: IPAddress) -> str:
@@ -90,7 +92,7 @@ class PortAllocator:
                 candidates: Iterable[PortRange]
                 size = len(binding.container_port)
                 if binding.host_port is None:
-                    candidates = self._blocks(self.ephemeral, size)
+                    candidates = self._blocks(self.ephemeral, size, self._cursor(txn, binding.protocol))
                     explicit = False
                 elif size == 1 and len(binding.host_port) > 1:
                     candidates = self._blocks(binding.host_port, 1)
@@ -108,6 +110,8 @@ class PortAllocator:
                     explicit=explicit,
                     what=str(binding),
                 )
+                if binding.host_port is None:
+                    txn.put(_CURSOR, binding.protocol, {"next": chosen.end + 1})
                 resolved.append(attrs.evolve(binding, host_port=chosen, host_ip=host_ip))
         return resolved
 
@@ -115,10 +119,9 @@ class PortAllocator:
         """Release every port ``owner`` holds; return how many. Idempotent."""
         released = 0
         with self.store.transaction() as txn:
-            for key, value in txn.list(_KIND):
-                if value.get("owner") == owner:
-                    txn.delete(_KIND, key)
-                    released += 1
+            for key, _ in txn.list(_BY_OWNER, f"{owner}/"):
+                txn.delete(_BY_OWNER, key)
+                released += txn.delete(_KIND, key.split("/", 1)[1])
         return released
 
     def held(self) -> dict[str, str]:
@@ -127,8 +130,20 @@ class PortAllocator:
             return {key: str(value.get("owner")) for key, value in txn.list(_KIND)}
 
     @staticmethod
-    def _blocks(window: PortRange, size: int) -> Iterator[PortRange]:
-        for port in range(window.start, window.end - size + 2):
+    def _cursor(txn: Transaction, protocol: str) -> int:
+        # Ephemeral ports are handed out round-robin, as Docker does, so a port
+        # just released is not reused at once (stale conntrack entries) and the
+        # search starts where the last one ended instead of at the bottom.
+        data = txn.get(_CURSOR, protocol)
+        return int(data["next"]) if data else 0
+
+    @staticmethod
+    def _blocks(window: PortRange, size: int, start: int = 0) -> Iterator[PortRange]:
+        first, last = window.start, window.end - size + 1
+        if last < first:
+            return
+        start = start if first <= start <= last else first
+        for port in (*range(start, last + 1), *range(first, start)):
             yield PortRange(port, port + size - 1)
 
     def _take(
@@ -144,14 +159,8 @@ class PortAllocator:
         what: str,
     ) -> PortRange:
         ip = host_ip or _ANY
-        held: dict[int, list[tuple[IPAddress, str]]] = {}
-        for key, value in txn.list(_KIND, f"{protocol}/"):
-            _, port, held_ip = key.split("/")
-            held.setdefault(int(port), []).append(
-                (ipaddress.ip_address(held_ip), str(value.get("name") or value.get("owner")))
-            )
         for block in candidates:
-            holder = self._holder(held, block, ip)
+            holder = self._holder(txn, protocol, block, ip)
             if holder is not None:
                 if explicit:
                     raise PortInUse(
@@ -169,18 +178,21 @@ class PortAllocator:
                 continue
             try:
                 for number in block:
-                    txn.insert(_KIND, _key(protocol, number, ip), {"owner": owner, "name": label})
+                    key = _key(protocol, number, ip)
+                    txn.insert(_KIND, key, {"owner": owner, "name": label})
+                    txn.put(_BY_OWNER, f"{owner}/{key}", {})
             except KeyTaken as exc:  # pragma: no cover - the transaction holds the write lock
                 raise PortInUse(f"host port {block}/{protocol} was taken concurrently; retry") from exc
             return block
         raise Exhausted(f"no free host port for {what} in its range; free some published ports or widen the range")
 
     @staticmethod
-    def _holder(held: dict[int, list[tuple[IPAddress, str]]], block: PortRange, ip: IPAddress) -> str | None:
+    def _holder(txn: Transaction, protocol: str, block: PortRange, ip: IPAddress) -> str | None:
         for port in block:
-            for held_ip, name in held.get(port, ()):
+            for key, value in txn.list(_KIND, f"{protocol}/{port:05d}/"):
+                held_ip = ipaddress.ip_address(key.rsplit("/", 1)[1])
                 if held_ip == ip or _ANY in (held_ip, ip):
-                    return f"endpoint {name}"
+                    return f"endpoint {value.get('name') or value.get('owner')}"
         return None
 
     def _bound_elsewhere(self, protocol: str, block: PortRange, host_ip: IPAddress | None) -> int | None:

@@ -233,8 +233,7 @@ class Sandbox(Handle[rec.SandboxRecord]):
 
 def joined_endpoints(rt: Runtime, sandbox_id: str) -> list[rec.EndpointRecord]:
     """The endpoints joined to a sandbox, in join order."""
-    joined = [e for e in rt.list_records("endpoint", rec.EndpointRecord) if e.sandbox_id == sandbox_id]
-    return sorted(joined, key=lambda e: e.join_seq)
+    return rt.endpoints_of_sandbox(sandbox_id)
 
 
 def sharers_of(rt: Runtime, sandbox_id: str) -> list[rec.SandboxRecord]:

@@ -9,7 +9,7 @@ import socket
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm.kernel.errors import map_netlink_errors
-from cnm.kernel.links import get_link
+from cnm.kernel.links import get_link, require_index
 from cnm.kernel.netns import Netlink
 
 __all__ = ["IPInterface", "add_address", "delete_address", "list_addresses"]
@@ -23,14 +23,10 @@ def _family(addr: IPInterface) -> int:
 
 def add_address(nl: Netlink, ifname: str, address: IPInterface) -> None:
     """Put ``address`` (with its prefix length) on ``ifname``; fine if it is there."""
-    with map_netlink_errors(f"look up {ifname} in {nl.netns.name}"):
-        index = nl.ipr.link_lookup(ifname=ifname)
-    if not index:
-        with map_netlink_errors(f"add address {address} to {ifname} in {nl.netns.name}"):
-            raise OSError(errno.ENODEV, f"no link {ifname}")
+    index = require_index(nl, ifname)
     try:
         nl.ipr.addr(
-            "add", index=index[0], address=str(address.ip), prefixlen=address.network.prefixlen, family=_family(address)
+            "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, family=_family(address)
         )
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
@@ -64,10 +60,10 @@ def list_addresses(nl: Netlink, ifname: str | None = None) -> list[IPInterface]:
     """Every address in the namespace, or on one interface."""
     with map_netlink_errors(f"list addresses in {nl.netns.name}"):
         if ifname is not None:
-            index = nl.ipr.link_lookup(ifname=ifname)
-            if not index:
+            link = get_link(nl, ifname)
+            if link is None:
                 return []
-            msgs = nl.ipr.get_addr(index=index[0])
+            msgs = nl.ipr.get_addr(index=link.index)
         else:
             msgs = nl.ipr.get_addr()
     return [ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs]

@@ -30,6 +30,7 @@ __all__ = [
     "ensure_bridge",
     "get_link",
     "list_links",
+    "require_index",
     "set_hairpin",
     "set_link",
 ]
@@ -80,7 +81,9 @@ def _link_from_msg(msg: Any) -> Link:
 def get_link(nl: Netlink, name: str) -> Link | None:
     """The link called ``name``, or None."""
     try:
-        msgs = nl.ipr.get_links(ifname=name)
+        # RTM_GETLINK by name is answered by the kernel in constant time;
+        # pyroute2's get_links(ifname=) dumps every link and filters in Python.
+        msgs = nl.ipr.link("get", ifname=name)
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
             return None
@@ -95,7 +98,8 @@ def list_links(nl: Netlink) -> list[Link]:
         return [_link_from_msg(msg) for msg in nl.ipr.get_links()]
 
 
-def _index(nl: Netlink, name: str) -> int:
+def require_index(nl: Netlink, name: str) -> int:
+    """The index of link ``name``; KernelError (ENODEV) if there is none."""
     link = get_link(nl, name)
     if link is None:
         raise KernelError(f"link {name} does not exist in {nl.netns.name}", errno.ENODEV)
@@ -160,7 +164,7 @@ def add_veth(
     if mtu is not None:
         spec["mtu"] = mtu
     if master is not None:
-        spec["master"] = _index(nl, master)
+        spec["master"] = require_index(nl, master)
     fd = None
     if peer_netns != nl.netns:
         fd = os.open(peer_netns.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -196,7 +200,7 @@ def add_macvlan(
     check_ifname(name)
     if mode not in MACVLAN_MODES:
         raise InvalidConfig(f"unknown macvlan mode {mode!r}; use one of {', '.join(MACVLAN_MODES)}")
-    spec: dict[str, Any] = {"ifname": name, "kind": "macvlan", "link": _index(nl, parent), "macvlan_mode": mode}
+    spec: dict[str, Any] = {"ifname": name, "kind": "macvlan", "link": require_index(nl, parent), "macvlan_mode": mode}
     if mac is not None:
         spec["address"] = mac
     if mtu is not None:
@@ -218,13 +222,13 @@ def set_link(
     nl: Netlink, name: str, *, up: bool | None = None, mtu: int | None = None, master: str | None = None
 ) -> None:
     """Change a link's state, MTU or master."""
-    spec: dict[str, Any] = {"index": _index(nl, name)}
+    spec: dict[str, Any] = {"index": require_index(nl, name)}
     if up is not None:
         spec["state"] = "up" if up else "down"
     if mtu is not None:
         spec["mtu"] = mtu
     if master is not None:
-        spec["master"] = _index(nl, master)
+        spec["master"] = require_index(nl, master)
     with map_netlink_errors(f"set link {name} in {nl.netns.name}"):
         nl.ipr.link("set", **spec)
 
@@ -232,7 +236,7 @@ def set_link(
 def set_hairpin(nl: Netlink, name: str, on: bool = True) -> None:
     """Let a bridge port send frames back out the port they came in on."""
     with map_netlink_errors(f"set hairpin on bridge port {name} in {nl.netns.name}"):
-        nl.ipr.brport("set", index=_index(nl, name), mode=int(on))  # IFLA_BRPORT_MODE: hairpin
+        nl.ipr.brport("set", index=require_index(nl, name), mode=int(on))  # IFLA_BRPORT_MODE: hairpin
 
 
 def delete_link(nl: Netlink, name: str) -> bool:

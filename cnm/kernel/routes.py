@@ -10,6 +10,7 @@ import attrs
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm.kernel.errors import map_netlink_errors
+from cnm.kernel.links import require_index
 from cnm.kernel.netns import Netlink
 
 __all__ = ["Route", "add_route", "delete_route", "list_routes", "replace_default_route"]
@@ -25,14 +26,6 @@ class Route:
     destination: _IPNetwork
     gateway: _IPAddress | None
     ifname: str | None
-
-
-def _index(nl: Netlink, ifname: str) -> int:
-    with map_netlink_errors(f"look up {ifname} in {nl.netns.name}"):
-        found = nl.ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise OSError(errno.ENODEV, f"no link {ifname}")
-    return int(found[0])
 
 
 def list_routes(nl: Netlink, family: int = socket.AF_INET) -> list[Route]:
@@ -58,7 +51,7 @@ def list_routes(nl: Netlink, family: int = socket.AF_INET) -> list[Route]:
 
 def add_route(nl: Netlink, destination: _IPNetwork, *, gateway: _IPAddress | None = None, ifname: str) -> None:
     """Add a route; fine if the same route exists."""
-    spec: dict[str, object] = {"dst": str(destination), "oif": _index(nl, ifname)}
+    spec: dict[str, object] = {"dst": str(destination), "oif": require_index(nl, ifname)}
     if gateway is not None:
         spec["gateway"] = str(gateway)
     try:
@@ -74,7 +67,7 @@ def replace_default_route(nl: Netlink, gateway: _IPAddress, ifname: str) -> None
     """Make ``gateway`` on ``ifname`` the default route, replacing any other."""
     default = "0.0.0.0/0" if gateway.version == 4 else "::/0"
     with map_netlink_errors(f"set default route via {gateway} dev {ifname} in {nl.netns.name}"):
-        nl.ipr.route("replace", dst=default, gateway=str(gateway), oif=_index(nl, ifname))
+        nl.ipr.route("replace", dst=default, gateway=str(gateway), oif=require_index(nl, ifname))
 
 
 def delete_route(nl: Netlink, destination: _IPNetwork) -> bool:

@@ -40,8 +40,9 @@ def host_links(ns: NetNS) -> list[str]:
 
 
 def store_rows(ctl: Controller) -> list[tuple[str, str]]:
+    """Every stored object; the ephemeral-port cursor is state of the allocator, not an object."""
     with sqlite3.connect(os.path.join(ctl.state_dir, "cnm.db")) as db:
-        return sorted(db.execute("SELECT kind, key FROM records"))
+        return sorted(db.execute("SELECT kind, key FROM records WHERE kind != 'port.cursor'"))
 
 
 def snapshot(ctl: Controller) -> tuple[list[str], str, list[tuple[str, str]], list[str]]:
