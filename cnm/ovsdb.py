@@ -425,6 +425,12 @@ class Ovsdb:
             rows = self._select(conn, "Bridge", [["name", "==", name]])
         return _bridge(rows[0]) if rows else None
 
+    def port(self, name: str) -> Port | None:
+        """The port called ``name``, or None."""
+        with self._errors(f"look up OVS port {name}"), self._connect() as conn:
+            rows = self._select(conn, "Port", [["name", "==", name]])
+        return _port(rows[0]) if rows else None
+
     def bridge_of_port(self, port: str) -> Bridge | None:
         """The bridge that holds port ``port``, or None."""
         with self._errors(f"look up the bridge of OVS port {port}"), self._connect() as conn:

@@ -11,13 +11,19 @@ the bridge driver, with that port as the network's interface.
 Every OVS row the driver makes carries ``external_ids`` naming its network
 (``cnm-network``) and endpoint (``cnm-endpoint``), so deletion and cleanup
 find exactly cnm's rows. All OVSDB work goes through :mod:`cnm.ovsdb`.
+
+After a crash, a reboot or a wiped database the driver repairs itself as a
+:class:`~cnm.driverapi.Reconciler`: it re-creates what is missing of a
+network (:func:`.setup.restore_network`) and removes rows and veths nobody
+owns, in every OVSDB server it has ever used (:mod:`.recovery`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from cnm.driverapi import (
@@ -29,41 +35,24 @@ from cnm.driverapi import (
     NetworkInfo,
     NetworkRequest,
     PortPublisher,
+    Reconciler,
     SandboxInfo,
 )
-from cnm.errors import AlreadyExists, InvalidConfig, KernelError
-from cnm.firewall import FirewallNetwork, PortMapping
-from cnm.kernel import addresses, ethtool, links, sysctl
-from cnm.kernel.netns import NetNS
+from cnm.errors import InvalidConfig, KernelError
+from cnm.firewall import FirewallNetwork, NetworkRules, PortMapping
+from cnm.kernel import ethtool, links
 from cnm.ovsdb import Ovsdb, PortSpec
 
-from . import tunnels
-from .config import SHARED_BRIDGE, OvsOptions
+from . import recovery, setup, tunnels
+from .config import OvsOptions
+from .setup import ENDPOINT_ID, NETWORK_ID, SHARED, bridge_name, gateway_interface, host_veth_name
 
 __all__ = ["OvsDriver", "gateway_interface", "host_veth_name"]
 
 log = logging.getLogger(__name__)
 
-NETWORK_ID = "cnm-network"
-ENDPOINT_ID = "cnm-endpoint"
-SHARED = "cnm-shared-bridge"
-
-
-def host_veth_name(endpoint_id: str) -> str:
-    """The host end of an endpoint's veth (its OVS port): ``cno`` and 12 digits of its id."""
-    return "cno" + endpoint_id[:12]
-
-
-def bridge_name(network: NetworkInfo, options: OvsOptions) -> str:
-    """The OVS bridge of a network."""
-    if options.bridge_name is not None:
-        return options.bridge_name
-    return SHARED_BRIDGE if options.vlan is not None else "cno-" + network.id[:11]
-
-
-def gateway_interface(network: NetworkInfo, options: OvsOptions) -> str:
-    """The host interface with the gateway address: the bridge's LOCAL port, or a tagged internal port."""
-    return bridge_name(network, options) if options.vlan is None else "cng" + network.id[:12]
+REMOTES_FILE = "ovsdb-remotes.json"
+"""The file in the driver's state directory listing the OVSDB servers it has made rows in."""
 
 
 class OvsDriver:
@@ -75,6 +64,7 @@ class OvsDriver:
     def __init__(self, context: DriverContext) -> None:
         self._host = context.host_netns
         self._firewall = context.firewall
+        self._remotes = recovery.RemoteBook(os.path.join(context.state_dir, REMOTES_FILE))
 
     # --- helpers -----------------------------------------------------------------
     @staticmethod
@@ -134,14 +124,16 @@ class OvsDriver:
         bridge = bridge_name(network, options)
         gateway_if = gateway_interface(network, options)
         ids = {NETWORK_ID: network.id}
+        # Written down first, so that garbage collection finds this server even if we crash now.
+        self._remotes.add(options.ovsdb)
         with _Rollback(f"create ovs network {network.name}") as undo:
             if options.vlan is None:
                 db.add_bridge(bridge, datapath_type=options.datapath, mtu=self._mtu(options), external_ids=ids)
                 undo.done("create bridge", lambda: db.delete_bridge(bridge))
             else:
-                if _ensure_shared_bridge(db, bridge, options.datapath):
+                if setup.ensure_shared_bridge(db, bridge, options.datapath):
                     undo.done("create shared bridge", lambda: db.delete_bridge(bridge))
-                _check_vlan_free(db, bridge, options.vlan, network)
+                setup.check_vlan_free(db, bridge, options.vlan, network)
                 db.add_port(
                     bridge,
                     PortSpec(
@@ -149,13 +141,13 @@ class OvsDriver:
                     ),
                 )
                 undo.done("add gateway port", lambda: db.delete_port(gateway_if))
-            _configure_gateway(self._host, gateway_if, network.ipv4[0].gateway)
+            setup.ensure_gateway(self._host, gateway_if, network.ipv4[0].gateway)
             fw_network = self.firewall_network(network)
             self._firewall.setup_network(fw_network)
             undo.done("firewall rules", lambda: self._firewall.teardown_network(fw_network))
             if options.peers:
                 db.add_ports(bridge, tunnels.tunnel_ports(network.id, options, ids))
-                undo.done("add tunnels", lambda: _delete_ports(db, network.id, keep=(bridge,)))
+                undo.done("add tunnels", lambda: setup.delete_ports(db, network.id, keep=(bridge,)))
                 if options.datapath == "netdev":
                     tunnels.seed_neighbours(self._host, tunnels.underlay_for(self._host, db, options, options.datapath))
         log.info("ovs network %s ready on bridge %s (gateway port %s)", network.name, bridge, gateway_if)
@@ -166,7 +158,7 @@ class OvsDriver:
         db = self._db(options)
         bridge = bridge_name(network, options)
         self._firewall.teardown_network(self.firewall_network(network))
-        _delete_ports(db, network.id, keep=(bridge,))
+        setup.delete_ports(db, network.id, keep=(bridge,))
         found = db.bridge(bridge)
         if found is None:
             return
@@ -193,8 +185,8 @@ class OvsDriver:
         with _Rollback(f"join endpoint {endpoint.name} to ovs network {network.name}") as undo:
             with self._host.netlink() as nl:
                 links.add_veth(nl, host_name, ifname, sandbox.netns, peer_mac=endpoint.mac, mtu=self._mtu(options))
-            undo.done("create veth", lambda: _delete_link(self._host, host_name))
-            _silence_host_end(self._host, host_name)
+            undo.done("create veth", lambda: setup.delete_link(self._host, host_name))
+            setup.silence_host_end(self._host, host_name)
             if options.datapath == "netdev":
                 # The userspace datapath forwards the partial checksums of offloaded packets
                 # as they are, and the receiver drops them: ping works, TCP does not.
@@ -219,7 +211,7 @@ class OvsDriver:
 
     def _unplug(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         host_name = host_veth_name(endpoint.id)
-        _delete_link(self._host, host_name)
+        setup.delete_link(self._host, host_name)
         try:
             self._db(self.options(network)).delete_port(host_name)
         except KernelError as exc:
@@ -258,78 +250,64 @@ class OvsDriver:
         """Withdraw the endpoint's DNAT rules."""
         self._firewall.remove_ports(self.firewall_network(network), self._mappings(endpoint))
 
+    # --- reconciliation ---------------------------------------------------------------
+    def restore_network(self, network: NetworkInfo) -> bool:
+        """Re-create what is missing: bridge or gateway port, gateway address and sysctls, tunnels.
 
-# --- steps ---------------------------------------------------------------------------
-def _ensure_shared_bridge(db: Ovsdb, bridge: str, datapath: str) -> bool:
-    """Create the shared bridge unless it is there; True if this call created it."""
-    found = db.bridge(bridge)
-    if found is None:
-        try:
-            db.add_bridge(bridge, datapath_type=datapath, external_ids={SHARED: "true"})
-        except AlreadyExists:
-            found = db.bridge(bridge)  # another controller made it just now
-        else:
-            return True
-    if found is None or found.external_ids.get(SHARED) != "true":
-        raise AlreadyExists(f"OVS bridge {bridge} exists and is not a cnm shared bridge; pick another bridge_name")
-    if (found.datapath_type or "system") != datapath:
-        raise InvalidConfig(
-            f"shared OVS bridge {bridge} uses the {found.datapath_type or 'system'} datapath, not {datapath}; "
-            "use the same datapath option for every network on it"
+        OVSDB keeps its rows across a reboot, but the gateway address and the
+        sysctls do not; a wiped database loses the rows too. Either way the
+        endpoints' ports come back when the controller joins them again.
+        """
+        options = self.options(network)
+        self._remotes.add(options.ovsdb)  # networks made before the list existed
+        done = setup.restore_network(self._host, self._db(options), network, options, mtu=self._mtu(options))
+        if done:
+            log.info("network %s: re-created %s", network.name, "; ".join(done))
+        return bool(done)
+
+    def firewall_rules(self, network: NetworkInfo, endpoints: Sequence[EndpointInfo]) -> NetworkRules | None:
+        """The network's rules and the published ports of its joined endpoints."""
+        ports = tuple(m for e in endpoints for m in self._mappings(e))
+        return NetworkRules(network=self.firewall_network(network), ports=ports)
+
+    def endpoint_intact(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo) -> bool:
+        """True if the endpoint's veth exists and is its port, with its tag, on the network's bridge."""
+        host_name = host_veth_name(endpoint.id)
+        with self._host.netlink() as nl:
+            if links.get_link(nl, host_name) is None:
+                return False
+        options = self.options(network)
+        db = self._db(options)
+        port = db.port(host_name)
+        if port is None or port.external_ids.get(ENDPOINT_ID) != endpoint.id or port.tag != options.vlan:
+            return False
+        bridge = db.bridge(bridge_name(network, options))
+        return bridge is not None and port.uuid in bridge.ports
+
+    def collect_garbage(self, networks: Sequence[NetworkInfo], joined: Sequence[EndpointInfo]) -> list[str]:
+        """Remove OVS rows naming unknown networks or unjoined endpoints, and veths no joined endpoint owns.
+
+        Looks in every OVSDB server a network uses or the driver has ever
+        used; see :mod:`.recovery`.
+        """
+        in_use: dict[str, float] = {}
+        bridges = set()
+        for network in networks:
+            options = self.options(network)
+            in_use[options.ovsdb] = min(options.timeout, in_use.get(options.ovsdb, options.timeout))
+            bridges.add(bridge_name(network, options))
+        return recovery.collect_garbage(
+            self._host,
+            self._remotes,
+            in_use=in_use,
+            networks={n.id for n in networks},
+            endpoints={e.id for e in joined},
+            bridges=bridges,
+            keep_veths={host_veth_name(e.id) for e in joined},
         )
-    return False
 
 
-def _check_vlan_free(db: Ovsdb, bridge: str, vlan: int, network: NetworkInfo) -> None:
-    found = db.bridge(bridge)
-    members = set(found.ports) if found is not None else set()
-    for port in db.ports():
-        owner = port.external_ids.get(NETWORK_ID)
-        if port.uuid in members and port.tag == vlan and owner not in (None, network.id):
-            raise AlreadyExists(
-                f"VLAN {vlan} on OVS bridge {bridge} belongs to network {owner[:12]}; pick another vlan"
-            )
-
-
-def _configure_gateway(
-    host: NetNS, ifname: str, gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
-) -> None:
-    """The gateway address on the internal port, the port up, routing and DNAT from 127.0.0.1 on."""
-    with host.netlink() as nl:
-        if gateway is not None:
-            addresses.add_address(nl, ifname, gateway)
-        links.set_link(nl, ifname, up=True)
-    sysctl.set_sysctl(host, "net.ipv4.ip_forward", "1")
-    # route_localnet lets host->127.0.0.1:published be DNATed onto the network.
-    sysctl.set_sysctl(host, f"net/ipv4/conf/{ifname}/route_localnet", "1")
-
-
-def _silence_host_end(host: NetNS, ifname: str) -> None:
-    """Keep the host's own IP stack off an OVS port's veth end.
-
-    The userspace datapath reads the port with a packet socket, so the host
-    kernel receives every frame too. Left alone it answers the sandbox's ARP
-    for the gateway with the veth's own MAC, and then routes the sandbox's
-    traffic in from the veth, past the firewall rules that name the gateway
-    port (isolation between networks silently fails).
-    """
-    sysctl.set_sysctl(host, f"net/ipv4/conf/{ifname}/arp_ignore", "8")  # never answer ARP on it
-    sysctl.set_sysctl(host, f"net/ipv4/conf/{ifname}/forwarding", "0")  # never route what comes in on it
-    sysctl.set_sysctl(host, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
-
-
-def _delete_ports(db: Ovsdb, network_id: str, *, keep: tuple[str, ...]) -> None:
-    """Delete every port tagged with the network (endpoints' leftovers, tunnels, the gateway port)."""
-    for port in db.ports():
-        if port.external_ids.get(NETWORK_ID) == network_id and port.name not in keep:
-            db.delete_port(port.name)
-
-
-def _delete_link(host: NetNS, name: str) -> None:
-    with host.netlink() as nl:
-        links.delete_link(nl, name)
-
-
+# --- undo ------------------------------------------------------------------------------
 class _Rollback:
     """Undo the finished steps of a failed operation, newest first (cnm's own Rollback is not public API)."""
 
@@ -358,3 +336,4 @@ class _Rollback:
 
 _: type[Driver] = OvsDriver
 _publisher: type[PortPublisher] = OvsDriver
+_reconciler: type[Reconciler] = OvsDriver
