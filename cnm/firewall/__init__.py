@@ -18,9 +18,10 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from cnm.types import PortRange, TransportProtocol
+from cnm.errors import InvalidConfig
+from cnm.types import PortBinding, PortRange, TransportProtocol
 
-__all__ = ["Firewall", "FirewallNetwork", "LinkRule", "NetworkRules", "PortMapping"]
+__all__ = ["Firewall", "FirewallNetwork", "LinkRule", "NetworkRules", "PortMapping", "port_mappings"]
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +63,35 @@ class PortMapping:
     container_ip: ipaddress.IPv4Address
     container_port: PortRange
     host_ip: ipaddress.IPv4Address | None = None
+
+
+def port_mappings(
+    container: ipaddress.IPv4Interface | None, ports: Sequence[PortBinding], *, owner: str
+) -> list[PortMapping]:
+    """The mappings of an endpoint's resolved port bindings; none without an IPv4 address.
+
+    An unspecified host address (``0.0.0.0``) means every address, as no address does.
+
+    Raises:
+        InvalidConfig: a binding has no host port chosen yet (resolve it first).
+    """
+    if container is None:
+        return []
+    mappings = []
+    for port in ports:
+        if port.host_port is None:
+            raise InvalidConfig(f"port {port} of {owner} has no host port resolved; allocate it first")
+        host_ip = port.host_ip if isinstance(port.host_ip, ipaddress.IPv4Address) else None
+        mappings.append(
+            PortMapping(
+                protocol=port.protocol,
+                host_port=port.host_port,
+                host_ip=None if host_ip is None or host_ip.is_unspecified else host_ip,
+                container_ip=container.ip,
+                container_port=port.container_port,
+            )
+        )
+    return mappings
 
 
 @attrs.frozen(kw_only=True, order=True)

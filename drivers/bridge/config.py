@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 
 import attrs
 
-from cnm.errors import InvalidConfig
-from cnm.kernel.links import check_ifname
+from cnm.options import parse_options, to_bool, to_ifname, to_int, to_ipv4
 
 __all__ = ["BridgeOptions"]
 
@@ -23,40 +21,28 @@ _ALIASES = {
 }
 
 
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise InvalidConfig(f"bridge option value {value!r} is not a boolean; use true or false")
+def _icc(value: object) -> bool:
+    return to_bool(value, "icc")
+
+
+def _masquerade(value: object) -> bool:
+    return to_bool(value, "masquerade")
+
+
+def _default_bridge(value: object) -> bool:
+    return to_bool(value, "default_bridge")
 
 
 def _mtu(value: object) -> int:
-    try:
-        mtu = int(str(value))
-    except ValueError as exc:
-        raise InvalidConfig(f"bridge option mtu={value!r} is not a number") from exc
-    if not 68 <= mtu <= 65535:
-        raise InvalidConfig(f"bridge option mtu={mtu} is out of range; use 68-65535")
-    return mtu
+    return to_int(value, "mtu", 68, 65535) or 1500
 
 
 def _bridge_name(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    return check_ifname(str(value), "bridge_name")
+    return to_ifname(value, "bridge_name")
 
 
 def _host_ip(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    try:
-        return str(ipaddress.IPv4Address(str(value)))
-    except ValueError as exc:
-        raise InvalidConfig(f"bridge option host_binding_ipv4={value!r} is not an IPv4 address") from exc
+    return to_ipv4(value, "host_binding_ipv4")
 
 
 @attrs.frozen(kw_only=True)
@@ -73,23 +59,16 @@ class BridgeOptions:
     """
 
     bridge_name: str | None = attrs.field(default=None, converter=_bridge_name)
-    icc: bool = attrs.field(default=True, converter=_bool)
-    masquerade: bool = attrs.field(default=True, converter=_bool)
+    icc: bool = attrs.field(default=True, converter=_icc)
+    masquerade: bool = attrs.field(default=True, converter=_masquerade)
     mtu: int = attrs.field(default=1500, converter=_mtu)
     host_binding_ipv4: str | None = attrs.field(default=None, converter=_host_ip)
-    default_bridge: bool = attrs.field(default=False, converter=_bool)
+    default_bridge: bool = attrs.field(default=False, converter=_default_bridge)
 
     @classmethod
     def parse(cls, options: Mapping[str, object]) -> BridgeOptions:
         """Parse user options (short names or Docker's long ones); refuse unknown ones."""
-        known = {a.name for a in attrs.fields(cls)}
-        values: dict[str, object] = {}
-        for key, value in options.items():
-            name = _ALIASES.get(key, key)
-            if name not in known:
-                raise InvalidConfig(f"unknown bridge option {key!r}; known options: {', '.join(sorted(known))}")
-            values[name] = value
-        return cls(**values)  # the converters validate each value
+        return parse_options(cls, options, driver="bridge", aliases=_ALIASES)
 
     def to_json(self) -> dict[str, object]:
         """The options as stored with the network."""

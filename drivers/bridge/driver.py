@@ -23,7 +23,7 @@ from cnm.driverapi import (
     SandboxInfo,
 )
 from cnm.errors import InvalidConfig
-from cnm.firewall import FirewallNetwork, LinkRule, NetworkRules, PortMapping
+from cnm.firewall import FirewallNetwork, LinkRule, NetworkRules, PortMapping, port_mappings
 from cnm.kernel import links
 
 from . import setup
@@ -138,26 +138,9 @@ class BridgeDriver:
             links.delete_link(nl, host_veth_name(endpoint.id))
 
     # --- published ports -----------------------------------------------------------
-    def _mappings(self, endpoint: EndpointInfo) -> list[PortMapping]:
-        if endpoint.address is None:
-            return []
-        mappings = []
-        for port in endpoint.ports:
-            if port.host_port is None:
-                raise InvalidConfig(f"port {port} of endpoint {endpoint.name!r} has no host port resolved")
-            host_ip = port.host_ip if isinstance(port.host_ip, ipaddress.IPv4Address) else None
-            if host_ip is not None and host_ip.is_unspecified:
-                host_ip = None
-            mappings.append(
-                PortMapping(
-                    protocol=port.protocol,
-                    host_port=port.host_port,
-                    host_ip=host_ip,
-                    container_ip=endpoint.address.ip,
-                    container_port=port.container_port,
-                )
-            )
-        return mappings
+    @staticmethod
+    def _mappings(endpoint: EndpointInfo) -> list[PortMapping]:
+        return port_mappings(endpoint.address, endpoint.ports, owner=f"endpoint {endpoint.name!r}")
 
     def publish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         """DNAT the endpoint's host ports to it."""

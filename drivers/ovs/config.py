@@ -10,7 +10,7 @@ from typing import Literal
 import attrs
 
 from cnm.errors import InvalidConfig
-from cnm.kernel.links import check_ifname
+from cnm.options import parse_options, to_bool, to_ifname, to_int, to_ipv4
 from cnm.ovsdb import DEFAULT_REMOTE, DEFAULT_TIMEOUT, parse_remote
 
 __all__ = ["SHARED_BRIDGE", "TUNNEL_OVERHEAD", "OvsOptions", "detect_datapath"]
@@ -43,30 +43,8 @@ def detect_datapath(sys_module: str = "/sys/module/openvswitch") -> Literal["sys
     return "netdev"
 
 
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise InvalidConfig(f"ovs option value {value!r} is not a boolean; use true or false")
-
-
-def _int(name: str, low: int, high: int) -> Callable[[object], int | None]:
-    def convert(value: object) -> int | None:
-        if value is None or value == "":
-            return None
-        try:
-            number = int(str(value))
-        except ValueError as exc:
-            raise InvalidConfig(f"ovs option {name}={value!r} is not a number") from exc
-        if not low <= number <= high:
-            raise InvalidConfig(f"ovs option {name}={number} is out of range; use {low}-{high}")
-        return number
-
-    return convert
+def _masquerade(value: object) -> bool:
+    return to_bool(value, "masquerade")
 
 
 def _timeout(value: object) -> float:
@@ -86,9 +64,7 @@ def _remote(value: object) -> str:
 
 
 def _bridge_name(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    return check_ifname(str(value), "bridge_name")
+    return to_ifname(value, "bridge_name")
 
 
 def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object], str]:
@@ -97,18 +73,6 @@ def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object], str]:
         if text not in choices:
             raise InvalidConfig(f"ovs option {name}={value!r} is not one of {', '.join(choices)}")
         return text
-
-    return convert
-
-
-def _ipv4(name: str) -> Callable[[object], str | None]:
-    def convert(value: object) -> str | None:
-        if value is None or value == "":
-            return None
-        try:
-            return str(ipaddress.IPv4Address(str(value).strip()))
-        except ValueError as exc:
-            raise InvalidConfig(f"ovs option {name}={value!r} is not an IPv4 address") from exc
 
     return convert
 
@@ -136,15 +100,15 @@ def _datapath(value: object) -> str:
 
 
 def _vlan(value: object) -> int | None:
-    return _int("vlan", 1, 4094)(value)
+    return to_int(value, "vlan", 1, 4094)
 
 
 def _mtu(value: object) -> int | None:
-    return _int("mtu", 68, 65535)(value)
+    return to_int(value, "mtu", 68, 65535)
 
 
 def _host_ip(value: object) -> str | None:
-    return _ipv4("host_binding_ipv4")(value)
+    return to_ipv4(value, "host_binding_ipv4")
 
 
 def _tunnel(value: object) -> str:
@@ -152,11 +116,11 @@ def _tunnel(value: object) -> str:
 
 
 def _tunnel_key(value: object) -> int | None:
-    return _int("tunnel_key", 0, 2**32 - 1)(value)
+    return to_int(value, "tunnel_key", 0, 2**32 - 1)
 
 
 def _local_ip(value: object) -> str | None:
-    return _ipv4("local_ip")(value)
+    return to_ipv4(value, "local_ip")
 
 
 @attrs.frozen(kw_only=True)
@@ -189,7 +153,7 @@ class OvsOptions:
     bridge_name: str | None = attrs.field(default=None, converter=_bridge_name)
     vlan: int | None = attrs.field(default=None, converter=_vlan)
     mtu: int | None = attrs.field(default=None, converter=_mtu)
-    masquerade: bool = attrs.field(default=True, converter=_bool)
+    masquerade: bool = attrs.field(default=True, converter=_masquerade)
     host_binding_ipv4: str | None = attrs.field(default=None, converter=_host_ip)
     peers: tuple[str, ...] = attrs.field(default=(), converter=_peers)
     tunnel: str = attrs.field(default="vxlan", converter=_tunnel)
@@ -212,14 +176,7 @@ class OvsOptions:
     @classmethod
     def parse(cls, options: Mapping[str, object]) -> OvsOptions:
         """Parse user options (short names or Docker's long ones); refuse unknown ones."""
-        known = {a.name for a in attrs.fields(cls)}
-        values: dict[str, object] = {}
-        for key, value in options.items():
-            name = _ALIASES.get(key, key)
-            if name not in known:
-                raise InvalidConfig(f"unknown ovs option {key!r}; known options: {', '.join(sorted(known))}")
-            values[name] = value
-        return cls(**values)  # the converters validate each value
+        return parse_options(cls, options, driver="ovs", aliases=_ALIASES)
 
     @property
     def datapath_type(self) -> str:
