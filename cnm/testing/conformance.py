@@ -38,7 +38,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import attrs
@@ -67,6 +67,7 @@ from cnm.network import Network
 from cnm.registry import DriverFactory, DriverRegistry
 from cnm.sandbox import Sandbox
 from cnm.testing import namespace_prefix
+from cnm.testing.hosts import stop_process, throwaway_namespaces, unmount_sandboxes
 from cnm.testing.traffic import ping, probe, serve
 from cnm.types import PortBinding
 
@@ -543,22 +544,11 @@ class _World:
         return make
 
     def _unmount_sandboxes(self) -> None:
-        directory = os.path.join(self.state_dir, "netns")
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(directory):
-                netns.remove(os.path.join(directory, name))
+        unmount_sandboxes(self.state_dir)
 
     def _end_processes(self) -> None:
         for proc in self._processes:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            stop_process(proc)
 
     # --- helpers the rules use ---------------------------------------------------------------
     @property
@@ -1129,23 +1119,8 @@ _CHECKS: Mapping[str, Callable[[_World], str]] = {
 # --- entry points ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _own_namespaces() -> Iterator[Callable[[str], NetNS]]:
-    made: list[NetNS] = []
-    prefix = namespace_prefix() + secrets.token_hex(3)
-
-    def make(label: str) -> NetNS:
-        ns = netns.create(os.path.join(netns.NETNS_RUN_DIR, f"{prefix}-k{len(made)}{label}"))
-        made.append(ns)
-        with ns.netlink() as nl:
-            links.set_link(nl, "lo", up=True)
-        return ns
-
-    try:
-        yield make
-    finally:
-        for ns in reversed(made):
-            netns.remove(ns.path)
+def _own_namespaces() -> contextlib.AbstractContextManager[Callable[[str], NetNS]]:
+    return throwaway_namespaces(namespace_prefix() + "k")
 
 
 def check_driver(

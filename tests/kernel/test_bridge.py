@@ -15,7 +15,7 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.fixtures import Outside
+from cnm.testing.hosts import Outside
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel

@@ -83,7 +83,7 @@ def read(path: str) -> str:
 @pytest.fixture
 def ctl(tmp_path: Path, host_netns: NetNS) -> Iterator[Controller]:
     """A controller without predefined networks, so that a network can take Docker's 172.17.0.0/16."""
-    from cnm.testing.fixtures import _unmount_sandboxes
+    from cnm.testing.hosts import unmount_sandboxes
 
     state = str(tmp_path / "state")
     controller = Controller(state_dir=state, host_netns=host_netns, predefined=False)
@@ -91,7 +91,7 @@ def ctl(tmp_path: Path, host_netns: NetNS) -> Iterator[Controller]:
         yield controller
     finally:
         controller.close()
-        _unmount_sandboxes(state)
+        unmount_sandboxes(state)
 
 
 def icc_false_scene(ctl: Controller) -> tuple[Network, Sandbox, Sandbox]:

@@ -24,7 +24,7 @@ from cnm.kernel import routes
 from cnm.kernel.netns import NetNS
 from cnm.resolvconf import HOST_RESOLV_CONF, read_host, render
 from cnm.sandbox import HOST_HOSTS, Sandbox
-from cnm.testing.fixtures import Outside
+from cnm.testing.hosts import Outside
 from cnm.testing.traffic import probe, serve
 
 pytestmark = pytest.mark.kernel

@@ -20,7 +20,7 @@ from cnm.etchosts import STANDARD_BLOCK
 from cnm.kernel import routes
 from cnm.kernel.sysctl import get_sysctl, set_sysctl
 from cnm.sandbox import Sandbox
-from cnm.testing.fixtures import Outside
+from cnm.testing.hosts import Outside
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel

@@ -22,7 +22,7 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm.kernel import links, netns
 from cnm.kernel.netns import NetNS
-from cnm.testing.fixtures import Outside
+from cnm.testing.hosts import Outside
 from cnm.testing.ovs import OvsDaemons, add_underlay_bridge
 from cnm.testing.traffic import ping, probe, serve
 

@@ -27,7 +27,7 @@ from cnm import _records as rec
 from cnm.kernel import addresses, links, netns, sysctl
 from cnm.kernel.netns import NetNS
 from cnm.ovsdb import Ovsdb, PortSpec
-from cnm.testing.fixtures import Outside
+from cnm.testing.hosts import Outside
 from cnm.testing.ovs import OvsDaemons
 from cnm.testing.traffic import ping, probe, serve
 from tests.kernel.test_recovery import KillSwitch, iptables_save, run_child

@@ -26,7 +26,7 @@ from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm import _records as rec
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.fixtures import Outside
+from cnm.testing.hosts import Outside
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel

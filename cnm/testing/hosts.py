@@ -1,0 +1,114 @@
+"""The pieces of a throwaway test world: namespaces, an outside host, processes ended by PID.
+
+Shared by the pytest fixtures, the conformance kit and the demo, so that all
+three build the same world the same way and clean it up the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+from cnm.kernel import addresses, links, netns
+from cnm.kernel.netns import NetNS
+
+__all__ = [
+    "HOST_UPLINK_ADDRESS",
+    "OUTSIDE_ADDRESS",
+    "Outside",
+    "link_outside",
+    "stop_process",
+    "throwaway_namespaces",
+    "unmount_sandboxes",
+]
+
+OUTSIDE_ADDRESS = ipaddress.IPv4Interface("192.0.2.2/24")
+"""The outside host's address on its link to the host namespace."""
+HOST_UPLINK_ADDRESS = ipaddress.IPv4Interface("192.0.2.1/24")
+"""The host namespace's address on that link (its ``uplink0``)."""
+
+
+@attrs.frozen
+class Outside:
+    """An "outside host": a namespace linked to the host namespace by a veth.
+
+    Attributes:
+        netns: the outside namespace.
+        address: its address on the link (192.0.2.2).
+        host_address: the host namespace's address on the link (192.0.2.1).
+    """
+
+    netns: NetNS
+    address: ipaddress.IPv4Address
+    host_address: ipaddress.IPv4Address
+
+    def run(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """Run a command in the outside namespace."""
+        return subprocess.run(["nsenter", f"--net={self.netns.path}", "--", *argv], **kwargs)  # noqa: PLW1510
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a command in the outside namespace."""
+        return subprocess.Popen(["nsenter", f"--net={self.netns.path}", "--", *argv], **kwargs)
+
+
+@contextlib.contextmanager
+def throwaway_namespaces(prefix: str) -> Iterator[Callable[[str], NetNS]]:
+    """Yield ``make(label)``, which creates ``/run/netns/<prefix><random>-<label>`` with loopback up.
+
+    Every namespace made is removed on exit, whatever happened.
+    """
+    made: list[NetNS] = []
+    stem = prefix + secrets.token_hex(3)
+
+    def make(label: str) -> NetNS:
+        ns = netns.create(os.path.join(netns.NETNS_RUN_DIR, f"{stem}-{label}"))
+        made.append(ns)
+        with ns.netlink() as nl:
+            links.set_link(nl, "lo", up=True)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in reversed(made):
+            netns.remove(ns.path)
+
+
+def link_outside(host: NetNS, outside: NetNS) -> Outside:
+    """Join ``outside`` to ``host`` with a veth: ``uplink0`` (192.0.2.1) in the host, eth0 (192.0.2.2) outside."""
+    with host.netlink() as nl:
+        links.add_veth(nl, "uplink0", "eth0", outside)
+        addresses.add_address(nl, "uplink0", HOST_UPLINK_ADDRESS)
+    with outside.netlink() as nl:
+        addresses.add_address(nl, "eth0", OUTSIDE_ADDRESS)
+        links.set_link(nl, "eth0", up=True)
+    return Outside(outside, OUTSIDE_ADDRESS.ip, HOST_UPLINK_ADDRESS.ip)
+
+
+def unmount_sandboxes(state_dir: str) -> None:
+    """Unmount every sandbox namespace a controller left in ``state_dir``."""
+    directory = os.path.join(state_dir, "netns")
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            netns.remove(os.path.join(directory, name))
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """End one process by its PID (terminate, then kill if it lingers) and close its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
