@@ -47,19 +47,28 @@ def iptables_save(ns: NetNS) -> str:
 
 
 def check_invariants(ctl: Controller) -> None:
-    """The store and the kernel agree, and nothing is held twice or leaked."""
+    """The store and the kernel agree, and nothing is held twice or leaked (bridge networks)."""
+    rt = ctl._rt
+    networks = rt.list_records("network", rec.NetworkRecord)
+    endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+    bridge_ids = {n.id for n in networks if n.driver == "bridge"}
+    # Links: exactly the bridges of the networks and the veths of joined endpoints.
+    expected = {str(n.options.get("bridge_name") or "cnm-" + n.id[:11]) for n in networks if n.id in bridge_ids}
+    expected |= {"cnm" + e.id[:12] for e in endpoints if e.sandbox_id and e.network_id in bridge_ids}
+    with ctl.host_netns.netlink() as nl:
+        present = {link.name for link in links.list_links(nl) if _OWN_LINK.match(link.name)}
+    assert present == expected, f"links differ from the store: extra {present - expected}, missing {expected - present}"
+    check_common_invariants(ctl)
+
+
+def check_common_invariants(ctl: Controller) -> None:
+    """What holds whatever the drivers: settled records, namespaces, interfaces, allocations, rules."""
     rt = ctl._rt
     networks = rt.list_records("network", rec.NetworkRecord)
     endpoints = rt.list_records("endpoint", rec.EndpointRecord)
     sandboxes = rt.list_records("sandbox", rec.SandboxRecord)
     assert all(r.status == rec.READY for r in networks + endpoints), "an operation was left in flight"
     assert all(s.status in (rec.READY, "dead") for s in sandboxes)
-    # Links: exactly the bridges of the networks and the veths of joined endpoints.
-    expected = {str(n.options.get("bridge_name") or "cnm-" + n.id[:11]) for n in networks if n.driver == "bridge"}
-    expected |= {"cnm" + e.id[:12] for e in endpoints if e.sandbox_id}
-    with ctl.host_netns.netlink() as nl:
-        present = {link.name for link in links.list_links(nl) if _OWN_LINK.match(link.name)}
-    assert present == expected, f"links differ from the store: extra {present - expected}, missing {expected - present}"
     # Sandbox namespaces: one live mount per live sandbox, nothing else.
     netns_dir = os.path.join(ctl.state_dir, "netns")
     files = set(os.listdir(netns_dir)) if os.path.isdir(netns_dir) else set()
