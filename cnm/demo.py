@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -124,9 +127,15 @@ class Demo:
     """
 
     def __init__(
-        self, ctl: Controller, host: Namespace, outside: Namespace, interrupts: _Interrupts | None = None
+        self,
+        ctl: Controller,
+        host: Namespace,
+        outside: Namespace,
+        interrupts: _Interrupts | None = None,
+        make_namespace: Callable[[str], NetNS] | None = None,
     ) -> None:
         self.ctl = ctl
+        self._make_namespace = make_namespace
         self._interrupts = interrupts or _Interrupts()
         self.host = host
         self.outside = outside
@@ -154,6 +163,18 @@ class Demo:
             except Exception as exc:  # noqa: BLE001 - every undo runs; the caller reports them all
                 errors.append(exc)
         return errors
+
+    def namespace(self, label: str) -> NetNS:
+        """A new namespace ``cnmdemo-<token>-<label>`` with loopback up, removed when the demo ends."""
+        if self._make_namespace is None:
+            raise RuntimeError("this Demo was made without a namespace factory; give make_namespace=")
+        return self._make_namespace(label)
+
+    def track(self, proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
+        """Stop ``proc`` by PID when the current scenario ends (and on Ctrl-C)."""
+        self._processes.append(proc)
+        self.defer(lambda: stop_process(proc))
+        return proc
 
     def serve(self, where: traffic.Runner, protocol: str, port: int) -> subprocess.Popen[str]:
         """Start a traffic server (it answers with the peer's address); stopped by PID when the scenario ends."""
@@ -413,6 +434,221 @@ def _objects(demo: Demo) -> Iterator[str]:
     yield f"its /etc/hosts names it: {' | '.join(hosts)}"
 
 
+@scenario("modes", "the none, host and container modes: loopback only, the host's stack, a shared namespace")
+def _modes(demo: Demo) -> Iterator[str]:
+    lonely = demo.ctl.create_sandbox("lonely", network="none")
+    demo.defer(lonely.delete)
+    interfaces = lonely.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+    names = [ln.split(":")[1].strip() for ln in interfaces]
+    expect(names == ["lo"], f"a sandbox on none has interfaces {names}")
+    ok, line = demo.ping(lonely, demo.outside_address)
+    expect(not ok, f"a sandbox on none reached the outside: {line}")
+    yield f"none: lonely has interfaces {names} and no route out: {line}"
+
+    agent = demo.ctl.create_sandbox("agent", network="host")
+    demo.defer(agent.delete)
+    seen = agent.run(["ip", "-o", "-4", "addr", "show", "uplink0"], capture_output=True, text=True).stdout
+    expect(str(HOST_UPLINK_ADDRESS) in seen, f"a host-mode sandbox does not see the host's uplink0: {seen!r}")
+    demo.serve(agent, "tcp", 7100)
+    peer = traffic.probe(demo.outside, "tcp", str(demo.host_address), 7100)
+    expect(peer == str(demo.outside_address), f"outside -> host:7100 (agent's server) got {peer!r}")
+    yield f"host: agent sees the host's {HOST_UPLINK_ADDRESS} on uplink0 and serves host port 7100 without NAT"
+    yield f"      (outside -> {demo.host_address}:7100: the server saw peer {peer})"
+
+    web = demo.ctl.create_sandbox("web", network="bridge")
+    demo.defer(web.delete)
+    side = demo.ctl.create_sandbox("web-side", network="container:web")
+    demo.defer(side.delete)
+    mine = web.run(["ip", "-o", "-4", "addr", "show", "eth0"], capture_output=True, text=True).stdout.split()
+    theirs = side.run(["ip", "-o", "-4", "addr", "show", "eth0"], capture_output=True, text=True).stdout.split()
+    expect(mine[3:4] == theirs[3:4] and bool(mine), f"web has {mine}, its sharer {theirs}")
+    demo.serve(web, "tcp", 7200)
+    peer = traffic.probe(side, "tcp", "127.0.0.1", 7200)
+    expect(peer == "127.0.0.1", f"web-side -> 127.0.0.1:7200 (web's server) got {peer!r}")
+    yield f"container: web-side shares web's namespace: the same eth0 {mine[3]}, and web's server on its loopback"
+    yield f"      (web-side -> 127.0.0.1:7200: the server saw peer {peer}); hostname {side.hostname}"
+
+
+_UNIX_SERVER = r"""
+import os, socket, sys
+name = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.bind("\0" + name[1:] if name.startswith("@") else name)
+s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(f"{socket.gethostname()} {os.readlink('/proc/self/ns/net')}".encode())
+    c.close()
+"""
+
+_UNIX_CLIENT = r"""
+import socket, sys
+name = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+try:
+    s.connect("\0" + name[1:] if name.startswith("@") else name)
+except OSError as exc:
+    print(type(exc).__name__)
+    sys.exit(1)
+print(s.recv(200).decode())
+"""
+
+
+@scenario("unix-socket", "Unix sockets: a socket file crosses namespaces, an abstract socket does not")
+def _unix_socket(demo: Demo) -> Iterator[str]:
+    a = demo.ctl.create_sandbox("ua", network="none")
+    demo.defer(a.delete)
+    b = demo.ctl.create_sandbox("ub", network="none")
+    demo.defer(b.delete)
+    side = demo.ctl.create_sandbox("ua-side", network="container:ua")
+    demo.defer(side.delete)
+    shared = tempfile.mkdtemp(prefix="uds-", dir=demo.ctl.state_dir)
+    demo.defer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    path = os.path.join(shared, "app.sock")
+
+    def start(where: traffic.Runner, name: str) -> None:
+        proc = where.popen([sys.executable, "-c", _UNIX_SERVER, name], stdout=subprocess.PIPE, text=True)
+        demo.track(proc)
+        expect(proc.stdout is not None and proc.stdout.readline().strip() == "ready", f"server on {name} did not start")
+
+    def connect(where: traffic.Runner, name: str) -> tuple[bool, str]:
+        result = where.run([sys.executable, "-c", _UNIX_CLIENT, name], capture_output=True, text=True, timeout=30)
+        return result.returncode == 0, result.stdout.strip()
+
+    start(a, path)
+    ok, answer = connect(b, path)
+    expect(ok and answer.startswith("ua net:"), f"ub could not use {path}: {answer}")
+    yield f"ub -> {path} (a file ua listens on): answered by '{answer}', though ub is on none in its own namespace"
+    start(a, "@cnm-demo")
+    ok, answer = connect(side, "@cnm-demo")
+    expect(ok and answer.startswith("ua "), f"ua-side (container:ua) could not reach @cnm-demo: {answer}")
+    yield f"ua-side (container:ua) -> abstract @cnm-demo: answered by '{answer}'"
+    ok, answer = connect(b, "@cnm-demo")
+    expect(not ok, f"ub reached ua's abstract socket: {answer}")
+    yield f"ub -> abstract @cnm-demo: {answer} (abstract names belong to a network namespace)"
+
+
+@scenario("links", "a legacy link (todomvc -> db): environment variables, a hosts entry, a hole in icc=false")
+def _links(demo: Demo) -> Iterator[str]:
+    net = demo.ctl.create_network("todo", ipam=IPAMConfig(subnet="10.89.10.0/24"), options={"icc": False})
+    demo.defer(net.delete)
+    db = demo.ctl.create_sandbox("db", network="todo", exposed=["6379/tcp"])
+    demo.defer(db.delete)
+    other = demo.ctl.create_sandbox("other", network="todo")
+    demo.defer(other.delete)
+    app = demo.ctl.create_sandbox("todomvc", network="todo", links=[("db", "db")])
+    demo.defer(app.delete)
+    ip = net.endpoint("db").ip
+    env = app.run(["env"], capture_output=True, text=True, link_env=True).stdout.splitlines()
+    wanted = f"DB_PORT=tcp://{ip}:6379"
+    expect(wanted in env, f"todomvc's environment lacks {wanted}: {env}")
+    yield "todomvc's environment: " + ", ".join(sorted(ln for ln in env if ln.startswith("DB_")))
+    hosts = app.run(["grep", "-w", "db", "/etc/hosts"], capture_output=True, text=True).stdout.strip()
+    expect(hosts.split()[:2] == [str(ip), "db"], f"todomvc's /etc/hosts has {hosts!r} for db")
+    yield f"todomvc's /etc/hosts: {hosts}"
+    demo.serve(db, "tcp", 6379)
+    demo.serve(db, "tcp", 6380)
+    peer = traffic.probe(app, "tcp", str(ip), 6379)
+    expect(peer is not None, "todomvc cannot reach db:6379 through its link")
+    yield f"todomvc -> db:6379 (exposed, linked) on an icc=false network: the server saw {peer}"
+    for who, port in ((app, 6380), (other, 6379)):
+        peer = traffic.probe(who, "tcp", str(ip), port, timeout=1)
+        expect(peer is None, f"{who.name} reached db:{port}: {peer!r}")
+    yield "todomvc -> db:6380 (not exposed) and other -> db:6379 (not linked): no answer"
+    yield "the rule: " + demo.rule(net.id, "--dport 6379", "-j ACCEPT", f"-d {ip}/32", "-s ")
+
+
+@scenario("ovs", "an Open vSwitch network spanning two hosts, over VXLAN and then GRE")
+def _ovs(demo: Demo) -> Iterator[str]:
+    # cnm.testing.ovs imports pytest; only this scenario needs it.
+    from cnm.testing.ovs import OvsDaemons, add_underlay_bridge, ovs_available
+
+    reason = ovs_available()
+    expect(reason is None, f"cannot run Open vSwitch here: {reason}")
+    hosts = {label: demo.namespace(label) for label in ("ovs-a", "ovs-b")}
+    with hosts["ovs-a"].netlink() as nl:
+        links.add_veth(nl, "ul", "ul", hosts["ovs-b"])
+    underlay = {
+        "ovs-a": ipaddress.IPv4Interface("198.51.100.1/24"),
+        "ovs-b": ipaddress.IPv4Interface("198.51.100.2/24"),
+    }
+    ctls: dict[str, Controller] = {}
+    daemons: dict[str, OvsDaemons] = {}
+    for label, ns in hosts.items():
+        daemons[label] = OvsDaemons(ns, Path(demo.ctl.state_dir) / label / "ovs")
+        demo.defer(daemons[label].stop)
+        daemons[label].start()
+        add_underlay_bridge(daemons[label], bridge="ulbr", uplink="ul", address=underlay[label])
+        state_dir = os.path.join(demo.ctl.state_dir, label, "state")
+        ctls[label] = Controller(state_dir=state_dir, host_netns=ns)
+        demo.defer(ctls[label].close)
+        demo.defer(functools.partial(_unmount_sandboxes, state_dir))
+    yield f"two hosts {', '.join(ns.name for ns in hosts.values())}, each with its own ovsdb-server and ovs-vswitchd"
+    yield f"      underlay: {underlay['ovs-a']} <-> {underlay['ovs-b']} on OVS bridges ulbr"
+    for tunnel, key in (("vxlan", 42), ("gre", 43)):
+        nets = {}
+        for label, peer, ip_range in (("ovs-a", "ovs-b", "10.89.11.0/25"), ("ovs-b", "ovs-a", "10.89.11.128/25")):
+            nets[label] = ctls[label].create_network(
+                "span",
+                driver="ovs",
+                ipam=IPAMConfig(subnet="10.89.11.0/24", ip_range=ip_range),
+                options={
+                    "ovsdb": daemons[label].remote,
+                    "peers": [str(underlay[peer].ip)],
+                    "tunnel": tunnel,
+                    "tunnel_key": key,
+                },
+            )
+            demo.defer(nets[label].delete)
+        c1 = ctls["ovs-a"].create_sandbox("c1", network="span")
+        demo.defer(c1.delete)
+        c2 = ctls["ovs-b"].create_sandbox("c2", network="span")
+        demo.defer(c2.delete)
+        ip1, ip2 = nets["ovs-a"].endpoint("c1").ip, nets["ovs-b"].endpoint("c2").ip
+        ok, line = demo.ping(c1, ip2)
+        expect(ok, f"{tunnel}: c1 on host a cannot ping c2 on host b: {line}")
+        tunnels = [p for p in daemons["ovs-a"].db.interfaces() if p.type == tunnel]
+        expect(bool(tunnels), f"no {tunnel} interface in host a's OVSDB")
+        yield (
+            f"{tunnel} (key {key}, MTU {nets['ovs-a'].options['mtu']}): c1 {ip1} on host a pings c2 {ip2} "
+            f"on host b: {line}"
+        )
+        yield f"      host a's OVSDB: interface {tunnels[0].name} type {tunnel} options {dict(tunnels[0].options)}"
+        c1.delete()
+        c2.delete()
+        for net in nets.values():
+            net.delete()
+
+
+@scenario("inspect", "the CNM objects as inspect() shows them: docker network inspect and docker inspect's shapes")
+def _inspect(demo: Demo) -> Iterator[str]:
+    net = demo.ctl.create_network("shown", ipam=IPAMConfig(subnet="10.89.12.0/24", gateway="10.89.12.1"))
+    demo.defer(net.delete)
+    sb = demo.ctl.create_sandbox("s1", network="shown", ports=[PortBinding(container_port=80, host_port=8090)])
+    demo.defer(sb.delete)
+    doc = net.inspect()
+    expect(doc["IPAM"]["Config"] == [{"Subnet": "10.89.12.0/24", "Gateway": "10.89.12.1"}], f"IPAM is {doc['IPAM']}")
+    expect(list(doc["Containers"]) == [sb.id], f"Containers is {doc['Containers']}")
+    yield "network inspect shown: " + json.dumps({k: doc[k] for k in ("Name", "Driver", "Scope", "Internal", "IPAM")})
+    yield "      Containers: " + json.dumps(doc["Containers"])
+    settings = sb.inspect()["NetworkSettings"]
+    expect(settings["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8090"}]}, f"Ports {settings['Ports']}")
+    yield "sandbox inspect s1: NetworkSettings.Ports " + json.dumps(settings["Ports"])
+    entry = settings["Networks"]["shown"]
+    yield "      NetworkSettings.Networks.shown: " + json.dumps(
+        {k: entry[k] for k in ("NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress")}
+    )
+    yield "      the same as JSON from the command line: cnm network inspect shown --format json"
+
+
+def _unmount_sandboxes(state_dir: str) -> None:
+    directory = os.path.join(state_dir, "netns")
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        netns.remove(os.path.join(directory, name))
+
+
 # --- running --------------------------------------------------------------------------------------
 
 
@@ -495,7 +731,7 @@ class Environment:
             addresses.add_address(nl, "eth0", OUTSIDE_ADDRESS)
             links.set_link(nl, "eth0", up=True)
         self.ctl = Controller(state_dir=self.state_dir, host_netns=host)
-        self.demo = Demo(self.ctl, Namespace(host), Namespace(outside), interrupts)
+        self.demo = Demo(self.ctl, Namespace(host), Namespace(outside), interrupts, self._namespace)
         interrupts.check()
         return self.demo
 
@@ -570,7 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {s: signal.signal(s, interrupts.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         demo = env.open(interrupts)
-        host, outside = (ns.name for ns in env.namespaces)
+        host, outside = (ns.name for ns in env.namespaces[:2])
         _say(f"cnm demo in throwaway namespaces: host {host}, outside {outside} ({OUTSIDE_ADDRESS.ip})")
         _say(f"{_INDENT}state_dir {env.state_dir}; the machine's own network is not touched")
         for i, sc in enumerate(chosen, 1):
