@@ -162,8 +162,14 @@ class Controller:
             labels: free-form metadata.
 
         Raises:
-            AlreadyExists, DriverNotFound, InvalidConfig, PoolOverlap, Exhausted, KernelError.
-            On any error nothing is left behind.
+            AlreadyExists: a network of that name exists.
+            DriverNotFound: no such driver is installed.
+            InvalidConfig: a malformed address, name or option.
+            PoolOverlap: the subnet overlaps another network's.
+            Exhausted: no free default pool is left.
+            KernelError: the kernel refused a step.
+
+        On any error nothing is left behind.
         """
         return create_network(
             self._rt, name, driver=driver, ipam=ipam, options=options, internal=internal, labels=labels
@@ -215,7 +221,9 @@ class Controller:
                   for the lower-level CNM calls.
             ports: ports to publish through the sandbox's endpoint (bridge-like
                 networks only).
-            dns, dns_search, dns_options: resolv.conf overrides (not in container mode).
+            dns: nameservers for resolv.conf, replacing the host's (not in container mode).
+            dns_search: search domains for resolv.conf.
+            dns_options: options for resolv.conf.
             exposed: ports the sandbox exposes without publishing them
                 (``["3306/tcp", "5432/udp"]``), as ``--expose``.
             links: legacy links ``(target, alias)`` to sandboxes on ``network``,
@@ -225,8 +233,13 @@ class Controller:
             NotFound: the network or the sandbox to share does not exist.
             InvalidConfig: an option the mode cannot honour (ports on none, host
                 or container; hostname or dns in container mode).
-            AlreadyExists, Conflict, Exhausted, PortInUse, KernelError.
-            On any error nothing is left behind.
+            AlreadyExists: a sandbox of that name exists.
+            Conflict: a link alias is taken, or the shared sandbox cannot be shared.
+            Exhausted: no free address or host port is left.
+            PortInUse: an explicit host port is taken.
+            KernelError: the kernel refused a step.
+
+        On any error nothing is left behind.
         """
         from cnm import _records as rec
         from cnm.endpoint import create_endpoint, join

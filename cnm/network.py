@@ -104,7 +104,11 @@ class Network(Handle[rec.NetworkRecord]):
                 ``--expose``; they are what a legacy link to the sandbox allows.
 
         Raises:
-            AlreadyExists, AddressInUse, PortInUse, Exhausted, InvalidConfig
+            AlreadyExists: an endpoint of that name exists on the network.
+            AddressInUse: ``ip`` is taken.
+            PortInUse: an explicit host port is taken.
+            Exhausted: no free address or host port is left.
+            InvalidConfig: bad ports or address, or ports on a driver that cannot publish them.
         """
         from cnm.endpoint import create_endpoint
 

@@ -84,7 +84,7 @@ def _aux_addresses(value: Mapping[str, object] | None) -> Mapping[str, IPAddress
 class IPAMConfig:
     """Addressing of one network, as ``docker network create --subnet ...`` takes it.
 
-    Args:
+    Attributes:
         subnet: the network's CIDR; ``None`` lets the IPAM pick a free default pool.
         gateway: the gateway address; defaults to the first host address.
         ip_range: a CIDR inside ``subnet`` from which endpoint addresses are given out.
@@ -183,7 +183,7 @@ def _protocol(value: object) -> TransportProtocol:
 class PortBinding:
     """A published port, as ``docker run -p [host_ip:][host_port:]container_port[/protocol]``.
 
-    Args:
+    Attributes:
         container_port: the port (or range, ``"8000-8010"``) inside the sandbox.
         host_port: the host port or range; ``None`` picks a free ephemeral port.
             A range with a single container port means "any free port of the range".

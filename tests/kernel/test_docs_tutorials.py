@@ -1,4 +1,4 @@
-"""The tutorials and the CLI page run as written, in throwaway namespaces.
+"""The tutorials, the guides and the CLI page run as written, in throwaway namespaces.
 
 The convention of these pages: ```python and ```sh blocks are run, in page
 order (python blocks in one shared scope, each sh block by ``bash -euo
@@ -30,6 +30,9 @@ pytestmark = pytest.mark.kernel
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 TUTORIALS = sorted(p.name for p in (DOCS / "tutorials").glob("*.md"))
+# The guides whose examples follow this convention (quickstart, firewall and errors
+# are run by test_docs_examples.py).
+GUIDES = ("modes.md", "unix-sockets.md", "links.md", "writing-a-driver.md")
 BLOCK = re.compile(r"^```(python|sh)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -99,6 +102,11 @@ def test_every_chapter_scenario_has_a_tutorial() -> None:
 @pytest.mark.parametrize("page", TUTORIALS)
 def test_tutorial_runs(page: str, tmp_path: Path) -> None:
     _run_page(DOCS / "tutorials" / page, tmp_path)
+
+
+@pytest.mark.parametrize("page", GUIDES)
+def test_guide_runs(page: str, tmp_path: Path) -> None:
+    _run_page(DOCS / page, tmp_path)
 
 
 def test_cli_page_session_runs(tmp_path: Path) -> None:
