@@ -83,7 +83,11 @@ class Controller:
         self.state_dir = os.path.abspath(state_dir)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.host_netns = host
-        self.firewall: Firewall = firewall or IptablesFirewall(host)
+        # A firewall this controller made is this controller's to close (it runs a worker process).
+        self._own_firewall: IptablesFirewall | None = None
+        if firewall is None:
+            firewall = self._own_firewall = IptablesFirewall(host)
+        self.firewall: Firewall = firewall
         store = SqliteStore(os.path.join(self.state_dir, "cnm.db"))
         self.registry = registry or DriverRegistry(self._driver_context)
         self._rt = Runtime(
@@ -131,8 +135,10 @@ class Controller:
                     )
 
     def close(self) -> None:
-        """Release the store connection. Kernel state stays as it is."""
+        """Release the store connection and end the firewall's worker process. Kernel state stays as it is."""
         self._rt.store.close()
+        if self._own_firewall is not None:
+            self._own_firewall.close()
 
     def __enter__(self) -> Controller:
         return self

@@ -4,12 +4,16 @@
 (cnm runs no userland proxy) with cnm's own chains, described in
 :mod:`cnm.firewall._iptables_rules`.
 
-Every public method is one forked child (:meth:`NetNS.run_in`) that entered the
-namespace, took the xtables lock, read each table it needs once, changed it and
-committed it once. python-iptables keeps process-wide ``Table`` singletons bound
-to the namespace where they were first used (pitfalls B4), so it is never used
-outside such a child; the parent only imports the module, so that every child
-inherits the import instead of paying for it.
+Every public method is one request to a long-lived worker process
+(:class:`cnm.firewall._worker.Worker`), one per :class:`IptablesFirewall`, forked
+on first use, that entered the namespace once. For each request the worker takes
+the xtables lock, reads each table it needs afresh (other iptables users change
+them between requests), changes it, commits it once and frees it, then releases
+the lock. python-iptables keeps process-wide state bound to the namespace where
+it was first used (pitfalls B4), so it is never imported outside such a worker.
+What the worker keeps between requests is what costs and never goes stale:
+python-iptables with its loaded extensions, and the libiptc entries built from
+rule specs (a rule's bytes do not depend on the table's contents).
 
 Rules are handled as raw libiptc entries wherever possible: presence is asked of
 libiptc (``iptc_check_entry``) and scans read only each entry's comment, so no
@@ -23,13 +27,16 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import glob
 import logging
 import os
 import struct
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, cast
+
+import attrs
 
 from cnm.errors import CNMError, KernelError
 from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
@@ -46,9 +53,10 @@ from cnm.firewall._iptables_rules import (
     network_blocks,
     port_blocks,
 )
+from cnm.firewall._worker import Worker
 from cnm.kernel.netns import NetNS
 
-__all__ = ["DEFAULT_LOCK_PATH", "LOCK_TIMEOUT", "IptablesFirewall"]
+__all__ = ["DEFAULT_LOCK_PATH", "LOCK_TIMEOUT", "REPLY_TIMEOUT", "IptablesFirewall"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +64,9 @@ log = logging.getLogger(__name__)
 DEFAULT_LOCK_PATH = "/run/xtables.lock"
 #: Seconds to wait for the xtables lock before giving up.
 LOCK_TIMEOUT = 10.0
+#: Seconds a call may take once it holds the lock before its worker is taken as wedged and replaced.
+REPLY_TIMEOUT = 60.0
 
-_T = TypeVar("_T")
 _TABLES: tuple[TableName, ...] = ("filter", "nat")
 _BUILTIN_CHAINS: dict[TableName, tuple[str, ...]] = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -66,6 +75,9 @@ _BUILTIN_CHAINS: dict[TableName, tuple[str, ...]] = {
 # struct xt_entry_match: u16 match_size, char name[29], u8 revision, then the data.
 _MATCH_HEADER = struct.Struct("=H29sB")
 _COMMENT_LEN = 256  # XT_MAX_COMMENT_LEN
+# Built entries kept by a worker between requests; past this the cache starts over, so that a
+# long-lived worker does not keep the rules of every container it ever saw.
+_BUILT_CACHE_LIMIT = 4096
 
 
 def _load_iptc() -> Any:
@@ -90,7 +102,7 @@ def _load_iptc() -> Any:
 @contextlib.contextmanager
 def _iptc_errors(what: str) -> Iterator[None]:
     """The one place where python-iptables errors become :class:`KernelError`."""
-    import iptc.xtables  # only ever entered in a child, after _load_iptc
+    import iptc.xtables  # only ever entered in the worker, after _load_iptc
 
     try:
         yield
@@ -127,13 +139,13 @@ def _xtables_lock(path: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
 
 
 class _Table:
-    """One libiptc table handle inside the child: raw-entry helpers around python-iptables."""
+    """One table inside the worker: a libiptc handle per request, raw-entry helpers around python-iptables."""
 
     def __init__(self, iptc: Any, name: TableName) -> None:
         self.name = name
         self.dirty = False
         self._iptc = iptc
-        # Bypass Table's process-wide cache: this child owns a fresh handle (pitfalls B4, B5).
+        # Bypass Table's process-wide cache: this worker owns its handle and its refreshes (pitfalls B4, B5).
         table = object.__new__(iptc.Table)
         with _iptc_errors(f"read the {name} table"):
             table._init(name, False)  # the only way to get an uncached handle
@@ -142,7 +154,7 @@ class _Table:
         class _Rule(iptc.Rule):  # type: ignore[misc]
             # python-iptables decides whether a target is a chain by asking Rule.tables, which opens
             # the process-wide cached Table of every table (five iptc_init calls per rule) and cannot
-            # see a chain this child created but has not committed yet; answer from our own handle.
+            # see a chain this request created but has not committed yet; answer from our own handle.
             @property
             def tables(self) -> list[Any]:
                 return [table]
@@ -151,9 +163,23 @@ class _Table:
         self._lib = iptc.ip4tc._libiptc  # iptc_check_entry is not wrapped by python-iptables
         self._errno = iptc.ip4tc._get_errno_loc
         self._entry_size = iptc.xtables.xt_align(ctypes.sizeof(iptc.ip4tc.ipt_entry))
-        # The Rule is kept with its entry: its match and target buffers must outlive the child's use of them.
+        # The Rule is kept with its entry: its match and target buffers must outlive every use of the entry.
         self._built: dict[RuleSpec, tuple[Any, Any, Any]] = {}
         self.base_ensured = False
+
+    def begin(self) -> None:
+        """Read the table afresh for a new request: whatever another iptables user did since is seen."""
+        if len(self._built) > _BUILT_CACHE_LIMIT:
+            self._built.clear()  # between requests: no entry of the cache is in use
+        with _iptc_errors(f"read the {self.name} table"):
+            self._table.refresh()  # autocommit is off: only reads, never commits what an earlier request left
+        self.dirty = False
+        self.base_ensured = False
+
+    def end(self) -> None:
+        """Free the handle (and any change not committed): nothing of the table outlives its request."""
+        self._table.close()
+        self.dirty = False
 
     # -- chains -----------------------------------------------------------------
     def has_chain(self, chain: str) -> bool:
@@ -189,7 +215,7 @@ class _Table:
 
     # -- rules by value ---------------------------------------------------------
     def _build(self, spec: RuleSpec) -> tuple[Any, Any]:
-        """The libiptc entry and match mask of ``spec``, built once per child."""
+        """The libiptc entry and match mask of ``spec``, built once per worker."""
         built = self._built.get(spec)
         if built is not None:
             return built[0], built[1]
@@ -307,16 +333,22 @@ class _Table:
 
 
 class _Session:
-    """The work of one public call inside the child: tables opened on first use, committed once each."""
+    """The work of one request inside the worker: tables read on first use, committed once each."""
 
-    def __init__(self, iptc: Any) -> None:
+    def __init__(self, iptc: Any, cache: dict[TableName, _Table]) -> None:
         self._iptc = iptc
+        self._cache = cache  # the worker's tables, with their built rules, from earlier requests
         self._tables: dict[TableName, _Table] = {}
 
     def table(self, name: TableName) -> _Table:
         table = self._tables.get(name)
         if table is None:
-            table = self._tables[name] = _Table(self._iptc, name)
+            table = self._cache.get(name)
+            if table is None:
+                table = self._cache[name] = _Table(self._iptc, name)  # read by its constructor
+            else:
+                table.begin()
+            self._tables[name] = table
         return table
 
     def existing(self, name: TableName) -> _Table | None:
@@ -325,7 +357,7 @@ class _Session:
         A legacy table comes into being in a namespace when first opened, so
         opening it only to find nothing to remove would leave a trace.
         """
-        if name not in self._tables:
+        if name not in self._tables and name not in self._cache:  # a legacy table, once there, stays
             try:
                 with open("/proc/net/ip_tables_names") as names:
                     if name not in names.read().split():
@@ -339,9 +371,13 @@ class _Session:
             if name in self._tables:
                 self._tables[name].commit()
 
+    def close(self) -> None:
+        for table in self._tables.values():
+            table.end()
+
     # -- placing blocks ---------------------------------------------------------
     def ensure_base(self, name: TableName) -> _Table:
-        """Create cnm's chains of table ``name`` and their shared jumps and tails, once per child."""
+        """Create cnm's chains of table ``name`` and their shared jumps and tails, once per request."""
         table = self.table(name)
         if not table.base_ensured:
             table.base_ensured = True  # set first: placing the base blocks comes back here
@@ -400,114 +436,213 @@ def _is_network_rule(comment: str | None) -> bool:
     return comment is not None and comment.startswith(TAG_PREFIX)
 
 
+# -- the operations, as the worker runs them ------------------------------------------------------
+def _setup_network(session: _Session, network: FirewallNetwork) -> None:
+    session.place(network_blocks(network))
+
+
+def _teardown_network(session: _Session, network: FirewallNetwork) -> None:
+    tag = network.tag
+    session.remove_tagged(lambda comment: comment == tag, builtin=False)
+
+
+def _add_ports(session: _Session, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
+    session.place(block for port in ports for block in port_blocks(network, port))
+
+
+def _remove_ports(session: _Session, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
+    session.remove(block for port in ports for block in port_blocks(network, port))
+
+
+def _add_link(session: _Session, network: FirewallNetwork, link: LinkRule) -> None:
+    session.place(link_blocks(network, link))
+
+
+def _remove_link(session: _Session, network: FirewallNetwork, link: LinkRule) -> None:
+    session.remove(link_blocks(network, link))
+
+
+def _reapply(session: _Session, networks: Sequence[NetworkRules]) -> None:
+    session.remove_tagged(_is_network_rule, builtin=True)
+    for name in _TABLES:
+        # Repair the shared jumps of a table cnm already uses, even if no network needs it now.
+        table = session.existing(name)
+        if table is not None and any(table.has_chain(chain) for chain in CHAINS[name]):
+            session.ensure_base(name)
+    for item in networks:
+        session.place(network_blocks(item.network))
+        session.place(block for port in item.ports for block in port_blocks(item.network, port))
+        session.place(block for link in item.links for block in link_blocks(item.network, link))
+
+
+def _cleanup(session: _Session, kept: frozenset[str]) -> int:
+    def doomed(comment: str | None) -> bool:
+        return _is_network_rule(comment) and comment not in kept
+
+    removed = session.remove_tagged(doomed, builtin=True)
+    if not kept:
+        removed += session.remove_tagged(lambda comment: comment == SHARED_TAG, builtin=True)
+        for name in _TABLES:
+            table = session.existing(name)
+            if table is not None:
+                removed += table.flush_and_delete(CHAINS[name])
+    return removed
+
+
+_OPERATIONS: dict[str, Callable[..., object]] = {
+    "setup_network": _setup_network,
+    "teardown_network": _teardown_network,
+    "add_ports": _add_ports,
+    "remove_ports": _remove_ports,
+    "add_link": _add_link,
+    "remove_link": _remove_link,
+    "reapply": _reapply,
+    "cleanup": _cleanup,
+}
+
+
+@attrs.frozen
+class _Request:
+    """One call, as it crosses the pipe: the method's name, its description and its (attrs) arguments."""
+
+    method: str
+    what: str
+    args: tuple[Any, ...]
+
+
+class _Server:
+    """The worker's side: python-iptables loaded once, tables and built rules kept between requests."""
+
+    def __init__(self, lock_path: str, lock_timeout: float) -> None:
+        self._iptc = _load_iptc()
+        self._lock_path = lock_path
+        self._lock_timeout = lock_timeout
+        self._tables: dict[TableName, _Table] = {}
+
+    def __call__(self, request: Any) -> object:
+        """Run one request under the xtables lock, committing once per table it changed."""
+        if not isinstance(request, _Request) or request.method not in _OPERATIONS:
+            raise KernelError(f"the firewall worker got a request it does not know: {request!r}")
+        operation = _OPERATIONS[request.method]
+        with _xtables_lock(self._lock_path, self._lock_timeout), _iptc_errors(request.what):
+            session = _Session(self._iptc, self._tables)
+            try:
+                result = operation(session, *request.args)
+                session.commit()
+            finally:
+                session.close()
+        return result
+
+
 class IptablesFirewall:
     """A :class:`~cnm.firewall.Firewall` on python-iptables, bound to one host namespace.
+
+    The work happens in a worker process inside ``netns``, started on the
+    first call and replaced if it dies; :meth:`close` ends it (a later call
+    starts a new one). Calls from several threads take turns.
 
     Args:
         netns: the namespace whose iptables (legacy xtables) cnm manages.
         lock_path: the xtables lock file; defaults to ``$XTABLES_LOCKFILE`` or
             ``/run/xtables.lock``, the lock ``iptables -w`` takes.
         lock_timeout: seconds to wait for that lock before raising KernelError.
+        reply_timeout: seconds to wait for the worker's answer before taking it
+            as wedged, killing it and raising KernelError; defaults to
+            ``lock_timeout + REPLY_TIMEOUT``.
 
     Example::
 
         fw = IptablesFirewall(NetNS.named("h1"))
         fw.setup_network(FirewallNetwork(id=net_id, interface="br-1", subnet=subnet))
+        fw.close()
     """
 
-    def __init__(self, netns: NetNS, *, lock_path: str | None = None, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    def __init__(
+        self,
+        netns: NetNS,
+        *,
+        lock_path: str | None = None,
+        lock_timeout: float = LOCK_TIMEOUT,
+        reply_timeout: float | None = None,
+    ) -> None:
         self._netns = netns
         self._lock_path = lock_path or os.environ.get("XTABLES_LOCKFILE") or DEFAULT_LOCK_PATH
         self._lock_timeout = lock_timeout
+        self._worker = Worker(
+            netns,
+            functools.partial(_Server, self._lock_path, lock_timeout),
+            label="firewall",
+            reply_timeout=lock_timeout + REPLY_TIMEOUT if reply_timeout is None else reply_timeout,
+        )
 
     @property
     def netns(self) -> NetNS:
         """The namespace this firewall writes to."""
         return self._netns
 
+    @property
+    def _worker_pid(self) -> int | None:
+        # For tests: the PID of the worker serving this firewall now, None if none runs.
+        return self._worker.pid
+
     def __repr__(self) -> str:
         return f"IptablesFirewall(netns={self._netns.path!r})"
 
-    def _run(self, what: str, work: Callable[[_Session], _T]) -> _T:
-        """Do ``work`` in a child inside the namespace, under the xtables lock, committing once per table."""
-        iptc = _load_iptc()  # in the parent, so every child inherits the import
-        lock_path, lock_timeout = self._lock_path, self._lock_timeout
+    def close(self) -> None:
+        """End the worker process (by PID); a later call starts a new one. Rules stay as they are."""
+        self._worker.close()
 
-        def child() -> _T:
-            with _xtables_lock(lock_path, lock_timeout), _iptc_errors(what):
-                session = _Session(iptc)
-                result = work(session)
-                session.commit()
-                return result
-
+    def _run(self, what: str, method: str, *args: Any) -> object:
+        """Have the worker run ``method`` with ``args`` under the xtables lock, committing once per table."""
         log.debug("%s in %s", what, self._netns.name)
         try:
-            return self._netns.run_in(child)
+            return self._worker.call(_Request(method=method, what=what, args=args))
         except KernelError as exc:
             if what in str(exc):
                 raise
-            raise KernelError(f"{what} in {self._netns.name}: {exc}", exc.errno) from exc
+            raise KernelError(f"{what} in {self._netns.name}: {exc.strerror}", exc.errno) from exc
 
     def setup_network(self, network: FirewallNetwork) -> None:
         """Install the network-level rules: forwarding, isolation, NAT, icc, internal."""
-        self._run(f"set up firewall for network {network.id[:12]}", lambda s: s.place(network_blocks(network)))
+        self._run(f"set up firewall for network {network.id[:12]}", "setup_network", network)
 
     def teardown_network(self, network: FirewallNetwork) -> None:
         """Remove every rule of the network, its ports and links included."""
-        tag = network.tag
-        self._run(
-            f"tear down firewall for network {network.id[:12]}",
-            lambda s: s.remove_tagged(lambda comment: comment == tag, builtin=False),
-        )
+        self._run(f"tear down firewall for network {network.id[:12]}", "teardown_network", network)
 
     def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
         """Publish ports (DNAT, forward accept, hairpin masquerade)."""
-        blocks = [block for port in ports for block in port_blocks(network, port)]
-        if blocks:
-            self._run(f"publish {_describe(ports)} on network {network.id[:12]}", lambda s: s.place(blocks))
+        if any(port_blocks(network, port) for port in ports):  # nothing to publish: no round trip
+            what = f"publish {_describe(ports)} on network {network.id[:12]}"
+            self._run(what, "add_ports", network, tuple(ports))
 
     def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
         """Withdraw published ports."""
-        blocks = [block for port in ports for block in port_blocks(network, port)]
-        if blocks:
-            self._run(f"withdraw {_describe(ports)} on network {network.id[:12]}", lambda s: s.remove(blocks))
+        if any(port_blocks(network, port) for port in ports):
+            what = f"withdraw {_describe(ports)} on network {network.id[:12]}"
+            self._run(what, "remove_ports", network, tuple(ports))
 
     def add_link(self, network: FirewallNetwork, link: LinkRule) -> None:
         """Allow a legacy link's ports through on an icc=false network."""
-        blocks = link_blocks(network, link)
-        if blocks:
+        if link_blocks(network, link):
             what = f"link {link.source_ip} -> {link.target_ip} on network {network.id[:12]}"
-            self._run(f"allow {what}", lambda s: s.place(blocks))
+            self._run(f"allow {what}", "add_link", network, link)
 
     def remove_link(self, network: FirewallNetwork, link: LinkRule) -> None:
         """Withdraw a legacy link's rules."""
-        blocks = link_blocks(network, link)
-        if blocks:
+        if link_blocks(network, link):
             what = f"link {link.source_ip} -> {link.target_ip} on network {network.id[:12]}"
-            self._run(f"withdraw {what}", lambda s: s.remove(blocks))
+            self._run(f"withdraw {what}", "remove_link", network, link)
 
     def reapply(self, networks: Sequence[NetworkRules]) -> None:
         """Rebuild every cnm rule from this description, dropping any other cnm rule.
 
         ``networks`` are given in creation order (the newest last), as setup
-        saw them. Everything is rebuilt in one child and committed once per
+        saw them. Everything is rebuilt in one request and committed once per
         table, so there is no moment without rules; rules that are not cnm's
         are left where they are.
         """
-
-        def work(session: _Session) -> None:
-            session.remove_tagged(_is_network_rule, builtin=True)
-            for name in _TABLES:
-                # Repair the shared jumps of a table cnm already uses, even if no network needs it now.
-                table = session.existing(name)
-                if table is not None and any(table.has_chain(chain) for chain in CHAINS[name]):
-                    session.ensure_base(name)
-            for item in networks:
-                session.place(network_blocks(item.network))
-                session.place(block for port in item.ports for block in port_blocks(item.network, port))
-                session.place(block for link in item.links for block in link_blocks(item.network, link))
-
-        self._run(f"reapply firewall rules of {len(networks)} networks", work)
+        self._run(f"reapply firewall rules of {len(networks)} networks", "reapply", tuple(networks))
 
     def cleanup(self, keep: Collection[str] = ()) -> int:
         """Remove every cnm rule whose network id is not in ``keep``; return how many.
@@ -515,22 +650,8 @@ class IptablesFirewall:
         With ``keep`` empty, cnm's chains and shared jumps go too, leaving the
         tables as they were before cnm came.
         """
-        kept = {TAG_PREFIX + network_id[:12] for network_id in keep}
-
-        def doomed(comment: str | None) -> bool:
-            return _is_network_rule(comment) and comment not in kept
-
-        def work(session: _Session) -> int:
-            removed = session.remove_tagged(doomed, builtin=True)
-            if not kept:
-                removed += session.remove_tagged(lambda comment: comment == SHARED_TAG, builtin=True)
-                for name in _TABLES:
-                    table = session.existing(name)
-                    if table is not None:
-                        removed += table.flush_and_delete(CHAINS[name])
-            return removed
-
-        removed = self._run("clean up cnm firewall rules", work)
+        kept = frozenset(TAG_PREFIX + network_id[:12] for network_id in keep)
+        removed = cast(int, self._run("clean up cnm firewall rules", "cleanup", kept))
         log.info("removed %d cnm firewall rules from %s", removed, self._netns.name)
         return removed
 

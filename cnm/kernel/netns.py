@@ -116,8 +116,13 @@ class NetNS:
         except OSError:
             return False
 
-    def _enter(self) -> None:
-        """Move the calling (helper) thread into this namespace."""
+    def enter(self) -> None:
+        """Move the calling thread into this namespace.
+
+        Only for threads and processes made for that purpose (:meth:`in_thread`,
+        :meth:`run_in`, a worker process): never call it on a thread that does
+        anything else, since every socket it opens afterwards lands here.
+        """
         if self.is_current:
             return
         try:
@@ -140,7 +145,7 @@ class NetNS:
             return fn()
 
         def entered() -> _T:
-            self._enter()
+            self.enter()
             return fn()
 
         return _in_thread(entered)
@@ -184,7 +189,7 @@ class NetNS:
             if os.getppid() == 1:
                 os._exit(1)
             try:
-                self._enter()
+                self.enter()
                 payload: tuple[bool, object] = (True, fn())
             except CNMError as exc:
                 payload = (False, exc)

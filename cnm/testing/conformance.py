@@ -511,7 +511,9 @@ class _World:
         self.state_dir = tempfile.mkdtemp(prefix="cnm-conformance-")
         self._stack.callback(shutil.rmtree, self.state_dir, ignore_errors=True)
         self._stack.callback(self._unmount_sandboxes)
-        self.firewall = _CheckedFirewall(IptablesFirewall(self.host))
+        iptables = IptablesFirewall(self.host)
+        self._stack.callback(iptables.close)  # ends its worker process
+        self.firewall = _CheckedFirewall(iptables)
         self._spies: list[_Spy] = []
         registry = DriverRegistry(self._context_for, load_entry_points=False)
         registry.register(self.driver, self._wrap(factory))

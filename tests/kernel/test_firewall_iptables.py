@@ -11,9 +11,11 @@ import fcntl
 import ipaddress
 import os
 import re
+import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,8 +107,10 @@ def host(netns_factory: Callable[[str], NetNS]) -> NetNS:
 
 
 @pytest.fixture
-def fw(host: NetNS) -> IptablesFirewall:
-    return IptablesFirewall(host)
+def fw(host: NetNS) -> Iterator[IptablesFirewall]:
+    firewall = IptablesFirewall(host)
+    yield firewall
+    firewall.close()
 
 
 def test_is_a_firewall(fw: IptablesFirewall) -> None:
@@ -261,12 +265,15 @@ def test_reapply_nothing_leaves_only_the_shared_rules(host: NetNS, fw: IptablesF
 def test_a_held_lock_times_out_with_a_message_naming_it(host: NetNS, tmp_path: Path) -> None:
     lock = tmp_path / "xtables.lock"
     fw = IptablesFirewall(host, lock_path=str(lock), lock_timeout=0.3)
-    with lock.open("w") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(KernelError, match=re.escape(str(lock))):
-            fw.setup_network(NET_A)
-    fw.setup_network(NET_A)  # released: works again
-    assert_golden(host, "one_network")
+    try:
+        with lock.open("w") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+            with pytest.raises(KernelError, match=re.escape(str(lock))):
+                fw.setup_network(NET_A)
+        fw.setup_network(NET_A)  # released: works again
+        assert_golden(host, "one_network")
+    finally:
+        fw.close()
 
 
 def test_errors_name_the_rule(host: NetNS, fw: IptablesFirewall) -> None:
@@ -289,3 +296,175 @@ def test_add_ports_stays_fast_with_a_thousand_published(host: NetNS, fw: Iptable
     assert elapsed < 1.0, f"add_ports of one port took {elapsed:.3f} s with 1000 published"
     assert removal < 1.0, f"remove_ports of one port took {removal:.3f} s with 1000 published"
     assert saved(host, "nat").count("DNAT") == 1000
+
+
+# -- the worker process -------------------------------------------------------------------------------
+def _wait_exited(pid: int, timeout: float = 5.0) -> bool:
+    """True once ``pid`` is gone or a zombie (killed, not yet reaped by its parent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _worker_pid(fw: IptablesFirewall) -> int:
+    pid = fw._worker_pid
+    assert pid is not None, "no worker runs"
+    return pid
+
+
+def test_one_worker_serves_every_call(host: NetNS, fw: IptablesFirewall) -> None:
+    assert fw._worker_pid is None  # forked lazily, on first use
+    fw.setup_network(NET_A)
+    pid = _worker_pid(fw)
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(host.path).st_ino  # it lives in the namespace
+    fw.add_ports(NET_A, PORTS_A)
+    fw.remove_ports(NET_A, PORTS_A)
+    fw.add_ports(NET_A, PORTS_A)
+    assert _worker_pid(fw) == pid
+    assert_golden(host, "published_ports")
+
+
+def test_a_killed_worker_is_replaced_on_the_next_call(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    pid = _worker_pid(fw)
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_exited(pid)
+    fw.add_ports(NET_A, PORTS_A)  # works, from a new worker
+    assert _worker_pid(fw) != pid
+    assert_golden(host, "published_ports")
+
+
+def test_a_worker_that_stops_answering_fails_its_call_and_is_replaced(host: NetNS) -> None:
+    fw = IptablesFirewall(host, reply_timeout=0.5)
+    try:
+        fw.setup_network(NET_A)
+        pid = _worker_pid(fw)
+        os.kill(pid, signal.SIGSTOP)  # wedged: alive, reading nothing
+        with pytest.raises(KernelError, match=r"did not answer within 0\.5 s.*retry it") as failed:
+            fw.add_ports(NET_A, PORTS_A)
+        assert "publish ports" in str(failed.value)
+        assert fw._worker_pid is None
+        assert not os.path.exists(f"/proc/{pid}")  # killed and reaped
+        fw.add_ports(NET_A, PORTS_A)
+        assert_golden(host, "published_ports")
+    finally:
+        fw.close()
+
+
+def test_a_worker_that_dies_during_a_call_fails_that_call_only(host: NetNS, tmp_path: Path) -> None:
+    lock = tmp_path / "xtables.lock"
+    fw = IptablesFirewall(host, lock_path=str(lock))
+    try:
+        fw.setup_network(NET_A)
+        pid = _worker_pid(fw)
+        with lock.open("w") as held:  # the worker will wait for the lock: kill it while it waits
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+            threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+            with pytest.raises(KernelError, match=r"died during the call \(it was killed by SIGKILL\).*retry it"):
+                fw.add_ports(NET_A, PORTS_A)
+        fw.add_ports(NET_A, PORTS_A)
+        assert _worker_pid(fw) != pid
+        assert_golden(host, "published_ports")
+    finally:
+        fw.close()
+
+
+def test_close_ends_the_worker_and_a_later_call_starts_another(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    pid = _worker_pid(fw)
+    fw.close()
+    assert fw._worker_pid is None
+    assert not os.path.exists(f"/proc/{pid}")  # ended and reaped by PID
+    fw.close()  # twice is fine
+    fw.add_ports(NET_A, PORTS_A)
+    assert _worker_pid(fw) != pid
+    assert_golden(host, "published_ports")
+
+
+def test_rules_added_by_others_between_calls_are_kept(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    _ipt(host, "iptables-legacy", "-A", "FORWARD", "-s", "10.8.8.8", "-j", "ACCEPT")
+    _ipt(host, "iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-s", "10.8.8.8", "-j", "MASQUERADE")
+    fw.add_ports(NET_A, PORTS_A)  # commits filter and nat: both must have been read afresh
+    actual = saved(host, "filter", "nat")
+    assert "-A FORWARD -s 10.8.8.8/32 -j ACCEPT" in actual
+    assert "-A POSTROUTING -s 10.8.8.8/32 -j MASQUERADE" in actual
+    others = re.compile(r"^-A (FORWARD|POSTROUTING) -s 10\.8\.8\.8/32 -j (ACCEPT|MASQUERADE)\n", re.MULTILINE)
+    assert others.sub("", actual) == (GOLDEN / "published_ports.rules").read_text()
+
+
+def test_a_forked_child_gets_its_own_worker(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    parent_worker = _worker_pid(fw)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(read_end)
+            fw.add_ports(NET_A, PORTS_A)
+            os.write(write_end, f"{fw._worker_pid} {os.getpid()}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as answer:
+        child_worker, child = (int(x) for x in answer.read().split())
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child == pid
+    assert child_worker not in (parent_worker, None)
+    assert _wait_exited(child_worker)  # it died with the child that made it
+    assert _worker_pid(fw) == parent_worker  # the parent's worker was neither used nor ended by the child
+    fw.remove_ports(NET_A, PORTS_A)
+    assert _worker_pid(fw) == parent_worker
+    assert_golden(host, "one_network")
+
+
+def test_the_worker_outlives_the_thread_that_first_called(host: NetNS, fw: IptablesFirewall) -> None:
+    # PR_SET_PDEATHSIG fires when the thread that forked ends: workers are forked by a long-lived thread.
+    thread = threading.Thread(target=fw.setup_network, args=(NET_A,))
+    thread.start()
+    thread.join()
+    pid = _worker_pid(fw)
+    time.sleep(0.1)
+    fw.add_ports(NET_A, PORTS_A)
+    assert _worker_pid(fw) == pid
+    assert_golden(host, "published_ports")
+
+
+def test_calls_from_many_threads_take_turns(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    errors: list[BaseException] = []
+
+    def publish(first: int) -> None:
+        try:
+            for i in range(first, first + 10):
+                fw.add_ports(NET_A, [_port("tcp", str(30000 + i), "172.28.0.2", "80")])
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(10 * t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert saved(host, "nat").count("DNAT") == 40
+
+
+def test_closing_a_controller_ends_its_firewall_worker(host: NetNS, tmp_path: Path) -> None:
+    from cnm import Controller
+
+    with Controller(state_dir=str(tmp_path / "state"), host_netns=host) as ctl:  # sets up the predefined bridge
+        assert isinstance(ctl.firewall, IptablesFirewall)
+        pid = _worker_pid(ctl.firewall)
+    assert not os.path.exists(f"/proc/{pid}")
+    subprocess.run(["ip", "-n", host.name, "link", "del", "cnm0"], check=False)
