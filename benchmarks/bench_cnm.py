@@ -465,8 +465,7 @@ def instrument(profiler: Profiler) -> None:
     p.wrap_cm(
         netns.NetNS, "netlink", "netlink socket open (helper thread + IPRoute)", "netlink socket close", lambda _: True
     )
-    p.wrap(netns.NetNS, "run_in", "firewall: forked child (fork, libiptc read, commit, wait)")
-    p.wrap(IptablesFirewall, "_run", "firewall: parent-side setup")
+    p.wrap(IptablesFirewall, "_run", "firewall: one call to the worker (xtables lock, libiptc read, commit)")
     p.wrap(links, "add_veth", "link: veth create (peer born in netns, on bridge)")
     p.wrap(links, "set_hairpin", "link: hairpin on")
     p.wrap(links, "set_link", "link: set up")
