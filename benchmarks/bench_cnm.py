@@ -452,7 +452,7 @@ class Profiler:
 def instrument(profiler: Profiler) -> None:
     """Wrap cnm's steps with timers; benchmark-only monkeypatching, the library is not changed."""
     from cnm import _records, etchosts, resolvconf
-    from cnm._runtime import StateLock
+    from cnm._locks import StateLocks
     from cnm.firewall.iptables import IptablesFirewall
     from cnm.ipam import LocalIpam
     from cnm.kernel import addresses, links, netns, routes
@@ -491,7 +491,7 @@ def instrument(profiler: Profiler) -> None:
             p.wrap(owner, verb, "IPAM and host-port allocation logic")
     p.wrap(etchosts, "write", "files: hosts/hostname/resolv.conf write")
     p.wrap(resolvconf, "read_host", "files: read host resolv.conf")
-    p.wrap(StateLock, "__enter__", "state lock (flock)")
+    p.wrap_cm(StateLocks, "_hold", "locks: take (flock)", "locks: release", lambda _: True)
 
 
 # --------------------------------------------------------------------------------------------- worker

@@ -8,18 +8,15 @@ stored records and the info objects drivers receive.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import ipaddress
-import os
 import re
 import secrets
-import threading
-from types import TracebackType
 from typing import Any
 
 import attrs
 
 from cnm import _records as rec
+from cnm._locks import StateLocks
 from cnm.driverapi import Driver, EndpointInfo, IPAMData, NetworkInfo, SandboxInfo
 from cnm.errors import EndpointNotFound, InvalidConfig, NetworkNotFound, NotFound, SandboxNotFound
 from cnm.ipamapi import Ipam
@@ -28,7 +25,7 @@ from cnm.portmapper import PortAllocator
 from cnm.registry import DriverRegistry
 from cnm.store import Store, Transaction
 
-__all__ = ["Runtime", "StateLock", "new_id", "now", "validate_name"]
+__all__ = ["Runtime", "new_id", "now", "validate_name"]
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
@@ -57,44 +54,6 @@ def mac_for(address: ipaddress.IPv4Address) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
 
 
-class StateLock:
-    """Serialises mutating operations: a re-entrant thread lock plus a file lock on state_dir.
-
-    The file lock makes several processes sharing a state_dir take turns; the
-    store's own transactions keep each read-modify-write atomic besides.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._fd: int | None = None
-
-    def __enter__(self) -> StateLock:
-        self._lock.acquire()
-        if self._depth == 0:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(fd)
-                self._lock.release()
-                raise
-            self._fd = fd
-        self._depth += 1
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        self._lock.release()
-
-
 @attrs.define(kw_only=True)
 class Runtime:
     """The services of one controller, shared by its Network, Endpoint and Sandbox objects."""
@@ -105,7 +64,7 @@ class Runtime:
     ipam: Ipam
     ports: PortAllocator
     registry: DriverRegistry
-    lock: StateLock
+    locks: StateLocks
 
     # --- records -----------------------------------------------------------
     def _find(self, txn: Transaction, kind: str, ref: str, scope: str = "") -> dict[str, Any] | None:

@@ -7,7 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 
 from cnm import _records as rec
-from cnm._runtime import Runtime, StateLock, validate_name
+from cnm._locks import StateLocks
+from cnm._runtime import Runtime, validate_name
 from cnm.driverapi import DriverContext
 from cnm.errors import InvalidConfig, NotFound
 from cnm.firewall import Firewall
@@ -99,7 +100,7 @@ class Controller:
                 store, host, read_ephemeral_range(host) if ephemeral_ports is None else PortRange.parse(ephemeral_ports)
             ),
             registry=self.registry,
-            lock=StateLock(os.path.join(self.state_dir, "lock")),
+            locks=StateLocks(self.state_dir),
         )
         if predefined:
             self._ensure_predefined()
@@ -114,15 +115,19 @@ class Controller:
         return DriverContext(host_netns=self.host_netns, firewall=self.firewall, state_dir=path)
 
     def _ensure_predefined(self) -> None:
-        with self._rt.lock:
-            existing = {n.name for n in self._rt.list_records("network", rec.NetworkRecord)}
-            wanted: list[tuple[str, str, Mapping[str, object]]] = [
-                ("none", "null", {}),
-                ("host", "host", {}),
-                ("bridge", "bridge", DEFAULT_BRIDGE_OPTIONS),
-            ]
+        wanted: list[tuple[str, str, Mapping[str, object]]] = [
+            ("none", "null", {}),
+            ("host", "host", {}),
+            ("bridge", "bridge", DEFAULT_BRIDGE_OPTIONS),
+        ]
+        installed = self.registry.names()
+        if all(n in self._network_names() for n, d, _ in wanted if d in installed):
+            return
+        # Exclusive, and checked again: two processes opening a fresh state_dir must not both create them.
+        with self._rt.locks.everything():
+            existing = self._network_names()
             for name, driver, options in wanted:
-                if name not in existing and driver in self.registry.names():
+                if name not in existing and driver in installed:
                     create_network(
                         self._rt,
                         name,
@@ -133,6 +138,9 @@ class Controller:
                         labels=None,
                         predefined=True,
                     )
+
+    def _network_names(self) -> set[str]:
+        return {n.name for n in self._rt.list_records("network", rec.NetworkRecord)}
 
     def close(self) -> None:
         """Release the store connection and end the firewall's worker process. Kernel state stays as it is."""
@@ -268,7 +276,7 @@ class Controller:
             raise InvalidConfig("ports need a network to publish them on; add network=")
         if links and (not network or network.startswith("container:")):
             raise InvalidConfig("links need a network the sandbox joins; add network= (not container mode)")
-        with self._rt.lock:
+        with self._rt.locks.operation():
             for target, alias in links:
                 # Refused before anything is created; that the two meet on the network is checked at link time.
                 validate_name(alias, "link alias")

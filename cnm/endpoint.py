@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -140,7 +141,7 @@ def create_endpoint(
     if wanted_ip is not None and not drv.capabilities.needs_address:
         raise InvalidConfig(f"driver {network.driver!r} gives no addresses; drop ip=")
     endpoint_id = new_id()
-    with rt.lock, Rollback(f"create endpoint {name}") as undo:
+    with rt.locks.operation(networks=[network.id]), Rollback(f"create endpoint {name}") as undo:
         draft = rec.EndpointRecord(
             id=endpoint_id,
             name=name,
@@ -226,7 +227,7 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
     """Join ``endpoint`` to ``sandbox``: driver join, address, routes, published ports, hosts file."""
     from cnm.sandbox import check_join, refresh_files, update_gateway
 
-    with rt.lock:
+    with rt.locks.operation(sandboxes=[sandbox.id], networks=[endpoint.network_id]):
         endpoint = rt.reload(endpoint)
         sandbox = rt.reload(sandbox)
         if endpoint.sandbox_id is not None:
@@ -287,6 +288,30 @@ def _configure_interface(
             routes.add_route(nl, route.destination, gateway=route.next_hop, ifname=result.interface)
 
 
+def _lock_endpoint(rt: Runtime, endpoint: rec.EndpointRecord, held: contextlib.ExitStack) -> rec.EndpointRecord | None:
+    """Lock an endpoint's sandbox (if joined) and network, in that order; the record as it is then.
+
+    The sandbox must be known before its lock is taken, and may change while
+    the lock is awaited (another thread joined or left): then try again.
+    """
+    while True:
+        try:
+            before: rec.EndpointRecord = rt.reload(endpoint)
+        except NotFound:
+            return None
+        attempt = contextlib.ExitStack()
+        attempt.enter_context(rt.locks.operation(sandboxes=[before.sandbox_id], networks=[before.network_id]))
+        try:
+            now_: rec.EndpointRecord = rt.reload(endpoint)
+        except NotFound:
+            attempt.close()
+            return None
+        if now_.sandbox_id == before.sandbox_id:
+            held.push(attempt)
+            return now_
+        attempt.close()
+
+
 def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False) -> None:
     """Leave the endpoint's sandbox: drop its links there, withdraw ports, driver leave, move the route, update files.
 
@@ -296,15 +321,13 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
     from cnm.links import drop_links
     from cnm.sandbox import refresh_files, update_gateway
 
-    with rt.lock:
-        try:
-            endpoint = rt.reload(endpoint)
-        except NotFound:
+    with contextlib.ExitStack() as held:
+        current = _lock_endpoint(rt, endpoint, held)
+        if current is None or current.sandbox_id is None:
             return
-        if endpoint.sandbox_id is None:
-            return
+        endpoint = current
         network = rt.network_record(endpoint.network_id)
-        sandbox = rt.sandbox_record(endpoint.sandbox_id)
+        sandbox = rt.sandbox_record(current.sandbox_id)
         drv = rt.driver(network)
         if not keep_links:
             # Before the status changes: a link stands only while both ends are joined.
@@ -322,11 +345,11 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
 
 def delete_endpoint(rt: Runtime, endpoint: rec.EndpointRecord) -> None:
     """Delete an endpoint (leaving first), freeing its address and host ports."""
-    with rt.lock:
-        try:
-            endpoint = rt.reload(endpoint)
-        except NotFound:
+    with contextlib.ExitStack() as held:
+        current = _lock_endpoint(rt, endpoint, held)
+        if current is None:
             return
+        endpoint = current
         if endpoint.sandbox_id is not None:
             leave(rt, endpoint)
             endpoint = rt.reload(endpoint)

@@ -365,7 +365,7 @@ def _refresh_hosts(rt: Runtime, sandbox_id: str) -> None:
 def create_link(rt: Runtime, source: rec.SandboxRecord, target: str, alias: str, *, network: str | None = None) -> Link:
     """Link ``source`` to the sandbox ``target`` under ``alias``: record, rules, hosts line."""
     validate_name(alias, "link alias")
-    with rt.lock:
+    with rt.locks.operation(sandboxes=[source.id, rt.sandbox_record(target).id]):
         source = rt.reload(source)
         _check_linkable(rt, source, "the source of")
         target_record = rt.sandbox_record(target)
@@ -426,24 +426,32 @@ def _still_needed(rt: Runtime, link: rec.LinkRecord) -> set[str]:
 
 def remove_link(rt: Runtime, link: rec.LinkRecord) -> None:
     """Withdraw a link's rules, forget it and rewrite the source's hosts file; succeed if it is gone."""
-    with rt.lock:
-        with rt.store.transaction() as txn:
-            data = txn.get("link", link.id)
-        if data is None:
-            return
-        link = _save(rt, attrs.evolve(rec.from_json(rec.LinkRecord, data), status=rec.DELETING))
-        try:
-            net = rt.network_record(link.network_id)
-        except NotFound:
-            net = None  # its rules went with the network
-        if net is not None:
-            drv = rt.driver(net)
-            if isinstance(drv, Linker):
-                needed = _still_needed(rt, link)
-                doomed = attrs.evolve(link, ports=[p for p in link.ports if p not in needed])
-                drv.remove_link(rt.network_info(net), link_info(doomed))
-        _forget(rt, link)
-        _refresh_hosts(rt, link.source_id)
+    with rt.locks.operation(sandboxes=[link.source_id, link.target_id]):
+        _remove_link(rt, link)
+
+
+def _remove_link(rt: Runtime, link: rec.LinkRecord) -> None:
+    # Callers hold the lock of at least one end. drop_links runs inside a sandbox's
+    # or an endpoint's operation and must not take the other end's lock after a
+    # network's (the lock order); the store's transactions keep the records
+    # consistent, and the other end's files are rewritten from the store anyway.
+    with rt.store.transaction() as txn:
+        data = txn.get("link", link.id)
+    if data is None:
+        return
+    link = _save(rt, attrs.evolve(rec.from_json(rec.LinkRecord, data), status=rec.DELETING))
+    try:
+        net = rt.network_record(link.network_id)
+    except NotFound:
+        net = None  # its rules went with the network
+    if net is not None:
+        drv = rt.driver(net)
+        if isinstance(drv, Linker):
+            needed = _still_needed(rt, link)
+            doomed = attrs.evolve(link, ports=[p for p in link.ports if p not in needed])
+            drv.remove_link(rt.network_info(net), link_info(doomed))
+    _forget(rt, link)
+    _refresh_hosts(rt, link.source_id)
     log.info("removed link %s of sandbox %s", link.alias, link.source_id[:12])
 
 
@@ -453,7 +461,7 @@ def drop_links(rt: Runtime, sandbox_id: str, network_id: str | None = None) -> N
     for link in all_links(rt):
         if sandbox_id in (link.source_id, link.target_id) and network_id in (None, link.network_id):
             try:
-                remove_link(rt, link)
+                _remove_link(rt, link)
             except Exception as exc:  # noqa: BLE001 - remove the others, report all at the end
                 errors.append(exc)
     if errors:
@@ -482,7 +490,7 @@ def _broken(rt: Runtime, link: rec.LinkRecord) -> str | None:
 def settle_links(rt: Runtime) -> list[str]:
     """Remove links left half made or half removed, or whose sandboxes or network are gone; for reconcile."""
     done = []
-    with rt.lock:
+    with rt.locks.everything():
         for link in all_links(rt):
             reason = _broken(rt, link)
             if reason is not None:

@@ -174,7 +174,7 @@ def create_network(
     )
     exclude = host_exclusions(rt) if drv.capabilities.needs_address and ipam.subnet is None else []
     network_id = new_id()
-    with rt.lock, Rollback(f"create network {name}") as undo:
+    with rt.locks.operation(networks=[network_id]), Rollback(f"create network {name}") as undo:
         draft = rec.NetworkRecord(
             id=network_id,
             name=name,
@@ -246,7 +246,7 @@ def _set_status(rt: Runtime, record: rec.NetworkRecord, status: str) -> rec.Netw
 
 def delete_network(rt: Runtime, record: rec.NetworkRecord, *, force_predefined: bool = False) -> None:
     """Delete a network: refuse while endpoints exist; the driver removes its objects, then the store forgets it."""
-    with rt.lock:
+    with rt.locks.operation(networks=[record.id]):
         with rt.store.transaction() as txn:
             current = txn.get("network", record.id)
             if current is None:

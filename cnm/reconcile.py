@@ -91,7 +91,7 @@ class _Log:
 def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
     """Finish or undo interrupted operations, repair and collect garbage; see the module doc."""
     out = _Log()
-    with rt.lock:
+    with rt.locks.everything():
         _settle_networks(rt, out)
         _settle_sandboxes(rt, out)
         _settle_endpoints(rt, out)
@@ -107,7 +107,8 @@ def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
 
 def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
     """Rebuild every cnm rule from the store, touching no other rule."""
-    with rt.lock:
+    # Exclusive: a rule added by a concurrent operation after the store was read would be dropped.
+    with rt.locks.everything():
         networks = sorted(rt.list_records("network", rec.NetworkRecord), key=lambda n: n.created)
         endpoints = rt.list_records("endpoint", rec.EndpointRecord)
         # A link half made or half removed gets no rules; reconcile settles it.

@@ -365,7 +365,9 @@ def create_sandbox(
         network_mode=network_mode,
         exposed=exposed_ports,
     )
-    with rt.lock, Rollback(f"create sandbox {name}") as undo:
+    # The owner is locked too: it cannot be deleted while a sharer of it is being made.
+    lock = rt.locks.operation(sandboxes=[sandbox_id, None if owner is None else owner.id])
+    with lock, Rollback(f"create sandbox {name}") as undo:
         with rt.store.transaction() as txn:
             if owner is not None:
                 current = txn.get("sandbox", owner.id)
@@ -515,7 +517,7 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
     """
     from cnm.endpoint import delete_endpoint, leave
 
-    with rt.lock:
+    with rt.locks.operation(sandboxes=[sandbox.id]):
         try:
             sandbox = rt.reload(sandbox)
         except NotFound:

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,45 @@ def check_and_clean(state: str, host_netns: NetNS) -> None:
         ctl.network("busy").delete()
         with pytest.raises(errors.NetworkNotFound):
             ctl.network("busy")
+
+
+def test_operations_on_different_networks_do_not_wait_for_each_other(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller.create_network("slow", ipam=IPAMConfig(subnet="10.17.0.0/24"))
+    controller.create_network("fast", ipam=IPAMConfig(subnet="10.18.0.0/24"))
+    driver = controller.registry.get("bridge")
+    original = driver.join
+    inside, release = threading.Event(), threading.Event()
+
+    def join(network: Any, endpoint: Any, sandbox: Any, ifname: str) -> Any:
+        if network.name == "slow":
+            inside.set()
+            release.wait(60)
+        return original(network, endpoint, sandbox, ifname)
+
+    monkeypatch.setattr(driver, "join", join)
+    failures: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            controller.create_sandbox("held", network="slow")
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            failures.append(exc)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    try:
+        assert inside.wait(30), "the slow join never started"
+        # While an operation on "slow" is stopped inside its driver, one on "fast" runs to the end.
+        quick = controller.create_sandbox("quick", network="fast", ports=[PortBinding(container_port=80)])
+        assert controller.network("fast").endpoint("quick").ip is not None
+        assert thread.is_alive(), "the slow operation ended early; the test proves nothing"
+        quick.delete()
+    finally:
+        release.set()
+        thread.join(60)
+    assert not failures, failures
+    controller.sandbox("held").delete()
+    for name in ("slow", "fast"):
+        controller.network(name).delete()
