@@ -40,6 +40,28 @@ def _no_leaked_namespaces(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not leaked, f"test leaked network namespaces: {sorted(leaked)}"
 
 
+def _nsfs_mounts_under(directory: str) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[2] == "nsfs"]
+    prefix = directory.rstrip("/") + "/"
+    return [p for p in points if p.startswith(prefix)]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_sandbox_mounts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a sandbox namespace mounted under its temp dir (and unmount it)."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    # Asked for before the test, so tmp_path is torn down after this check, not before.
+    tmp = str(request.getfixturevalue("tmp_path"))
+    yield
+    leaked = _nsfs_mounts_under(tmp)
+    for point in leaked:
+        subprocess.run(["umount", "-l", point], check=False)
+    assert not leaked, f"test left sandbox namespaces mounted: {leaked}"
+
+
 @pytest.fixture
 def unique() -> str:
     """A short random suffix for names that must not clash between tests."""
