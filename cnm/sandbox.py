@@ -238,7 +238,9 @@ def joined_endpoints(rt: Runtime, sandbox_id: str) -> list[rec.EndpointRecord]:
 
 def sharers_of(rt: Runtime, sandbox_id: str) -> list[rec.SandboxRecord]:
     """The sandboxes sharing ``sandbox_id``'s namespace, in name order."""
-    shared = [s for s in rt.list_records("sandbox", rec.SandboxRecord) if s.shares == sandbox_id]
+    with rt.store.transaction() as txn:
+        found = (txn.get("sandbox", v["id"]) for _, v in txn.list("sandbox.sharer", f"{sandbox_id}/"))
+        shared = [rec.from_json(rec.SandboxRecord, data) for data in found if data is not None]
     return sorted(shared, key=lambda s: s.name)
 
 
@@ -378,6 +380,9 @@ def create_sandbox(
             except KeyTaken as exc:
                 raise AlreadyExists(f"sandbox {name!r} already exists; pick another name or delete it first") from exc
             txn.insert("sandbox", sandbox_id, rec.to_json(record))
+            if record.shares:
+                # Indexed so that deleting an owner finds its sharers without reading every sandbox.
+                txn.put("sandbox.sharer", f"{record.shares}/{sandbox_id}", {"id": sandbox_id})
         undo.done("record", lambda: _forget(rt, record))
         if mode == rec.PRIVATE:
             ns = netns.create(record.netns_path)
@@ -398,6 +403,8 @@ def create_sandbox(
 def _forget(rt: Runtime, record: rec.SandboxRecord) -> None:
     with rt.store.transaction() as txn:
         txn.delete("sandbox.name", record.name)
+        if record.shares:
+            txn.delete("sandbox.sharer", f"{record.shares}/{record.id}")
         txn.delete("sandbox", record.id)
 
 
