@@ -41,9 +41,10 @@ from typing import Any
 import attrs
 
 from cnm import Controller, IPAMConfig, PortBinding
-from cnm.kernel import addresses, links, netns
+from cnm.kernel import links, netns
 from cnm.kernel.netns import NetNS
 from cnm.testing import traffic
+from cnm.testing.hosts import HOST_UPLINK_ADDRESS, OUTSIDE_ADDRESS, link_outside, stop_process
 
 __all__ = ["SCENARIOS", "Demo", "Namespace", "Scenario", "ScenarioFailed", "main", "scenario"]
 
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 PREFIX = "cnmdemo-"
 """Name prefix of every namespace and directory the demo makes."""
 
-OUTSIDE_ADDRESS = ipaddress.IPv4Interface("192.0.2.2/24")
-HOST_UPLINK_ADDRESS = ipaddress.IPv4Interface("192.0.2.1/24")
 _INDENT = "      "
 
 
@@ -211,20 +210,6 @@ class Demo:
         found = [ln for ln in self.rules() if tag in ln and all(n in ln for n in needles)]
         expect(len(found) == 1, f"expected one rule tagged {tag} with {needles}, found {found}")
         return found[0]
-
-
-def stop_process(proc: subprocess.Popen[Any]) -> None:
-    """Terminate one process by its PID, kill it if it lingers, and close its pipes."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
 
 
 # --- the registry ---------------------------------------------------------------------------------
@@ -723,13 +708,7 @@ class Environment:
         self.state_dir = tempfile.mkdtemp(prefix=f"{PREFIX}{self.token}-")
         host = self._namespace("h")
         outside = self._namespace("o")
-        # The outside host: a veth between the two namespaces, as cnm.testing.fixtures does.
-        with host.netlink() as nl:
-            links.add_veth(nl, "uplink0", "eth0", outside)
-            addresses.add_address(nl, "uplink0", HOST_UPLINK_ADDRESS)
-        with outside.netlink() as nl:
-            addresses.add_address(nl, "eth0", OUTSIDE_ADDRESS)
-            links.set_link(nl, "eth0", up=True)
+        link_outside(host, outside)
         self.ctl = Controller(state_dir=self.state_dir, host_netns=host)
         self.demo = Demo(self.ctl, Namespace(host), Namespace(outside), interrupts, self._namespace)
         interrupts.check()
