@@ -195,10 +195,3 @@ class Runtime:
     def sandbox_info(sandbox: rec.SandboxRecord) -> SandboxInfo:
         """What a driver is told about a sandbox."""
         return SandboxInfo(id=sandbox.id, name=sandbox.name, netns=NetNS(sandbox.netns_path))
-
-
-def _conformance() -> None:
-    # mypy checks here that the default IPAM satisfies the contract it is used through.
-    from cnm.ipam import LocalIpam
-
-    _: type[Ipam] = LocalIpam

@@ -431,16 +431,6 @@ class Ovsdb:
             rows = self._select(conn, "Port", [["name", "==", name]])
         return _port(rows[0]) if rows else None
 
-    def bridge_of_port(self, port: str) -> Bridge | None:
-        """The bridge that holds port ``port``, or None."""
-        with self._errors(f"look up the bridge of OVS port {port}"), self._connect() as conn:
-            found = self._select(conn, "Port", [["name", "==", port]])
-            if not found:
-                return None
-            uuid = found[0]["_uuid"][1]
-            rows = self._select(conn, "Bridge", [["ports", "includes", ["uuid", uuid]]])
-        return _bridge(rows[0]) if rows else None
-
     def status(self) -> dict[str, Json]:
         """The Open_vSwitch row (``ovs_version``, ``datapath_types``, ``cur_cfg``...), or {} before init."""
         with self._errors("read the Open_vSwitch row"), self._connect() as conn:
