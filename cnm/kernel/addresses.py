@@ -9,7 +9,7 @@ import socket
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm.kernel.errors import map_netlink_errors
-from cnm.kernel.links import get_link, require_index
+from cnm.kernel.links import link_index, require_index
 from cnm.kernel.netns import Netlink
 
 __all__ = ["IPInterface", "add_address", "delete_address", "list_addresses"]
@@ -37,13 +37,13 @@ def add_address(nl: Netlink, ifname: str, address: IPInterface) -> None:
 
 def delete_address(nl: Netlink, ifname: str, address: IPInterface) -> bool:
     """Remove ``address`` from ``ifname``; succeed if it is gone. True if removed."""
-    link = get_link(nl, ifname)
-    if link is None:
+    index = link_index(nl, ifname)
+    if index is None:
         return False
     try:
         nl.ipr.addr(
             "del",
-            index=link.index,
+            index=index,
             address=str(address.ip),
             prefixlen=address.network.prefixlen,
             family=_family(address),
@@ -60,10 +60,10 @@ def list_addresses(nl: Netlink, ifname: str | None = None) -> list[IPInterface]:
     """Every address in the namespace, or on one interface."""
     with map_netlink_errors(f"list addresses in {nl.netns.name}"):
         if ifname is not None:
-            link = get_link(nl, ifname)
-            if link is None:
+            index = link_index(nl, ifname)
+            if index is None:
                 return []
-            msgs = nl.ipr.get_addr(index=link.index)
+            msgs = nl.ipr.get_addr(index=index)
         else:
             msgs = nl.ipr.get_addr()
     return [ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs]

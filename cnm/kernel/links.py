@@ -8,8 +8,10 @@ what was asked for; ``delete_*`` helpers succeed when the link is gone.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import struct
 from typing import Any
 
 import attrs
@@ -29,8 +31,11 @@ __all__ = [
     "delete_link",
     "ensure_bridge",
     "get_link",
+    "is_up",
+    "link_index",
     "list_links",
     "require_index",
+    "set_down_if_exists",
     "set_hairpin",
     "set_link",
 ]
@@ -98,12 +103,50 @@ def list_links(nl: Netlink) -> list[Link]:
         return [_link_from_msg(msg) for msg in nl.ipr.get_links()]
 
 
+_SIOCGIFINDEX = 0x8933
+
+
+def link_index(nl: Netlink, name: str) -> int | None:
+    """The index of link ``name``, or None if there is no such link.
+
+    SIOCGIFINDEX on the netlink socket asks the socket's namespace directly:
+    microseconds, where a netlink RTM_GETLINK answer takes pyroute2 about
+    0.3 ms to parse.
+    """
+    check_ifname(name)
+    try:
+        reply = fcntl.ioctl(nl.fd, _SIOCGIFINDEX, struct.pack("16si", name.encode(), 0))
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            return None
+        raise KernelError(f"look up link {name} in {nl.netns.name}: {exc.strerror}", exc.errno) from exc
+    index: int = struct.unpack_from("i", reply, 16)[0]
+    return index
+
+
+_SIOCGIFFLAGS = 0x8913
+_IFF_UP = 0x1
+
+
+def is_up(nl: Netlink, name: str) -> bool | None:
+    """Whether link ``name`` is administratively up; None if there is no such link (SIOCGIFFLAGS)."""
+    check_ifname(name)
+    try:
+        reply = fcntl.ioctl(nl.fd, _SIOCGIFFLAGS, struct.pack("16sH", name.encode(), 0))
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            return None
+        raise KernelError(f"read the flags of link {name} in {nl.netns.name}: {exc.strerror}", exc.errno) from exc
+    flags: int = struct.unpack_from("H", reply, 16)[0]
+    return bool(flags & _IFF_UP)
+
+
 def require_index(nl: Netlink, name: str) -> int:
     """The index of link ``name``; KernelError (ENODEV) if there is none."""
-    link = get_link(nl, name)
-    if link is None:
+    index = link_index(nl, name)
+    if index is None:
         raise KernelError(f"link {name} does not exist in {nl.netns.name}", errno.ENODEV)
-    return link.index
+    return index
 
 
 def ensure_bridge(nl: Netlink, name: str, *, mtu: int | None = None, up: bool = True) -> Link:
@@ -233,6 +276,21 @@ def set_link(
         nl.ipr.link("set", **spec)
 
 
+def set_down_if_exists(nl: Netlink, name: str) -> bool:
+    """Set link ``name`` down; succeed if it is gone. True if it was there."""
+    index = link_index(nl, name)
+    if index is None:
+        return False
+    try:
+        nl.ipr.link("set", index=index, state="down")
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return False
+        with map_netlink_errors(f"set link {name} down in {nl.netns.name}"):
+            raise
+    return True
+
+
 def set_hairpin(nl: Netlink, name: str, on: bool = True) -> None:
     """Let a bridge port send frames back out the port they came in on."""
     with map_netlink_errors(f"set hairpin on bridge port {name} in {nl.netns.name}"):
@@ -241,11 +299,11 @@ def set_hairpin(nl: Netlink, name: str, on: bool = True) -> None:
 
 def delete_link(nl: Netlink, name: str) -> bool:
     """Delete link ``name``; succeed if it is already gone. True if deleted."""
-    link = get_link(nl, name)
-    if link is None:
+    index = link_index(nl, name)
+    if index is None:
         return False
     try:
-        nl.ipr.link("del", index=link.index)
+        nl.ipr.link("del", index=index)
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
             return False

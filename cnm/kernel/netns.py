@@ -168,7 +168,8 @@ class NetNS:
             sock = self.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
             ipr = IPRoute(fileno=sock.detach())
         try:
-            yield Netlink(self, ipr)
+            # pyroute2 wraps the descriptor in a socket of its own; ask it for the number.
+            yield Netlink(self, ipr, ipr.fileno())
         finally:
             ipr.close()
 
@@ -220,11 +221,14 @@ class Netlink:
     Attributes:
         netns: the namespace the socket lives in.
         ipr: the pyroute2 handle; only :mod:`cnm.kernel` touches it.
+        fd: the socket's file descriptor, owned by ``ipr``; interface ioctls
+            on it (SIOCGIFINDEX) act in ``netns`` without a netlink round trip.
     """
 
-    def __init__(self, netns: NetNS, ipr: IPRoute) -> None:
+    def __init__(self, netns: NetNS, ipr: IPRoute, fd: int) -> None:
         self.netns = netns
         self.ipr = ipr
+        self.fd = fd
 
 
 def _is_netns_fd(fd: int) -> bool:
@@ -239,11 +243,13 @@ def _is_netns_fd(fd: int) -> bool:
         return False
 
 
-def create(path: str) -> NetNS:
+def create(path: str, *, loopback_up: bool = False) -> NetNS:
     """Create a new network namespace and bind-mount it at ``path``.
 
-    Loopback is left down; callers bring it up. A stale file left at ``path``
-    by a crash (not a live namespace) is replaced.
+    Loopback is brought up when ``loopback_up`` is true (from the thread that
+    made the namespace, which spares opening a netlink socket in it), else
+    left down. A stale file left at ``path`` by a crash (not a live
+    namespace) is replaced.
 
     Raises:
         KernelError: when ``path`` already holds a live namespace, or a syscall fails.
@@ -267,6 +273,8 @@ def create(path: str) -> NetNS:
             _libc.mount(b"/proc/thread-self/ns/net", ns.path.encode(), b"none", _MS_BIND, None),
             f"bind-mount network namespace at {ns.path}",
         )
+        if loopback_up:
+            _set_up_by_ioctl("lo")
 
     try:
         _in_thread(unshare_and_mount)
@@ -276,6 +284,25 @@ def create(path: str) -> NetNS:
         raise
     log.debug("created network namespace %s", ns.path)
     return ns
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def _set_up_by_ioctl(ifname: str) -> None:
+    """Bring ``ifname`` up in the calling thread's namespace with the classic interface ioctls."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        name = ifname.encode()
+        try:
+            flags = struct.unpack_from("H", fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack("16sH", name, 0)), 16)[0]
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH", name, flags | _IFF_UP))
+        except OSError as exc:
+            raise KernelError(f"bring {ifname} up in a new namespace: {exc.strerror}", exc.errno) from exc
 
 
 def remove(path: str) -> bool:
