@@ -194,4 +194,9 @@ class Runtime:
     @staticmethod
     def sandbox_info(sandbox: rec.SandboxRecord) -> SandboxInfo:
         """What a driver is told about a sandbox."""
-        return SandboxInfo(id=sandbox.id, name=sandbox.name, netns=NetNS(sandbox.netns_path))
+        return SandboxInfo(
+            id=sandbox.id,
+            name=sandbox.name,
+            netns=NetNS(sandbox.netns_path),
+            closing=sandbox.status == rec.DELETING and sandbox.mode == rec.PRIVATE,
+        )

@@ -160,11 +160,22 @@ class EndpointInfo:
 
 @attrs.frozen(kw_only=True)
 class SandboxInfo:
-    """A sandbox, as passed to :meth:`Driver.join` and :meth:`Driver.leave`."""
+    """A sandbox, as passed to :meth:`Driver.join` and :meth:`Driver.leave`.
+
+    Attributes:
+        closing: True when the sandbox is being deleted and its namespace is
+            unmounted right after the leave. A driver may then leave the
+            interfaces inside it to the kernel, which destroys them with the
+            namespace, instead of deleting each one (a veth delete waits for
+            RCU grace periods, about 25 ms). It must still cut them off from
+            the network at once: something else, such as a process still
+            running in the sandbox, may keep the namespace alive.
+    """
 
     id: str
     name: str
     netns: NetNS
+    closing: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -17,6 +17,7 @@ from cnm._steps import Rollback
 from cnm.driverapi import JoinResult, PortPublisher
 from cnm.errors import AlreadyExists, EndpointJoined, InvalidConfig, NotFound
 from cnm.kernel import addresses, links, routes
+from cnm.kernel.netns import Netlink
 from cnm.store import KeyTaken
 from cnm.types import PortBinding, parse_address
 
@@ -240,7 +241,10 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
         check_join(rt, sandbox, network, host_stack=not drv.capabilities.needs_sandbox_netns)
         ifname = _next_ifname(rt, sandbox)
         seq = sandbox.join_counter + 1
-        with Rollback(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo:
+        with (
+            Rollback(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo,
+            contextlib.ExitStack() as sockets,
+        ):
             with rt.store.transaction() as txn:
                 endpoint = attrs.evolve(
                     endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq, status=rec.CREATING
@@ -257,7 +261,11 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
             net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
             result = drv.join(net_info, ep_info, sb_info, ifname)
             undo.done("driver join", lambda: drv.leave(net_info, ep_info, sb_info))
-            _configure_interface(rt, sandbox, endpoint, result)
+            # One socket in the sandbox for the interface and the default route.
+            nl = None
+            if result.interface is not None:
+                nl = sockets.enter_context(sb_info.netns.netlink())
+                _configure_interface(nl, endpoint, result.interface, result)
             if ep_info.ports and isinstance(drv, PortPublisher):
                 drv.publish_ports(net_info, ep_info)
                 undo.done("publish ports", lambda: drv.unpublish_ports(net_info, ep_info))
@@ -269,23 +277,17 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
                     endpoint, gateway=gateway, ifname=None if result.interface is None else ifname, status=rec.READY
                 ),
             )
-            update_gateway(rt, sandbox)
+            update_gateway(rt, sandbox, nl)
             refresh_files(rt, sandbox)
     log.info("joined endpoint %s to sandbox %s as %s", endpoint.name, sandbox.name, ifname)
 
 
-def _configure_interface(
-    rt: Runtime, sandbox: rec.SandboxRecord, endpoint: rec.EndpointRecord, result: JoinResult
-) -> None:
-    if result.interface is None:
-        return
-    netns = rt.sandbox_info(sandbox).netns
-    with netns.netlink() as nl:
-        if endpoint.address is not None:
-            addresses.add_address(nl, result.interface, ipaddress.IPv4Interface(endpoint.address))
-        links.set_link(nl, result.interface, up=True)
-        for route in result.routes:
-            routes.add_route(nl, route.destination, gateway=route.next_hop, ifname=result.interface)
+def _configure_interface(nl: Netlink, endpoint: rec.EndpointRecord, interface: str, result: JoinResult) -> None:
+    if endpoint.address is not None:
+        addresses.add_address(nl, interface, ipaddress.IPv4Interface(endpoint.address))
+    links.set_link(nl, interface, up=True)
+    for route in result.routes:
+        routes.add_route(nl, route.destination, gateway=route.next_hop, ifname=interface)
 
 
 def _lock_endpoint(rt: Runtime, endpoint: rec.EndpointRecord, held: contextlib.ExitStack) -> rec.EndpointRecord | None:
@@ -338,8 +340,10 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
             drv.unpublish_ports(net_info, ep_info)
         drv.leave(net_info, ep_info, sb_info)
         _save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
-        update_gateway(rt, sandbox)
-        refresh_files(rt, sandbox)
+        if not sb_info.closing:
+            # A closing sandbox's routes and files go with its namespace and directory.
+            update_gateway(rt, sandbox)
+            refresh_files(rt, sandbox)
     log.info("endpoint %s left sandbox %s", endpoint.name, sandbox.name)
 
 

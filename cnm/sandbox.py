@@ -13,6 +13,7 @@ A sandbox uses one of three namespaces, as Docker's ``--net`` modes do
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -31,8 +32,8 @@ from cnm._handle import Handle
 from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm._steps import Rollback
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
-from cnm.kernel import links, netns, routes
-from cnm.kernel.netns import NetNS
+from cnm.kernel import netns, routes
+from cnm.kernel.netns import Netlink, NetNS
 from cnm.kernel.process import command_in
 from cnm.store import KeyTaken
 
@@ -224,6 +225,12 @@ class Sandbox(Handle[rec.SandboxRecord]):
         already gone succeeds. A host-mode sandbox never removes the host's
         namespace; a container-mode sandbox removes nothing of its owner's.
 
+        Interfaces inside the namespace are cut off at once and go with it:
+        the kernel destroys them moments after the delete returns. Stop the
+        sandbox's processes first; one left running keeps the namespace and
+        its cut-off interfaces alive until it ends or :meth:`Controller.reconcile`
+        removes them. Their addresses are free at once either way.
+
         Raises:
             Conflict: other sandboxes share this one's namespace (container mode);
                 delete them first.
@@ -385,10 +392,8 @@ def create_sandbox(
                 txn.put("sandbox.sharer", f"{record.shares}/{sandbox_id}", {"id": sandbox_id})
         undo.done("record", lambda: _forget(rt, record))
         if mode == rec.PRIVATE:
-            ns = netns.create(record.netns_path)
+            ns = netns.create(record.netns_path, loopback_up=True)
             undo.done("namespace", lambda: netns.remove(ns.path))
-            with ns.netlink() as nl:
-                links.set_link(nl, "lo", up=True)
         if mode != rec.CONTAINER:
             os.makedirs(record.files_dir, exist_ok=True)
             undo.done("files", lambda: shutil.rmtree(record.files_dir, ignore_errors=True))
@@ -452,19 +457,22 @@ def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
         etchosts.write(path, etchosts.render(own, _links.host_entries(rt, sandbox.id)))
 
 
-def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
+def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord, nl: Netlink | None = None) -> None:
     """Point the default route at the first-joined endpoint that offers a gateway, or remove it.
 
     Only in a namespace the sandbox owns: the host's routes (host mode) are
-    never touched, and a sharer has no endpoints of its own.
+    never touched, and a sharer has no endpoints of its own. ``nl``, if
+    given, is a netlink socket already open in the sandbox's namespace.
     """
     if sandbox.mode != rec.PRIVATE or not _owns_netns(rt, sandbox):
         return
     ns = NetNS(sandbox.netns_path)
-    if not ns.exists():
+    if nl is None and not ns.exists():
         return
     gateway_ep = next((e for e in joined_endpoints(rt, sandbox.id) if e.gateway is not None), None)
-    with ns.netlink() as nl:
+    with contextlib.ExitStack() as stack:
+        if nl is None or nl.netns != ns:
+            nl = stack.enter_context(ns.netlink())
         if gateway_ep is None or gateway_ep.ifname is None or gateway_ep.gateway is None:
             routes.delete_route(nl, ipaddress.IPv4Network("0.0.0.0/0"))
             return

@@ -67,7 +67,7 @@ from cnm.network import Network
 from cnm.registry import DriverFactory, DriverRegistry
 from cnm.sandbox import Sandbox
 from cnm.testing import namespace_prefix
-from cnm.testing.hosts import stop_process, throwaway_namespaces, unmount_sandboxes
+from cnm.testing.hosts import settled, stop_process, throwaway_namespaces, unmount_sandboxes
 from cnm.testing.traffic import ping, probe, serve
 from cnm.types import PortBinding
 
@@ -179,9 +179,11 @@ RULES: Mapping[str, Rule] = {
         ),
         Rule(
             "no-leaks",
-            "nothing the driver made stays in the host namespace or the firewall once everything is deleted",
+            "nothing the driver made stays in the host namespace or the firewall once everything is deleted; "
+            "an interface left to a closing sandbox's namespace is down until the namespace goes",
             "remove every link, address, route and firewall rule you create in delete_network, delete_endpoint "
-            "or leave; name them with a prefix and the object id so they can always be found",
+            "or leave (when SandboxInfo.closing, an interface whose other end is inside may instead be set "
+            "down and left to the kernel); name them with a prefix and the object id so they can always be found",
         ),
     )
 }
@@ -463,6 +465,11 @@ class _Snapshot:
         return found
 
 
+def _settled_changes(ns: NetNS, before: _Snapshot) -> list[str]:
+    """:meth:`_Snapshot.changes_since`, once the kernel has finished destroying deleted namespaces."""
+    return settled(lambda: _Snapshot.take(ns).changes_since(before), lambda changes: not changes)
+
+
 def _link_names(ns: NetNS) -> set[str]:
     with ns.netlink() as nl:
         return {link.name for link in links.list_links(nl)}
@@ -632,7 +639,7 @@ class _World:
 
     def assert_clean(self, when: str) -> None:
         """Fail ``no-leaks`` if the host or the firewall differs from the start of the world."""
-        problems = _Snapshot.take(self.host).changes_since(self.baseline)
+        problems = _settled_changes(self.host, self.baseline)
         problems += [f"{item} still in force" for item in self.firewall.in_force()]
         if self._leftovers is not None:
             problems += [f"{item} left behind" for item in self._leftovers(self.host)]
@@ -641,6 +648,25 @@ class _World:
         leftover = [n.name for n in self.ctl.networks()]
         if leftover:
             raise self.fail(f"{when}, the store still lists networks {leftover}", "no-leaks")
+
+    def assert_cut_off(self, when: str) -> None:
+        """Fail ``no-leaks`` if a link the world did not start with is still up in the host namespace.
+
+        While something holds a deleted sandbox's namespace, an interface whose
+        other end is inside may outlive the delete, but only cut off (down).
+        """
+        with self.host.netlink() as nl:
+            up = sorted(
+                f"link {link.name} ({link.kind or 'plain'})"
+                for link in links.list_links(nl)
+                if link.up and (link.name, link.kind or "plain") not in self.baseline.links
+            )
+        if up:
+            raise self.fail(
+                f"{when}, with the sandboxes' namespaces still held open (as a process left inside would), "
+                f"the host namespace still has {', '.join(up)} up",
+                "no-leaks",
+            )
 
     def assert_no_rules(self, when: str) -> None:
         """Ask the firewall itself: no rule tagged for any network may be left (this removes them)."""
@@ -1097,7 +1123,8 @@ def _rule_no_leaks(w: _World) -> str:
         # Delete sandboxes while joined (they leave first), then endpoints, then networks.
         w.teardown(*(sb for _, sb in pairs), *(ep for ep, _ in pairs), *nets)
         _check_order(w)
-        w.assert_clean("after two networks, three endpoints and three sandboxes were deleted")
+        w.assert_cut_off("after two networks, three endpoints and three sandboxes were deleted")
+    w.assert_clean("after two networks, three endpoints and three sandboxes were deleted and their namespaces let go")
     w.assert_no_rules("after everything was deleted")
     return "host links, addresses, routes and firewall rules as before" + (" (with published ports)" * publishes)
 

@@ -11,8 +11,9 @@ import ipaddress
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -22,8 +23,10 @@ from cnm.kernel.netns import NetNS
 __all__ = [
     "HOST_UPLINK_ADDRESS",
     "OUTSIDE_ADDRESS",
+    "TEARDOWN_GRACE",
     "Outside",
     "link_outside",
+    "settled",
     "stop_process",
     "throwaway_namespaces",
     "unmount_sandboxes",
@@ -33,6 +36,27 @@ OUTSIDE_ADDRESS = ipaddress.IPv4Interface("192.0.2.2/24")
 """The outside host's address on its link to the host namespace."""
 HOST_UPLINK_ADDRESS = ipaddress.IPv4Interface("192.0.2.1/24")
 """The host namespace's address on that link (its ``uplink0``)."""
+
+TEARDOWN_GRACE = 2.0
+"""Seconds the kernel may take to destroy an unmounted namespace and the veths whose other end
+was inside. It does so asynchronously, usually within 50 ms of the last holder letting go."""
+
+_T = TypeVar("_T")
+
+
+def settled(probe: Callable[[], _T], done: Callable[[_T], bool], timeout: float = TEARDOWN_GRACE) -> _T:
+    """``probe()``'s value once ``done`` accepts it, or its last value after ``timeout`` seconds.
+
+    For checks that follow a sandbox delete: the delete returns when the
+    sandbox is cut off, and the kernel removes what went with its namespace
+    moments later.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.01)
 
 
 @attrs.frozen

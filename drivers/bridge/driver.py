@@ -111,9 +111,15 @@ class BridgeDriver:
             raise InvalidConfig(f"endpoint {endpoint.name!r} has no address; the bridge driver needs one")
 
     def delete_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
-        """Remove a veth left by an interrupted leave; nothing else to do."""
+        """Remove a veth left up by an interrupted join or leave.
+
+        A veth that is down was cut off by the leave of a closing sandbox and
+        goes with that sandbox's namespace; deleting it here would wait for
+        the RCU grace periods the closing leave avoided.
+        """
         with self._host.netlink() as nl:
-            links.delete_link(nl, host_veth_name(endpoint.id))
+            if links.is_up(nl, host_veth_name(endpoint.id)):
+                links.delete_link(nl, host_veth_name(endpoint.id))
 
     def join(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo, ifname: str) -> JoinResult:
         """Make a veth whose inner end is born in the sandbox as ``ifname``, its outer end on the bridge."""
@@ -133,9 +139,20 @@ class BridgeDriver:
         )
 
     def leave(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo) -> None:
-        """Delete the veth (both ends go); succeed if it is gone."""
+        """Delete the veth (both ends go); succeed if it is gone.
+
+        When the sandbox is closing, only set the host end down: that takes
+        the port off the bridge at once (its forwarding entries are flushed
+        and the inner end loses carrier), and the kernel deletes the pair
+        with the namespace. Should something keep the namespace alive, the
+        pair stays cut off until reconcile removes it, so the address can be
+        handed out again at once.
+        """
         with self._host.netlink() as nl:
-            links.delete_link(nl, host_veth_name(endpoint.id))
+            if sandbox.closing:
+                links.set_down_if_exists(nl, host_veth_name(endpoint.id))
+            else:
+                links.delete_link(nl, host_veth_name(endpoint.id))
 
     # --- published ports -----------------------------------------------------------
     @staticmethod

@@ -17,7 +17,7 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside
+from cnm.testing.hosts import Outside, settled
 from cnm.testing.traffic import ping, probe, serve
 from cnm.types import PortRange
 
@@ -210,7 +210,7 @@ def test_deleting_everything_leaves_nothing(
     for s in sandboxes:
         s.delete()
     net.delete()
-    assert snapshot(controller) == before
+    assert settled(lambda: snapshot(controller), lambda now: now == before) == before
 
 
 def test_firewall_layout_golden(controller: Controller) -> None:

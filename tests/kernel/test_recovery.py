@@ -26,7 +26,7 @@ from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm import _records as rec
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside
+from cnm.testing.hosts import Outside, settled
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel
@@ -55,8 +55,13 @@ def check_invariants(ctl: Controller) -> None:
     # Links: exactly the bridges of the networks and the veths of joined endpoints.
     expected = {str(n.options.get("bridge_name") or "cnm-" + n.id[:11]) for n in networks if n.id in bridge_ids}
     expected |= {"cnm" + e.id[:12] for e in endpoints if e.sandbox_id and e.network_id in bridge_ids}
-    with ctl.host_netns.netlink() as nl:
-        present = {link.name for link in links.list_links(nl) if _OWN_LINK.match(link.name)}
+
+    def own_links() -> set[str]:
+        with ctl.host_netns.netlink() as nl:
+            return {link.name for link in links.list_links(nl) if _OWN_LINK.match(link.name)}
+
+    # A deleted sandbox's veth goes with its namespace, which the kernel destroys moments later.
+    present = settled(own_links, lambda found: found == expected)
     assert present == expected, f"links differ from the store: extra {present - expected}, missing {expected - present}"
     check_common_invariants(ctl)
 
