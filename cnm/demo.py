@@ -205,10 +205,10 @@ class Demo:
         return output.splitlines()
 
     def rule(self, network_id: str, *needles: str) -> str:
-        """The one rule of a network (its ``cnm:<id>`` comment) that contains every needle."""
-        tag = f"cnm:{network_id[:12]}"
+        """The one rule of a network (its ``cnm:<id>`` comment, or its own chain) that contains every needle."""
+        tag = network_id[:12]
         found = [ln for ln in self.rules() if tag in ln and all(n in ln for n in needles)]
-        expect(len(found) == 1, f"expected one rule tagged {tag} with {needles}, found {found}")
+        expect(len(found) == 1, f"expected one rule of network {tag} with {needles}, found {found}")
         return found[0]
 
 

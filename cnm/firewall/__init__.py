@@ -127,7 +127,7 @@ class Firewall(Protocol):
         """Remove every rule of the network, its ports and links included."""
 
     def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
-        """Publish ports (DNAT, forward accept, hairpin masquerade)."""
+        """Publish ports: a DNAT each, and what lets the network's sandboxes reach their own published ports."""
 
     def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
         """Withdraw published ports."""

@@ -2,7 +2,10 @@
 
 :class:`IptablesFirewall` writes Docker's ``--userland-proxy=false`` rule layout
 (cnm runs no userland proxy) with cnm's own chains, described in
-:mod:`cnm.firewall._iptables_rules`.
+:mod:`cnm.firewall._iptables_rules`, slimmed where a published port's cost is
+concerned: libiptc reads and the kernel replaces a whole table on every change,
+at about a microsecond per rule and per match, so a port adds two bare rules to
+the nat table and none to filter (docs/firewall.md).
 
 Every public method is one request to a long-lived worker process
 (:class:`cnm.firewall._worker.Worker`), one per :class:`IptablesFirewall`, forked
@@ -18,7 +21,9 @@ rule specs (a rule's bytes do not depend on the table's contents).
 Rules are handled as raw libiptc entries wherever possible: presence is asked of
 libiptc (``iptc_check_entry``) and scans read only each entry's comment, so no
 chain is parsed into python-iptables ``Rule`` objects; a thousand published
-ports cost a thousand memcmp's in C, not a thousand Python objects.
+ports cost a thousand memcmp's in C, not a thousand Python objects. Publishing
+and withdrawing ports never scan at all: what remains of their cost is the
+kernel's (``benchmarks/bench_firewall.py``).
 """
 
 from __future__ import annotations
@@ -46,12 +51,16 @@ from cnm.firewall._iptables_rules import (
     STAGE_1_JUMP,
     TAG_PREFIX,
     Block,
+    PortRules,
     RuleSpec,
     TableName,
     base_blocks,
     link_blocks,
     network_blocks,
-    port_blocks,
+    network_chain_tag,
+    network_chains,
+    port_chain_blocks,
+    port_rules,
 )
 from cnm.firewall._worker import Worker
 from cnm.kernel.netns import NetNS
@@ -191,12 +200,29 @@ class _Table:
                 self._table.create_chain(chain)
             self.dirty = True
 
+    def chain_names(self) -> list[str]:
+        """Every chain of the table, builtin ones included."""
+        names = []
+        chain = self._lib.iptc_first_chain(self._table._handle)
+        while chain:
+            names.append(chain.decode())
+            chain = self._lib.iptc_next_chain(self._table._handle)
+        return names
+
+    def rule_count(self, chain: str) -> int:
+        """How many rules ``chain`` holds, read without looking into any of them."""
+        table, count = self._table, 0
+        entry = table.first_rule(chain)
+        while entry:
+            entry, count = table.next_rule(entry), count + 1
+        return count
+
     def flush_and_delete(self, chains: Sequence[str]) -> int:
         """Flush every chain of ``chains`` that exists, then delete the unreferenced ones; count the rules."""
         present = [c for c in chains if self.has_chain(c)]
         removed = 0
         for chain in present:
-            removed += len(self.comments(chain))
+            removed += self.rule_count(chain)
             with _iptc_errors(f"flush chain {chain} in table {self.name}"):
                 self._table.flush_entries(chain)
             self.dirty = True
@@ -230,7 +256,7 @@ class _Table:
             ):
                 if value is not None:
                     setattr(rule, attr, value)
-            for module, options in (*spec.matches, ("comment", (("comment", spec.comment),))):
+            for module, options in spec.all_matches:
                 match = rule.create_match(module)
                 for option, value in options:
                     match.set_parameter(option, value)
@@ -302,7 +328,7 @@ class _Table:
             entry = table.next_rule(entry)
         return result
 
-    def position_of(self, chain: str, target: str, comment: str) -> int | None:
+    def position_of(self, chain: str, target: str, comment: str | None) -> int | None:
         """Index of the first rule of ``chain`` jumping to ``target`` with ``comment``."""
         table = self._table
         entry, index = table.first_rule(chain), 0
@@ -393,6 +419,9 @@ class _Session:
 
     def _place(self, table: _Table, block: Block) -> None:
         rules = block.rules
+        for chain in {block.chain, *(spec.target for spec in rules)}:
+            if network_chain_tag(chain) is not None:
+                table.ensure_chain(chain)  # a network's own chain comes with its first rule or jump
         if block.where == "append":
             for spec in rules:
                 if not table.contains(spec):
@@ -412,12 +441,48 @@ class _Session:
         for offset, spec in enumerate(rules):
             table.insert(spec, position + offset)
 
+    def publish(self, network: FirewallNetwork, ports: Iterable[PortMapping]) -> None:
+        """Add each port's DNAT and hairpin rules unless its DNAT is there already."""
+        rules = _port_rules(network, ports)
+        if not rules:
+            return
+        # The jumps first: they create the network's chains, and are cheap checks when present.
+        self.place(port_chain_blocks(network))
+        table = self.table("nat")
+        for port in rules:
+            if not table.contains(port.dnat):
+                table.append(port.hairpin)  # even if an equal one is there: that one belongs to another port
+                table.append(port.dnat)
+
+    def withdraw(self, network: FirewallNetwork, ports: Iterable[PortMapping]) -> None:
+        """Remove each port's DNAT, and one copy of its hairpin rule with it."""
+        rules = _port_rules(network, ports)
+        table = self.existing("nat") if rules else None
+        if table is None:
+            return
+        for port in rules:
+            if table.delete(port.dnat):
+                table.delete(port.hairpin)
+
     def remove(self, blocks: Iterable[Block]) -> None:
         for block in blocks:
             table = self.existing(block.table)
             if table is not None:
                 for spec in block.rules:
                     table.delete(spec)
+
+    def remove_network_chains(self, doomed: Callable[[str], bool]) -> int:
+        """Flush and delete the networks' own chains whose network's tag satisfies ``doomed``; count the rules.
+
+        Run after the jumps into them are gone (they are tagged rules of the same network).
+        """
+        removed = 0
+        for name in _TABLES:
+            table = self.existing(name)
+            if table is not None:
+                chains = [c for c in table.chain_names() if (tag := network_chain_tag(c)) is not None and doomed(tag)]
+                removed += table.flush_and_delete(chains)
+        return removed
 
     def remove_tagged(self, doomed: Callable[[str | None], bool], *, builtin: bool) -> int:
         """Delete the rules whose comment satisfies ``doomed`` from cnm's chains (and the builtin ones)."""
@@ -432,6 +497,10 @@ class _Session:
         return removed
 
 
+def _port_rules(network: FirewallNetwork, ports: Iterable[PortMapping]) -> list[PortRules]:
+    return [rules for rules in (port_rules(network, port) for port in ports) if rules is not None]
+
+
 def _is_network_rule(comment: str | None) -> bool:
     return comment is not None and comment.startswith(TAG_PREFIX)
 
@@ -444,14 +513,15 @@ def _setup_network(session: _Session, network: FirewallNetwork) -> None:
 def _teardown_network(session: _Session, network: FirewallNetwork) -> None:
     tag = network.tag
     session.remove_tagged(lambda comment: comment == tag, builtin=False)
+    session.remove_network_chains(lambda chain_tag: chain_tag == tag)
 
 
 def _add_ports(session: _Session, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
-    session.place(block for port in ports for block in port_blocks(network, port))
+    session.publish(network, ports)
 
 
 def _remove_ports(session: _Session, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
-    session.remove(block for port in ports for block in port_blocks(network, port))
+    session.withdraw(network, ports)
 
 
 def _add_link(session: _Session, network: FirewallNetwork, link: LinkRule) -> None:
@@ -464,6 +534,7 @@ def _remove_link(session: _Session, network: FirewallNetwork, link: LinkRule) ->
 
 def _reapply(session: _Session, networks: Sequence[NetworkRules]) -> None:
     session.remove_tagged(_is_network_rule, builtin=True)
+    session.remove_network_chains(lambda chain_tag: True)  # rebuilt below, in the same commit
     for name in _TABLES:
         # Repair the shared jumps of a table cnm already uses, even if no network needs it now.
         table = session.existing(name)
@@ -471,7 +542,7 @@ def _reapply(session: _Session, networks: Sequence[NetworkRules]) -> None:
             session.ensure_base(name)
     for item in networks:
         session.place(network_blocks(item.network))
-        session.place(block for port in item.ports for block in port_blocks(item.network, port))
+        session.publish(item.network, item.ports)
         session.place(block for link in item.links for block in link_blocks(item.network, link))
 
 
@@ -480,6 +551,7 @@ def _cleanup(session: _Session, kept: frozenset[str]) -> int:
         return _is_network_rule(comment) and comment not in kept
 
     removed = session.remove_tagged(doomed, builtin=True)
+    removed += session.remove_network_chains(doomed)
     if not kept:
         removed += session.remove_tagged(lambda comment: comment == SHARED_TAG, builtin=True)
         for name in _TABLES:
@@ -611,14 +683,14 @@ class IptablesFirewall:
         self._run(f"tear down firewall for network {network.id[:12]}", "teardown_network", network)
 
     def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
-        """Publish ports (DNAT, forward accept, hairpin masquerade)."""
-        if any(port_blocks(network, port) for port in ports):  # nothing to publish: no round trip
+        """Publish ports (DNAT and hairpin masquerade; the network's conntrack ACCEPT lets them in)."""
+        if ports and network_chains(network):  # nothing to publish (none, or an internal network): no round trip
             what = f"publish {_describe(ports)} on network {network.id[:12]}"
             self._run(what, "add_ports", network, tuple(ports))
 
     def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
         """Withdraw published ports."""
-        if any(port_blocks(network, port) for port in ports):
+        if ports and network_chains(network):
             what = f"withdraw {_describe(ports)} on network {network.id[:12]}"
             self._run(what, "remove_ports", network, tuple(ports))
 

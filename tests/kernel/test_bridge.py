@@ -93,6 +93,49 @@ def test_published_ports_from_outside_host_and_hairpin(
     net.delete()
 
 
+def test_a_sandbox_through_another_sandboxs_published_port_keeps_its_address(
+    controller: Controller, outside: Outside, processes: Track
+) -> None:
+    net = controller.create_network("pair", ipam=IPAMConfig(subnet="172.27.0.0/24"))
+    server = controller.create_sandbox("srv", network="pair", ports=[PortBinding(container_port=80, host_port=8090)])
+    client = controller.create_sandbox("cli", network="pair")
+    processes(serve(server, "tcp", 80))
+    host = str(outside.host_address)
+    # Through the host's port to a neighbour: DNAT only, no masquerade (as in Docker), so the server sees the client.
+    assert probe(client, "tcp", host, 8090) == str(net.endpoint("cli").ip)
+    # Through the host's port back to itself (hairpin): masqueraded to the gateway, so the reply is un-DNATed.
+    assert probe(server, "tcp", host, 8090) == str(net.gateway)
+    client.delete()
+    server.delete()
+    net.delete()
+
+
+def test_published_ports_pass_a_host_whose_forward_policy_drops(
+    controller: Controller, outside: Outside, processes: Track
+) -> None:
+    # A hardened host (or Docker's) drops what nothing accepts: only cnm's rules let traffic through.
+    runner = HostRunner(controller.host_netns)
+    assert runner.run(["iptables-legacy", "-P", "FORWARD", "DROP"]).returncode == 0
+    net = controller.create_network("guarded", ipam=IPAMConfig(subnet="172.26.0.0/24"))
+    server = controller.create_sandbox("srv", network="guarded", ports=[PortBinding(container_port=80, host_port=8091)])
+    client = controller.create_sandbox("cli", network="guarded")
+    processes(serve(server, "tcp", 80))
+    processes(serve(outside, "tcp", 7001))
+    host = str(outside.host_address)
+    # In: a connection DNATed to the published port (the network's conntrack DNAT ACCEPT).
+    assert probe(outside, "tcp", host, 8091) == str(outside.address)
+    # Out, and between sandboxes through the host's port, and back to itself.
+    assert probe(client, "tcp", str(outside.address), 7001) == host
+    assert probe(client, "tcp", host, 8091) == str(net.endpoint("cli").ip)
+    assert probe(server, "tcp", host, 8091) == str(net.gateway)
+    # Routed straight to the sandbox's address, not DNATed: nothing accepts it.
+    assert outside.run(["ip", "route", "add", "172.26.0.0/24", "via", host]).returncode == 0
+    assert probe(outside, "tcp", str(net.endpoint("srv").ip), 80, timeout=1) is None
+    client.delete()
+    server.delete()
+    net.delete()
+
+
 def test_networks_are_isolated_and_internal_networks_stay_inside(
     controller: Controller, outside: Outside, processes: Track
 ) -> None:

@@ -79,7 +79,7 @@ def test_the_demo_passes_every_scenario_and_leaves_nothing() -> None:
     assert "64 bytes from" in out
     assert "whose server saw peer 192.0.2.2" in out
     assert "the server saw peer 192.0.2.1" in out
-    assert re.search(r"the rule: -A CNM .*-j DNAT --to-destination \S+:80", out)
+    assert re.search(r"the rule: -A CNM-DNAT-\S+ .*-j DNAT --to-destination \S+:80", out)
     assert f"{len(keys)} scenarios: {len(keys)} passed, 0 failed" in out
     _assert_nothing_left(out, proc.pid)
 

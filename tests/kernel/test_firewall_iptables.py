@@ -209,6 +209,39 @@ def test_remove_is_idempotent(host: NetNS, fw: IptablesFirewall) -> None:
     assert_golden(host, "after_teardown")
 
 
+def test_each_port_of_a_sandbox_keeps_its_own_hairpin_rule(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    web, admin = _port("tcp", "8080", "172.28.0.2", "80"), _port("tcp", "8081", "172.28.0.2", "81")
+    hairpin = "-A CNM-HAIRPIN-a1a1a1a1a1a1 -s 172.28.0.2/32 -d 172.28.0.2/32 -p tcp -j MASQUERADE"
+    fw.add_ports(NET_A, [web, admin])
+    fw.add_ports(NET_A, [web])  # already published: nothing added
+    assert saved(host, "nat").count(hairpin) == 2
+    fw.remove_ports(NET_A, [web])
+    fw.remove_ports(NET_A, [web])  # already withdrawn: admin's copy stays
+    nat = saved(host, "nat")
+    assert nat.count(hairpin) == 1
+    assert "--dport 8081 -j DNAT" in nat
+    assert "--dport 8080 -j DNAT" not in nat
+    fw.remove_ports(NET_A, [admin])
+    assert hairpin not in saved(host, "nat")
+    assert_golden(host, "one_network")
+
+
+def test_publishing_changes_only_the_nat_table(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    before = saved(host, "filter")
+    fw.add_ports(NET_A, PORTS_A)
+    assert saved(host, "filter") == before
+    fw.remove_ports(NET_A, PORTS_A)
+    assert saved(host, "filter") == before
+
+
+def test_ports_published_before_their_network_land_in_its_chains(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.add_ports(NET_A, PORTS_A)  # the chains and the jumps into them come first
+    fw.setup_network(NET_A)
+    assert_golden(host, "published_ports")
+
+
 def test_removing_from_a_namespace_cnm_never_used_succeeds(host: NetNS, fw: IptablesFirewall) -> None:
     before = saved(host)  # every table, byte for byte: removing must not even instantiate the nat table
     fw.remove_ports(NET_A, PORTS_A)
@@ -231,7 +264,8 @@ def test_cleanup_keeps_the_networks_it_is_told_to(host: NetNS, fw: IptablesFirew
     expected = saved(host, "filter", "nat")
     fw.setup_network(NET_B)
     fw.add_ports(NET_B, PORTS_B)
-    assert fw.cleanup(keep=[NET_A.id]) == 11  # B: filter 4 forward + 2 isolation + 1 port; nat 2 masquerade + 2 port
+    # B: filter 4 forward + 2 isolation + 1 DNAT accept; nat 2 masquerade + 2 jumps, and its chains' 2 port rules
+    assert fw.cleanup(keep=[NET_A.id]) == 13
     assert saved(host, "filter", "nat") == expected
     assert_golden(host, "published_ports")
 
@@ -295,7 +329,7 @@ def test_add_ports_stays_fast_with_a_thousand_published(host: NetNS, fw: Iptable
     removal = time.perf_counter() - start
     assert elapsed < 1.0, f"add_ports of one port took {elapsed:.3f} s with 1000 published"
     assert removal < 1.0, f"remove_ports of one port took {removal:.3f} s with 1000 published"
-    assert saved(host, "nat").count("DNAT") == 1000
+    assert saved(host, "nat").count("-j DNAT") == 1000
 
 
 # -- the worker process -------------------------------------------------------------------------------
@@ -457,7 +491,7 @@ def test_calls_from_many_threads_take_turns(host: NetNS, fw: IptablesFirewall) -
     for thread in threads:
         thread.join()
     assert not errors
-    assert saved(host, "nat").count("DNAT") == 40
+    assert saved(host, "nat").count("-j DNAT") == 40
 
 
 def test_closing_a_controller_ends_its_firewall_worker(host: NetNS, tmp_path: Path) -> None:

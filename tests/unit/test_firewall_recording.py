@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
-from cnm.firewall._iptables_rules import link_blocks, network_blocks, port_blocks
+from cnm.firewall._iptables_rules import link_blocks, network_blocks, network_chain_tag, network_chains, port_rules
 from cnm.firewall.recording import Call, RecordingFirewall
 from cnm.types import PortRange
 
@@ -72,6 +72,27 @@ def test_injected_failure_is_raised_and_recorded() -> None:
 def test_layout_spells_rules_like_iptables_save() -> None:
     forward = network_blocks(NET)[0]
     assert str(forward.rules[2]) == "-A CNM-FORWARD -i br-a ! -o br-a -m comment --comment cnm:aaaaaaaaaaaa -j ACCEPT"
-    assert [block.chain for block in port_blocks(NET, PORT)] == ["CNM", "CNM-POSTROUTING", "CNM"]
+    rules = port_rules(NET, PORT)
+    assert rules is not None
+    assert (
+        str(rules.dnat) == "-A CNM-DNAT-aaaaaaaaaaaa -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.28.0.2:80"
+    )
+    assert str(rules.hairpin) == "-A CNM-HAIRPIN-aaaaaaaaaaaa -s 172.28.0.2/32 -d 172.28.0.2/32 -p tcp -j MASQUERADE"
+    internal = FirewallNetwork(id="c" * 64, interface="br-c", subnet=NET.subnet, internal=True)
+    assert port_rules(internal, PORT) is None
     assert link_blocks(NET, LINK) == ()  # icc=true: nothing is dropped, nothing to allow
     assert len(link_blocks(OTHER, LINK)[0].rules) == 2
+
+
+def test_publishing_touches_only_the_nat_table() -> None:
+    # The filter side of every published port is the network's one conntrack ACCEPT.
+    accepts = [b for b in network_blocks(NET) if b.table == "filter" and b.chain == "CNM"]
+    assert [str(r) for b in accepts for r in b.rules] == [
+        "-A CNM ! -i br-a -o br-a -m conntrack --ctstate DNAT -m comment --comment cnm:aaaaaaaaaaaa -j ACCEPT"
+    ]
+    rules = port_rules(NET, PORT)
+    assert rules is not None
+    assert {network_chain_tag(r.chain) for r in (rules.dnat, rules.hairpin)} == {NET.tag}
+    assert set(network_chains(NET)) == {rules.dnat.chain, rules.hairpin.chain}
+    assert network_chain_tag("CNM-POSTROUTING") is None
+    assert network_chain_tag("CNM-DNAT-short") is None

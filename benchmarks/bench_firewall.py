@@ -1,0 +1,325 @@
+"""What publishing one port costs cnm's iptables firewall as published ports accumulate on one network.
+
+Run as root (``sudo ./run bench [options]``, or ``python benchmarks/bench_firewall.py``). Everything
+happens in one throwaway host namespace, created with ``cnm.kernel.netns.create`` under a temp
+dir and removed at the end; the machine's own namespace and tables are never touched. The xtables
+lock is a file in the same temp dir: the namespace is private, so nothing else writes its tables,
+and other users of ``/run/xtables.lock`` on the machine cannot add waiting time to the figures.
+
+For each ``k`` (default 10, 100, 250, 500, 1000), ports are published on one network until ``k``
+are there (one :meth:`IptablesFirewall.add_ports` call per port, as containers do), then
+``add_ports`` and ``remove_ports`` of one more port are timed ``--reps`` times and the median is
+reported, as the caller sees it (the round trip to the firewall's worker process included).
+
+A second firewall in the same namespace, whose worker was forked after timers were wrapped around
+the worker's steps (:mod:`cnm.firewall.iptables` is monkeypatched from here; the library is not
+changed), gives the phases of the same two calls inside the worker: waiting for the xtables lock,
+reading each table (``iptc_init``: the kernel's copy of the table, parsed by libiptc), building
+rules, libiptc lookups (``iptc_check_entry``, ``iptc_is_chain``), Python scans of a chain's rules,
+changing the table in memory, committing each table (libiptc compiles the table, the kernel
+replaces it), freeing the handles; "ipc" is the caller's time not spent in the worker (pickling,
+the socket round trip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+DEFAULT_KS = (10, 100, 250, 500, 1000)
+QUICK_KS = (10, 100)
+SUBNET = ipaddress.IPv4Network("10.231.0.0/16")
+HOST_PORT_BASE = 20000
+CONTAINER_PORT = 80
+_PHASES_OP = "bench_phases"
+
+
+# --------------------------------------------------------------------------------------------- phases
+class Phases:
+    """Exclusive time per named phase, inside the worker: a phase's time excludes the timed phases in it."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._stack: list[float] = []
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        self._stack.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            children = self._stack.pop()
+            self.seconds[name] += elapsed - children
+            self.calls[name] += 1
+            if self._stack:
+                self._stack[-1] += elapsed
+
+    def wrap(self, owner: Any, attr: str, name: str | Callable[[Any], str]) -> None:
+        """Time every call of ``owner.attr``; a callable ``name`` gets the call's first argument."""
+        original = getattr(owner, attr)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.timed(name(args[0]) if callable(name) else name):
+                return original(*args, **kwargs)
+
+        setattr(owner, attr, wrapper)
+
+    def take(self) -> dict[str, tuple[float, int]]:
+        out = {k: (self.seconds[k], self.calls[k]) for k in self.seconds}
+        self.seconds.clear()
+        self.calls.clear()
+        return out
+
+
+def instrument(phases: Phases) -> None:
+    """Wrap the worker's steps with timers, before the worker is forked (it inherits them)."""
+    from cnm.firewall import iptables
+
+    p = phases
+    serve = iptables._Server.__call__
+
+    def call(server: Any, request: Any) -> object:
+        # The worker process has its own copy of ``phases`` (fork): this request hands its figures back.
+        if getattr(request, "method", None) == _PHASES_OP:
+            return phases.take()
+        with phases.timed("worker: other (Python glue)"):
+            return serve(server, request)
+
+    iptables._Server.__call__ = call  # type: ignore[method-assign]
+    p.wrap(iptables, "_xtables_lock", "xtables lock: open + flock")
+    p.wrap(iptables._Table, "__init__", lambda t: "read table (first: iptc_init + python-iptables setup)")
+    p.wrap(iptables._Table, "begin", lambda t: f"read {t.name} table (iptc_init)")
+    p.wrap(iptables._Table, "end", lambda t: f"free {t.name} table (iptc_free)")
+    p.wrap(iptables._Table, "commit", lambda t: f"commit {t.name} table (compile + kernel replace)")
+    p.wrap(iptables._Table, "_build", "build rules (python-iptables, cached)")
+    p.wrap(iptables._Table, "has_chain", "libiptc: iptc_is_chain")
+    p.wrap(iptables._Table, "contains", "libiptc: iptc_check_entry")
+    for attr in ("comments", "position_of"):
+        p.wrap(iptables._Table, attr, "python scan of a chain's rules")
+    for attr in ("insert", "append", "delete", "delete_where", "ensure_chain", "flush_and_delete"):
+        p.wrap(iptables._Table, attr, "change the table in memory (libiptc)")
+
+
+# --------------------------------------------------------------------------------------------- the run
+def _mapping(i: int) -> Any:
+    from cnm.firewall import PortMapping
+    from cnm.types import PortRange
+
+    # One container per published port, as bench_cnm's containers: address i+2 of the subnet.
+    return PortMapping(
+        protocol="tcp",
+        host_port=PortRange.parse(HOST_PORT_BASE + i),
+        container_ip=SUBNET.network_address + 2 + i,
+        container_port=PortRange.parse(CONTAINER_PORT),
+    )
+
+
+def _count_rules(host_path: str) -> dict[str, int]:
+    counts = {}
+    for table in ("filter", "nat"):
+        saved = subprocess.run(
+            ["nsenter", f"--net={host_path}", "iptables-legacy-save", "-t", table],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        counts[table] = sum(1 for line in saved.splitlines() if line.startswith("-A "))
+    return counts
+
+
+def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """Publish ports up to max(k), timing one more port's add and remove at each k; then clean up."""
+    from cnm.firewall import FirewallNetwork
+    from cnm.firewall.iptables import IptablesFirewall
+    from cnm.kernel import netns
+
+    ks = sorted(set(args.k))
+    workdir = tempfile.mkdtemp(prefix=f"{args.prefix}{secrets.token_hex(3)}-")
+    host_path = os.path.join(workdir, "host")
+    lock = os.path.join(workdir, "xtables.lock")
+    firewalls: list[IptablesFirewall] = []
+    try:
+        host = netns.create(host_path)
+        network = FirewallNetwork(id=secrets.token_hex(32), interface="cnmb-" + secrets.token_hex(5), subnet=SUBNET)
+        plain = IptablesFirewall(host, lock_path=lock)
+        firewalls.append(plain)
+        plain.setup_network(network)  # forks the plain worker before any timer is wrapped
+        phases = Phases()
+        instrument(phases)
+        timed = IptablesFirewall(host, lock_path=lock)
+        firewalls.append(timed)
+        timed.setup_network(network)  # forks the instrumented worker
+        timed._worker.call(_request(_PHASES_OP))
+
+        published = 0
+        rows: list[dict[str, Any]] = []
+        extra = _mapping(max(ks) + 1)  # never among the k
+        for k in ks:
+            while published < k:
+                plain.add_ports(network, [_mapping(published)])
+                published += 1
+            adds, removes = [], []
+            for _ in range(args.reps):
+                start = time.perf_counter()
+                plain.add_ports(network, [extra])
+                middle = time.perf_counter()
+                plain.remove_ports(network, [extra])
+                adds.append(middle - start)
+                removes.append(time.perf_counter() - middle)
+            row: dict[str, Any] = {
+                "k": k,
+                "add_ms": statistics.median(adds) * 1e3,
+                "remove_ms": statistics.median(removes) * 1e3,
+                "rules": _count_rules(host_path),
+            }
+            for verb in ("add", "remove"):
+                row[f"{verb}_phases"] = _phase_sample(timed, verb, network, extra, args.reps)
+            rows.append(row)
+            print(f"k={k}: add {row['add_ms']:.2f} ms, remove {row['remove_ms']:.2f} ms", file=log)
+        return {"rows": rows}
+    finally:
+        for firewall in firewalls:
+            firewall.close()
+        netns.remove(host_path)  # succeeds when create failed and nothing is there
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _request(method: str, *args: Any) -> Any:
+    from cnm.firewall.iptables import _Request
+
+    return _Request(method=method, what=method, args=args)
+
+
+def _phase_sample(firewall: Any, verb: str, network: Any, port: Any, reps: int) -> dict[str, float]:
+    """Median exclusive ms per phase of ``reps`` add_ports (or remove_ports) calls through ``firewall``."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    for _ in range(reps):
+        if verb == "remove":
+            firewall.add_ports(network, [port])
+        firewall._worker.call(_request(_PHASES_OP))  # start from zero
+        start = time.perf_counter()
+        if verb == "add":
+            firewall.add_ports(network, [port])
+        else:
+            firewall.remove_ports(network, [port])
+        total = time.perf_counter() - start
+        steps = firewall._worker.call(_request(_PHASES_OP))
+        inside = sum(seconds for seconds, _ in steps.values())
+        for name, (seconds, _) in steps.items():
+            samples[name].append(seconds)
+        samples["ipc (pickle + socket round trip)"].append(total - inside)
+        samples["total"].append(total)
+        if verb == "add":
+            firewall.remove_ports(network, [port])
+    return {name: statistics.median(values) * 1e3 for name, values in samples.items() if len(values) == reps}
+
+
+# --------------------------------------------------------------------------------------------- report
+def render(result: dict[str, Any]) -> str:
+    """The results as Markdown tables."""
+    rows = result["rows"]
+    lines = [
+        "### One port's add_ports / remove_ports with k ports already published (median ms)",
+        "",
+        "| k | rules filter / nat | add_ports | remove_ports |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        rules = row["rules"]
+        lines.append(
+            f"| {row['k']} | {rules['filter']} / {rules['nat']} | {row['add_ms']:.2f} | {row['remove_ms']:.2f} |"
+        )
+    first, last = rows[0], rows[-1]
+    lines += [
+        "",
+        f"add_ports at k={last['k']} / k={first['k']}: {last['add_ms'] / first['add_ms']:.2f}; "
+        f"remove_ports: {last['remove_ms'] / first['remove_ms']:.2f}",
+    ]
+    for verb in ("add", "remove"):
+        names = sorted(
+            {name for row in rows for name in row[f"{verb}_phases"]} - {"total"},
+            key=lambda name: -last[f"{verb}_phases"].get(name, 0.0),
+        )
+        lines += [
+            "",
+            f"### Phases of {verb}_ports inside the instrumented worker (median exclusive ms)",
+            "",
+            "| phase | " + " | ".join(f"k={row['k']}" for row in rows) + " |",
+            "|---" * (len(rows) + 1) + "|",
+        ]
+        for name in [*names, "total"]:
+            cells = " | ".join(f"{row[f'{verb}_phases'].get(name, 0.0):.3f}" for row in rows)
+            lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; ``./run bench`` passes every benchmark the same options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "-k", type=int, nargs="+", default=list(DEFAULT_KS), help="published ports to time at (default %(default)s)"
+    )
+    parser.add_argument("--reps", type=int, default=7, help="timed add/remove pairs at each k (default 7)")
+    parser.add_argument("--quick", action="store_true", help=f"k={QUICK_KS}, 3 reps (for CI)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON here")
+    parser.add_argument("--prefix", default="cnmbench-", help="name prefix of the temp dir (default %(default)s)")
+    # bench_cnm's options, accepted so that one ``./run bench ARGS`` line drives both benchmarks.
+    parser.add_argument("-n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-n", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.k, args.reps = list(QUICK_KS), 3
+    if args.reps < 1 or min(args.k) < 1:
+        parser.error("-k and --reps must be positive")
+    if args.json:
+        # bench_cnm writes the --json path too: keep both results by suffixing this one's.
+        root, ext = os.path.splitext(args.json)
+        args.json = f"{root}.firewall{ext or '.json'}"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("bench_firewall: needs root (it creates a network namespace): sudo ./run bench")
+    if shutil.which("nsenter") is None or shutil.which("iptables-legacy-save") is None:
+        sys.exit("bench_firewall: nsenter and iptables-legacy-save must be on PATH")
+    os.environ.setdefault("XTABLES_LIBDIR", "/usr/lib/x86_64-linux-gnu/xtables")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # through run()'s cleanup
+    started = datetime.datetime.now(datetime.UTC)
+    result = run(args, sys.stderr)
+    result["meta"] = {
+        "date": started.isoformat(timespec="seconds"),
+        "wall_seconds": round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1),
+        "k": sorted(set(args.k)),
+        "reps": args.reps,
+    }
+    print(render(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
