@@ -17,7 +17,7 @@ What one container costs (ADD, then DEL of the same):
   directory whose ``iptables`` is ``iptables-legacy``.
 - **floor**: the same kernel objects with one ``ip -batch`` in the host namespace (netns add,
   veth born in the namespace, on the bridge, hairpin), one ``ip -n NS -batch`` inside, and one
-  ``iptables-legacy-restore --noflush`` with cnm's three rules per published port. DEL is measured
+  ``iptables-legacy-restore --noflush`` with cnm's two nat rules per published port. DEL is measured
   both ways: deleting the veth before the namespace (``floor``) and only unmounting the namespace
   (``floor-unmount``; the kernel destroys it and the veth asynchronously).
 
@@ -310,16 +310,17 @@ class FloorImpl:
         _run(
             ["iptables-legacy-restore", "--noflush"],
             stdin=(
-                "*filter\n:FLOOR - [0:0]\n"
-                f"-A FORWARD -o {self.bridge} -j FLOOR\n"
+                "*filter\n"
                 f"-A FORWARD -o {self.bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+                f"-A FORWARD ! -i {self.bridge} -o {self.bridge} -m conntrack --ctstate DNAT -j ACCEPT\n"
                 f"-A FORWARD -i {self.bridge} -j ACCEPT\n"
                 "COMMIT\n"
-                "*nat\n:FLOOR - [0:0]\n"
+                "*nat\n:FLOOR - [0:0]\n:FLOOR-HAIRPIN - [0:0]\n"
                 "-A PREROUTING -m addrtype --dst-type LOCAL -j FLOOR\n"
                 "-A OUTPUT -m addrtype --dst-type LOCAL -j FLOOR\n"
                 f"-A POSTROUTING -s {self.subnet} ! -o {self.bridge} -j MASQUERADE\n"
                 f"-A POSTROUTING -o {self.bridge} -m addrtype --src-type LOCAL -j MASQUERADE\n"
+                f"-A POSTROUTING -o {self.bridge} -j FLOOR-HAIRPIN\n"
                 "COMMIT\n"
             ),
         )
@@ -330,13 +331,11 @@ class FloorImpl:
 
     def _rules(self, i: int, op: str) -> str:
         ip, hp = _address(self.subnet, i), HOST_PORT_BASE + i
-        # cnm's three rules of one published port: forward accept, hairpin masquerade, DNAT.
+        # cnm's two rules of one published port, bare, in the nat table only (docs/firewall.md):
+        # the hairpin masquerade and the DNAT; the filter side is the network's one conntrack ACCEPT.
         return (
-            "*filter\n"
-            f"{op} FLOOR -d {ip}/32 ! -i {self.bridge} -o {self.bridge} -p tcp -m tcp --dport {CONTAINER_PORT} "
-            "-j ACCEPT\n"
-            "COMMIT\n*nat\n"
-            f"{op} POSTROUTING -s {ip}/32 -d {ip}/32 -p tcp -m tcp --dport {CONTAINER_PORT} -j MASQUERADE\n"
+            "*nat\n"
+            f"{op} FLOOR-HAIRPIN -s {ip}/32 -d {ip}/32 -p tcp -j MASQUERADE\n"
             f"{op} FLOOR -p tcp -m tcp --dport {hp} -j DNAT --to-destination {ip}:{CONTAINER_PORT}\n"
             "COMMIT\n"
         )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from types import TracebackType
 
-__all__ = ["Rollback"]
+__all__ = ["Concurrently", "Rollback"]
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +52,31 @@ class Rollback:
             except Exception as undo_exc:  # noqa: BLE001 - keep undoing; report below
                 log.error("%s: undoing step %r failed: %s", self.operation, step, undo_exc)
                 exc.add_note(f"while undoing {step!r} of {self.operation}: {undo_exc!r}")
+
+
+class Concurrently:
+    """Run a step in a helper thread while the caller does the next one.
+
+    For a step that mostly waits on another process (the firewall worker), so
+    that its wait overlaps the caller's own kernel calls. :meth:`wait` joins
+    the thread and returns the step's error, if any, for the caller to raise
+    or, when the caller is failing already, to drop.
+    """
+
+    def __init__(self, step: str, fn: Callable[[], object]) -> None:
+        self.step = step
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"cnm-{step}")
+        self._thread.start()
+
+    def wait(self) -> BaseException | None:
+        """Wait for the step; its error, or None if it succeeded."""
+        self._thread.join()
+        return self._error

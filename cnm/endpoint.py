@@ -13,7 +13,7 @@ import attrs
 from cnm import _records as rec
 from cnm._handle import Handle
 from cnm._runtime import Runtime, mac_for, new_id, now, validate_name
-from cnm._steps import Rollback
+from cnm._steps import Concurrently, Rollback
 from cnm.driverapi import JoinResult, PortPublisher
 from cnm.errors import AlreadyExists, EndpointJoined, InvalidConfig, NotFound
 from cnm.kernel import addresses, links, routes
@@ -261,14 +261,24 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
             net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
             result = drv.join(net_info, ep_info, sb_info, ifname)
             undo.done("driver join", lambda: drv.leave(net_info, ep_info, sb_info))
-            # One socket in the sandbox for the interface and the default route.
-            nl = None
-            if result.interface is not None:
-                nl = sockets.enter_context(sb_info.netns.netlink())
-                _configure_interface(nl, endpoint, result.interface, result)
-            if ep_info.ports and isinstance(drv, PortPublisher):
-                drv.publish_ports(net_info, ep_info)
-                undo.done("publish ports", lambda: drv.unpublish_ports(net_info, ep_info))
+            publisher = drv if ep_info.ports and isinstance(drv, PortPublisher) else None
+            # A round trip to the firewall's worker: let it overlap the interface set-up.
+            publishing = (
+                None
+                if publisher is None
+                else Concurrently("publish ports", lambda: publisher.publish_ports(net_info, ep_info))
+            )
+            nl = None  # one socket in the sandbox, for the interface and the default route
+            try:
+                if result.interface is not None:
+                    nl = sockets.enter_context(sb_info.netns.netlink())
+                    _configure_interface(nl, endpoint, result.interface, result)
+            finally:
+                publish_error = None if publishing is None else publishing.wait()
+                if publisher is not None and publish_error is None:
+                    undo.done("publish ports", lambda: publisher.unpublish_ports(net_info, ep_info))
+            if publish_error is not None:
+                raise publish_error
             gateway = None if result.gateway is None else str(result.gateway)
             # A driver that makes no interface (null, host) leaves the name free.
             endpoint = _save(

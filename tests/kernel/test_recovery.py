@@ -140,7 +140,7 @@ class KillSwitch:
 
         monkeypatch.setattr(cnm.store.SqliteStore, "transaction", transaction)
         for module, names in (
-            (links, ["add_veth", "set_hairpin", "set_link", "ensure_bridge", "delete_link"]),
+            (links, ["add_veth", "set_hairpin", "set_link", "ensure_bridge", "delete_link", "set_down_if_exists"]),
             (addresses, ["add_address"]),
             (routes, ["replace_default_route", "delete_route"]),
             (netns, ["create", "remove"]),
