@@ -37,7 +37,7 @@ from cnm._steps import Rollback
 from cnm.driverapi import Linker, LinkInfo
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
 from cnm.etchosts import HostEntry
-from cnm.store import KeyTaken
+from cnm.store import KeyTaken, Transaction
 from cnm.types import PortRange, TransportProtocol
 
 if TYPE_CHECKING:
@@ -252,9 +252,27 @@ def all_links(rt: Runtime) -> list[rec.LinkRecord]:
     return sorted(links, key=lambda lk: (lk.created, lk.alias))
 
 
+#: Index of links by either end, ``<sandbox id>/<link id>``, so that a sandbox's leave or delete
+#: reads its own links and not every link. Written with the link, rebuilt by :func:`settle_links`.
+_BY_END = "link.end"
+
+
+def _index(txn: Transaction, link: rec.LinkRecord) -> None:
+    for end in (link.source_id, link.target_id):
+        txn.put(_BY_END, f"{end}/{link.id}", {"id": link.id})
+
+
+def links_of(rt: Runtime, sandbox_id: str) -> list[rec.LinkRecord]:
+    """Every link from or to a sandbox, oldest first."""
+    with rt.store.transaction() as txn:
+        found = [txn.get("link", value["id"]) for _, value in txn.list(_BY_END, f"{sandbox_id}/")]
+    records = [rec.from_json(rec.LinkRecord, data) for data in found if data is not None]
+    return sorted(records, key=lambda lk: (lk.created, lk.alias))
+
+
 def links_from(rt: Runtime, sandbox_id: str) -> list[rec.LinkRecord]:
     """The settled links a sandbox made, oldest first."""
-    return [lk for lk in all_links(rt) if lk.source_id == sandbox_id and lk.status == rec.READY]
+    return [lk for lk in links_of(rt, sandbox_id) if lk.source_id == sandbox_id and lk.status == rec.READY]
 
 
 def find_link(rt: Runtime, sandbox_id: str, alias: str) -> rec.LinkRecord | None:
@@ -347,6 +365,8 @@ def _forget(rt: Runtime, link: rec.LinkRecord) -> None:
         if current is not None and current["id"] == link.id:
             txn.delete("link.alias", f"{link.source_id}/{link.alias}")
         txn.delete("link", link.id)
+        for end in (link.source_id, link.target_id):
+            txn.delete(_BY_END, f"{end}/{link.id}")
 
 
 def _save(rt: Runtime, link: rec.LinkRecord) -> rec.LinkRecord:
@@ -395,6 +415,7 @@ def create_link(rt: Runtime, source: rec.SandboxRecord, target: str, alias: str,
                         f"sandbox {source.name!r} already has a link named {alias!r}; unlink it or pick another alias"
                     ) from exc
                 txn.insert("link", record.id, rec.to_json(record))
+                _index(txn, record)
 
             def forget(made: rec.LinkRecord = record) -> None:
                 _forget(rt, made)
@@ -416,7 +437,7 @@ def _still_needed(rt: Runtime, link: rec.LinkRecord) -> set[str]:
     # Two aliases for one target need the same rules: keep the ports another link still uses.
     return {
         port
-        for other in all_links(rt)
+        for other in links_of(rt, link.source_id)
         if other.id != link.id
         and other.status == rec.READY
         and (other.network_id, other.source_ip, other.target_ip) == (link.network_id, link.source_ip, link.target_ip)
@@ -458,8 +479,8 @@ def _remove_link(rt: Runtime, link: rec.LinkRecord) -> None:
 def drop_links(rt: Runtime, sandbox_id: str, network_id: str | None = None) -> None:
     """Remove every link from or to a sandbox (on one network only, if given)."""
     errors: list[Exception] = []
-    for link in all_links(rt):
-        if sandbox_id in (link.source_id, link.target_id) and network_id in (None, link.network_id):
+    for link in links_of(rt, sandbox_id):
+        if network_id in (None, link.network_id):
             try:
                 _remove_link(rt, link)
             except Exception as exc:  # noqa: BLE001 - remove the others, report all at the end
@@ -491,7 +512,11 @@ def settle_links(rt: Runtime) -> list[str]:
     """Remove links left half made or half removed, or whose sandboxes or network are gone; for reconcile."""
     done = []
     with rt.locks.everything():
-        for link in all_links(rt):
+        every = all_links(rt)
+        with rt.store.transaction() as txn:
+            for link in every:
+                _index(txn, link)  # a state_dir written before the index existed gets it here
+        for link in every:
             reason = _broken(rt, link)
             if reason is not None:
                 remove_link(rt, link)
