@@ -346,9 +346,19 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
             drop_links(rt, sandbox.id, network.id)
         endpoint = _save(rt, attrs.evolve(endpoint, status=rec.DELETING))
         net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
-        if ep_info.ports and isinstance(drv, PortPublisher):
-            drv.unpublish_ports(net_info, ep_info)
-        drv.leave(net_info, ep_info, sb_info)
+        # The firewall round trip overlaps the driver's leave; both are idempotent, so a crash
+        # between them leaves a DELETING record that reconcile finishes.
+        unpublishing = (
+            Concurrently("unpublish ports", lambda: drv.unpublish_ports(net_info, ep_info))
+            if ep_info.ports and isinstance(drv, PortPublisher)
+            else None
+        )
+        try:
+            drv.leave(net_info, ep_info, sb_info)
+        finally:
+            unpublish_error = None if unpublishing is None else unpublishing.wait()
+        if unpublish_error is not None:
+            raise unpublish_error
         _save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
         if not sb_info.closing:
             # A closing sandbox's routes and files go with its namespace and directory.
