@@ -45,3 +45,24 @@ def test_quick_benchmark_runs_every_implementation_and_writes_its_json(tmp_path:
     assert "add cnm/CNI" in result["ratios"]
     assert "| cnm " in proc.stdout
     assert not [name for name in os.listdir("/run/netns") if name.startswith(prefix)]
+
+
+FIREWALL_BENCH = BENCH.with_name("bench_firewall.py")
+
+
+def test_quick_firewall_benchmark_runs_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(FIREWALL_BENCH), "--quick", "--json", str(out), "--prefix", namespace_prefix() + "fwb-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "XTABLES_LIBDIR": os.environ.get("XTABLES_LIBDIR", "/usr/lib/x86_64-linux-gnu/xtables")},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # Like ./run bench, a --json path gets the firewall's figures beside it, not over it.
+    result = json.loads((tmp_path / "bench.firewall.json").read_text())
+    assert [row["k"] for row in result["rows"]] == result["meta"]["k"]
+    assert all(row["add_ms"] > 0 and row["remove_ms"] > 0 for row in result["rows"])
+    assert "add_ports" in proc.stdout
