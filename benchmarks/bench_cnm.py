@@ -47,11 +47,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
+
+from steptimer import OVERLAPPED, StepTimer
 
 HOST_PORT_BASE = 20000
 CONTAINER_PORT = 80
@@ -63,8 +64,6 @@ ROWS = ("cnm", "cni", "floor", "floor-unmount")
 DEFAULT_KS = (10, 100, 250, 500, 1000)
 QUICK_KS = (10, 20)
 _CLONE_NEWNET = 0x40000000
-# Prefix of a step cnm ran in a helper thread, alongside the main thread's steps.
-OVERLAPPED = "in a helper thread, overlapping the others: "
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -384,79 +383,7 @@ class FloorImpl:
 
 
 # --------------------------------------------------------------------------------------------- cnm breakdown
-class Profiler:
-    """Exclusive ("self") time per named step: a step's time excludes the timed steps inside it."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self._stack: list[float] = []
-        self._main = threading.main_thread()
-
-    @contextlib.contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        if threading.current_thread() is not self._main:
-            # A step cnm runs in a helper thread overlaps the main thread's: shown apart, not subtracted.
-            start = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.seconds[OVERLAPPED + name] += time.perf_counter() - start
-                self.calls[OVERLAPPED + name] += 1
-            return
-        start = time.perf_counter()
-        self._stack.append(0.0)
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            children = self._stack.pop()
-            self.seconds[name] += elapsed - children
-            self.calls[name] += 1
-            if self._stack:
-                self._stack[-1] += elapsed
-
-    def wrap(self, owner: Any, attr: str, name: str) -> None:
-        original = getattr(owner, attr)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self.timed(name):
-                return original(*args, **kwargs)
-
-        setattr(owner, attr, wrapper)
-
-    def wrap_cm(self, owner: Any, attr: str, enter: str, leave: str, only_outer: Callable[[Any], bool]) -> None:
-        """Time a context manager's enter and exit, not its body."""
-        original = getattr(owner, attr)
-        profiler = self
-
-        @contextlib.contextmanager
-        def wrapper(self_: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-            outer = only_outer(self_)
-            cm = original(self_, *args, **kwargs)
-            with profiler.timed(enter) if outer else contextlib.nullcontext():
-                value = cm.__enter__()
-            try:
-                yield value
-            except BaseException as exc:
-                with profiler.timed(leave) if outer else contextlib.nullcontext():
-                    suppressed = cm.__exit__(type(exc), exc, exc.__traceback__)
-                if not suppressed:
-                    raise
-            else:
-                with profiler.timed(leave) if outer else contextlib.nullcontext():
-                    cm.__exit__(None, None, None)
-
-        setattr(owner, attr, wrapper)
-
-    def take(self) -> dict[str, tuple[float, int]]:
-        out = {k: (self.seconds[k], self.calls[k]) for k in self.seconds}
-        self.seconds.clear()
-        self.calls.clear()
-        return out
-
-
-def instrument(profiler: Profiler) -> None:
+def instrument(profiler: StepTimer) -> None:
     """Wrap cnm's steps with timers; benchmark-only monkeypatching, the library is not changed."""
     from cnm import _records, etchosts, resolvconf
     from cnm._locks import StateLocks
@@ -511,7 +438,7 @@ class _Served:
     def __init__(self, impl: str, host_path: str, tag: str, workdir: str) -> None:
         self.impl, self.host_path, self.tag, self.workdir = impl, host_path, tag, workdir
         self.target: Any = None
-        self.profiler: Profiler | None = None
+        self.profiler: StepTimer | None = None
 
     def setup(self, cmd: dict[str, Any]) -> dict[str, Any]:
         classes = {"cnm": CnmImpl, "cni": CniImpl, "floor": FloorImpl}
@@ -540,7 +467,7 @@ class _Served:
         return {"now": _vm_status(), "baseline": self.target.baseline_rss, "after_setup": self.target.rss_after_setup}
 
     def instrument(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        self.profiler = Profiler()
+        self.profiler = StepTimer()
         instrument(self.profiler)
         return {}
 

@@ -24,7 +24,6 @@ the socket round trip).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import ipaddress
 import json
@@ -38,8 +37,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from steptimer import StepTimer
 
 DEFAULT_KS = (10, 100, 250, 500, 1000)
 QUICK_KS = (10, 100)
@@ -50,46 +51,7 @@ _PHASES_OP = "bench_phases"
 
 
 # --------------------------------------------------------------------------------------------- phases
-class Phases:
-    """Exclusive time per named phase, inside the worker: a phase's time excludes the timed phases in it."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self._stack: list[float] = []
-
-    @contextlib.contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        self._stack.append(0.0)
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            children = self._stack.pop()
-            self.seconds[name] += elapsed - children
-            self.calls[name] += 1
-            if self._stack:
-                self._stack[-1] += elapsed
-
-    def wrap(self, owner: Any, attr: str, name: str | Callable[[Any], str]) -> None:
-        """Time every call of ``owner.attr``; a callable ``name`` gets the call's first argument."""
-        original = getattr(owner, attr)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self.timed(name(args[0]) if callable(name) else name):
-                return original(*args, **kwargs)
-
-        setattr(owner, attr, wrapper)
-
-    def take(self) -> dict[str, tuple[float, int]]:
-        out = {k: (self.seconds[k], self.calls[k]) for k in self.seconds}
-        self.seconds.clear()
-        self.calls.clear()
-        return out
-
-
-def instrument(phases: Phases) -> None:
+def instrument(phases: StepTimer) -> None:
     """Wrap the worker's steps with timers, before the worker is forked (it inherits them)."""
     from cnm.firewall import iptables
 
@@ -162,7 +124,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         plain = IptablesFirewall(host, lock_path=lock)
         firewalls.append(plain)
         plain.setup_network(network)  # forks the plain worker before any timer is wrapped
-        phases = Phases()
+        phases = StepTimer(single_thread=True)  # the worker serves requests in one thread of its own
         instrument(phases)
         timed = IptablesFirewall(host, lock_path=lock)
         firewalls.append(timed)

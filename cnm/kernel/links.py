@@ -104,41 +104,36 @@ def list_links(nl: Netlink) -> list[Link]:
 
 
 _SIOCGIFINDEX = 0x8933
-
-
-def link_index(nl: Netlink, name: str) -> int | None:
-    """The index of link ``name``, or None if there is no such link.
-
-    SIOCGIFINDEX on the netlink socket asks the socket's namespace directly:
-    microseconds, where a netlink RTM_GETLINK answer takes pyroute2 about
-    0.3 ms to parse.
-    """
-    check_ifname(name)
-    try:
-        reply = fcntl.ioctl(nl.fd, _SIOCGIFINDEX, struct.pack("16si", name.encode(), 0))
-    except OSError as exc:
-        if exc.errno == errno.ENODEV:
-            return None
-        raise KernelError(f"look up link {name} in {nl.netns.name}: {exc.strerror}", exc.errno) from exc
-    index: int = struct.unpack_from("i", reply, 16)[0]
-    return index
-
-
 _SIOCGIFFLAGS = 0x8913
 _IFF_UP = 0x1
 
 
-def is_up(nl: Netlink, name: str) -> bool | None:
-    """Whether link ``name`` is administratively up; None if there is no such link (SIOCGIFFLAGS)."""
+def _ifreq(nl: Netlink, name: str, request: int, what: str) -> bytes | None:
+    """Ask ``nl``'s namespace about link ``name`` with an interface ioctl; None if there is no such link.
+
+    Interface ioctls on the netlink socket answer in microseconds, in that socket's
+    namespace; a netlink RTM_GETLINK answer takes pyroute2 about 0.3 ms to parse.
+    """
     check_ifname(name)
     try:
-        reply = fcntl.ioctl(nl.fd, _SIOCGIFFLAGS, struct.pack("16sH", name.encode(), 0))
+        # struct ifreq: the name, then a 24-byte union the kernel answers in.
+        return fcntl.ioctl(nl.fd, request, struct.pack("16s24x", name.encode()))
     except OSError as exc:
         if exc.errno == errno.ENODEV:
             return None
-        raise KernelError(f"read the flags of link {name} in {nl.netns.name}: {exc.strerror}", exc.errno) from exc
-    flags: int = struct.unpack_from("H", reply, 16)[0]
-    return bool(flags & _IFF_UP)
+        raise KernelError(f"{what} of link {name} in {nl.netns.name}: {exc.strerror}", exc.errno) from exc
+
+
+def link_index(nl: Netlink, name: str) -> int | None:
+    """The index of link ``name``, or None if there is no such link (SIOCGIFINDEX)."""
+    reply = _ifreq(nl, name, _SIOCGIFINDEX, "read the index")
+    return None if reply is None else int(struct.unpack_from("i", reply, 16)[0])
+
+
+def is_up(nl: Netlink, name: str) -> bool | None:
+    """Whether link ``name`` is administratively up; None if there is no such link (SIOCGIFFLAGS)."""
+    reply = _ifreq(nl, name, _SIOCGIFFLAGS, "read the flags")
+    return None if reply is None else bool(struct.unpack_from("H", reply, 16)[0] & _IFF_UP)
 
 
 def require_index(nl: Netlink, name: str) -> int:

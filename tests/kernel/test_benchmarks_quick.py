@@ -19,19 +19,25 @@ from cnm.testing import namespace_prefix
 pytestmark = pytest.mark.kernel
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cnm.py"
+FIREWALL_BENCH = BENCH.with_name("bench_firewall.py")
+
+
+def _quick(script: Path, out: Path, prefix: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark's quick mode as ``./run bench --quick --json OUT`` would."""
+    return subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out), "--prefix", prefix],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "XTABLES_LIBDIR": os.environ.get("XTABLES_LIBDIR", "/usr/lib/x86_64-linux-gnu/xtables")},
+    )
 
 
 def test_quick_benchmark_runs_every_implementation_and_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     prefix = namespace_prefix() + "bench-"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out), "--prefix", prefix],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        env={**os.environ, "XTABLES_LIBDIR": os.environ.get("XTABLES_LIBDIR", "/usr/lib/x86_64-linux-gnu/xtables")},
-    )
+    proc = _quick(BENCH, out, prefix, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "verified:" in proc.stderr  # every implementation passed its ping and published-port check
     result = json.loads(out.read_text())
@@ -47,19 +53,9 @@ def test_quick_benchmark_runs_every_implementation_and_writes_its_json(tmp_path:
     assert not [name for name in os.listdir("/run/netns") if name.startswith(prefix)]
 
 
-FIREWALL_BENCH = BENCH.with_name("bench_firewall.py")
-
-
 def test_quick_firewall_benchmark_runs_and_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(FIREWALL_BENCH), "--quick", "--json", str(out), "--prefix", namespace_prefix() + "fwb-"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "XTABLES_LIBDIR": os.environ.get("XTABLES_LIBDIR", "/usr/lib/x86_64-linux-gnu/xtables")},
-    )
+    proc = _quick(FIREWALL_BENCH, out, namespace_prefix() + "fwb-", timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # Like ./run bench, a --json path gets the firewall's figures beside it, not over it.
     result = json.loads((tmp_path / "bench.firewall.json").read_text())
