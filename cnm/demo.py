@@ -177,10 +177,7 @@ class Demo:
 
     def serve(self, where: traffic.Runner, protocol: str, port: int) -> subprocess.Popen[str]:
         """Start a traffic server (it answers with the peer's address); stopped by PID when the scenario ends."""
-        proc = traffic.serve(where, protocol, port)
-        self._processes.append(proc)
-        self.defer(lambda: stop_process(proc))
-        return proc
+        return self.track(traffic.serve(where, protocol, port))
 
     def stop_processes(self) -> None:
         """End every process the demo started, by PID."""
@@ -454,33 +451,6 @@ def _modes(demo: Demo) -> Iterator[str]:
     yield f"      (web-side -> 127.0.0.1:7200: the server saw peer {peer}); hostname {side.hostname}"
 
 
-_UNIX_SERVER = r"""
-import os, socket, sys
-name = sys.argv[1]
-s = socket.socket(socket.AF_UNIX)
-s.bind("\0" + name[1:] if name.startswith("@") else name)
-s.listen(4)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(f"{socket.gethostname()} {os.readlink('/proc/self/ns/net')}".encode())
-    c.close()
-"""
-
-_UNIX_CLIENT = r"""
-import socket, sys
-name = sys.argv[1]
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(5)
-try:
-    s.connect("\0" + name[1:] if name.startswith("@") else name)
-except OSError as exc:
-    print(type(exc).__name__)
-    sys.exit(1)
-print(s.recv(200).decode())
-"""
-
-
 @scenario("unix-socket", "Unix sockets: a socket file crosses namespaces, an abstract socket does not")
 def _unix_socket(demo: Demo) -> Iterator[str]:
     a = demo.ctl.create_sandbox("ua", network="none")
@@ -493,24 +463,15 @@ def _unix_socket(demo: Demo) -> Iterator[str]:
     demo.defer(lambda: shutil.rmtree(shared, ignore_errors=True))
     path = os.path.join(shared, "app.sock")
 
-    def start(where: traffic.Runner, name: str) -> None:
-        proc = where.popen([sys.executable, "-c", _UNIX_SERVER, name], stdout=subprocess.PIPE, text=True)
-        demo.track(proc)
-        expect(proc.stdout is not None and proc.stdout.readline().strip() == "ready", f"server on {name} did not start")
-
-    def connect(where: traffic.Runner, name: str) -> tuple[bool, str]:
-        result = where.run([sys.executable, "-c", _UNIX_CLIENT, name], capture_output=True, text=True, timeout=30)
-        return result.returncode == 0, result.stdout.strip()
-
-    start(a, path)
-    ok, answer = connect(b, path)
+    demo.track(traffic.serve_unix(a, path))
+    ok, answer = traffic.probe_unix(b, path)
     expect(ok and answer.startswith("ua net:"), f"ub could not use {path}: {answer}")
     yield f"ub -> {path} (a file ua listens on): answered by '{answer}', though ub is on none in its own namespace"
-    start(a, "@cnm-demo")
-    ok, answer = connect(side, "@cnm-demo")
+    demo.track(traffic.serve_unix(a, "@cnm-demo"))
+    ok, answer = traffic.probe_unix(side, "@cnm-demo")
     expect(ok and answer.startswith("ua "), f"ua-side (container:ua) could not reach @cnm-demo: {answer}")
     yield f"ua-side (container:ua) -> abstract @cnm-demo: answered by '{answer}'"
-    ok, answer = connect(b, "@cnm-demo")
+    ok, answer = traffic.probe_unix(b, "@cnm-demo")
     expect(not ok, f"ub reached ua's abstract socket: {answer}")
     yield f"ub -> abstract @cnm-demo: {answer} (abstract names belong to a network namespace)"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -25,6 +26,7 @@ __all__ = [
     "OUTSIDE_ADDRESS",
     "TEARDOWN_GRACE",
     "Outside",
+    "iptables_save",
     "link_outside",
     "settled",
     "stop_process",
@@ -136,3 +138,11 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def iptables_save(ns: NetNS) -> str:
+    """The namespace's legacy iptables rules (``iptables-legacy-save``), without comments and counters."""
+    out = subprocess.run(
+        ["nsenter", f"--net={ns.path}", "--", "iptables-legacy-save"], capture_output=True, text=True, check=True
+    ).stdout
+    return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in out.splitlines() if not line.startswith("#"))

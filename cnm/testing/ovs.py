@@ -28,6 +28,7 @@ from cnm.errors import KernelError
 from cnm.kernel import addresses, links, sysctl
 from cnm.kernel.netns import NetNS
 from cnm.ovsdb import Ovsdb, PortSpec
+from cnm.testing.hosts import stop_process
 
 __all__ = ["SCHEMA", "OvsDaemons", "add_underlay_bridge", "ovs_available", "ovs_factory"]
 
@@ -143,14 +144,8 @@ class OvsDaemons:
 
     @staticmethod
     def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc)
 
     def stop_switch(self) -> None:
         """Stop ovs-vswitchd (by PID); its netdevs stay until the namespace goes."""

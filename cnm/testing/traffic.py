@@ -2,8 +2,9 @@
 
 A server answers every connection (or datagram) with the address it came
 from, so a test sees both that traffic got through and what NAT did to it.
-Everything runs as processes inside the namespaces given; nothing is sent
-anywhere else.
+A Unix-socket server answers with its hostname and network namespace
+instead, so a client sees who served it. Everything runs as processes
+inside the namespaces given; nothing is sent anywhere else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from typing import Any, Protocol
 
-__all__ = ["Runner", "ping", "probe", "serve"]
+__all__ = ["Runner", "ping", "probe", "probe_unix", "serve", "serve_unix"]
 
 _SERVER = r"""
 import socket, sys
@@ -61,6 +62,34 @@ except OSError as exc:
 """
 
 
+# A leading "@" names an abstract socket (one that lives in a network namespace, not in a file).
+_UNIX_SERVER = r"""
+import os, socket, sys
+name = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\0" + name[1:] if name.startswith("@") else name)
+s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(f"{socket.gethostname()} {os.readlink('/proc/self/ns/net')}".encode())
+    c.close()
+"""
+
+_UNIX_CLIENT = r"""
+import socket, sys
+name = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect("\0" + name[1:] if name.startswith("@") else name)
+except OSError as exc:
+    print(type(exc).__name__, file=sys.stderr)
+    sys.exit(1)
+print(s.recv(256).decode().strip())
+"""
+
+
 class Runner(Protocol):
     """Anything that runs commands in a namespace: a Sandbox, an Outside host."""
 
@@ -71,16 +100,34 @@ class Runner(Protocol):
         """Start in the background."""
 
 
-def serve(where: Runner, protocol: str, port: int, timeout: float = 10.0) -> subprocess.Popen[str]:
-    """Start a server on ``0.0.0.0:port`` in ``where``; return once it listens. End it by PID."""
-    proc = where.popen([sys.executable, "-c", _SERVER, protocol, str(port)], stdout=subprocess.PIPE, text=True)
+def _start(where: Runner, argv: list[str], what: str, timeout: float) -> subprocess.Popen[str]:
+    """Start a server script in ``where``; return once it says it is ready."""
+    proc = where.popen([sys.executable, "-c", *argv], stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     line = proc.stdout.readline() if proc.stdout is not None else ""
     if line.strip() != "ready" or time.monotonic() > deadline:
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"{protocol} server on port {port} did not start")
+        raise RuntimeError(f"{what} did not start")
     return proc
+
+
+def serve(where: Runner, protocol: str, port: int, timeout: float = 10.0) -> subprocess.Popen[str]:
+    """Start a server on ``0.0.0.0:port`` in ``where``; return once it listens. End it by PID."""
+    return _start(where, [_SERVER, protocol, str(port)], f"{protocol} server on port {port}", timeout)
+
+
+def serve_unix(where: Runner, name: str, timeout: float = 10.0) -> subprocess.Popen[str]:
+    """Start a Unix-socket server at path ``name`` (or abstract ``@name``) in ``where``. End it by PID."""
+    return _start(where, [_UNIX_SERVER, name], f"unix socket server on {name}", timeout)
+
+
+def probe_unix(where: Runner, name: str) -> tuple[bool, str]:
+    """Connect from ``where``: (True, the server's "hostname net:[inode]") or (False, the error's class name)."""
+    result = where.run([sys.executable, "-c", _UNIX_CLIENT, name], capture_output=True, text=True, timeout=30)
+    if result.returncode == 0:
+        return True, result.stdout.strip()
+    return False, result.stderr.strip()
 
 
 def probe(where: Runner, protocol: str, address: str, port: int, timeout: float = 2.0) -> str | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 
 from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm.kernel.netns import NetNS
+from cnm.testing.hosts import iptables_save
 
 pytestmark = pytest.mark.kernel
 
@@ -21,13 +20,6 @@ DURATION = 4.0
 """Seconds each worker keeps creating and deleting."""
 BOUND = 120.0
 """Every worker must be done within this many seconds (no deadlock)."""
-
-
-def iptables_save(ns: NetNS) -> str:
-    out = subprocess.run(
-        ["nsenter", f"--net={ns.path}", "--", "iptables-legacy-save"], capture_output=True, text=True, check=True
-    ).stdout
-    return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in out.splitlines() if not line.startswith("#"))
 
 
 def churn(ctl: Controller, prefix: str, deadline: float) -> int:

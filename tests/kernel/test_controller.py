@@ -17,21 +17,13 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside, settled
+from cnm.testing.hosts import Outside, iptables_save, settled
 from cnm.testing.traffic import ping, probe, serve
 from cnm.types import PortRange
 
 pytestmark = pytest.mark.kernel
 
 GOLDEN = Path(__file__).parent / "golden" / "controller"
-
-
-def iptables_save(ns: NetNS) -> str:
-    """The host namespace's legacy rules, without comments and counters."""
-    out = subprocess.run(
-        ["nsenter", f"--net={ns.path}", "--", "iptables-legacy-save"], capture_output=True, text=True, check=True
-    ).stdout
-    return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in out.splitlines() if not line.startswith("#"))
 
 
 def host_links(ns: NetNS) -> list[str]:

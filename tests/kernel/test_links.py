@@ -10,7 +10,6 @@ compared with ``golden/links/*.rules``; ``CNM_UPDATE_GOLDEN=1`` rewrites those.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm.kernel.netns import NetNS
 from cnm.network import Network
 from cnm.sandbox import Sandbox
+from cnm.testing.hosts import iptables_save
 from cnm.testing.traffic import probe, serve
 
 pytestmark = pytest.mark.kernel
@@ -39,14 +39,6 @@ addr, port = os.environ["DB_PORT_3306_TCP_ADDR"], int(os.environ["DB_PORT_3306_T
 with socket.create_connection((addr, port), timeout=3) as s:
     print(s.recv(512).decode().strip())
 """
-
-
-def iptables_save(ns: NetNS) -> str:
-    """The namespace's legacy rules, without comments and counters."""
-    out = subprocess.run(
-        ["nsenter", f"--net={ns.path}", "--", "iptables-legacy-save"], capture_output=True, text=True, check=True
-    ).stdout
-    return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in out.splitlines() if not line.startswith("#"))
 
 
 def rules(ctl: Controller) -> str:

@@ -2,8 +2,8 @@
 
 The kill technique is test_recovery.py's: a forked child drives a Controller
 on a shared state_dir and is killed after step N; a new Controller reconciles
-and the store, the kernel and OVSDB must agree. Its KillSwitch, run_child and
-iptables_save are imported (pytest's importlib mode registers ``tests`` and
+and the store, the kernel and OVSDB must agree. Its KillSwitch, run_child and clear
+are imported (pytest's importlib mode registers ``tests`` and
 ``tests.kernel`` as packages); the kill switch here also counts OVSDB writes,
 sysctls and offload changes. Its check_common_invariants covers what holds
 for any driver; the OVS-specific checks (veths, OVSDB rows) are here.
@@ -29,7 +29,7 @@ from cnm.ovsdb import Ovsdb, PortSpec
 from cnm.testing.hosts import Outside
 from cnm.testing.ovs import OvsDaemons
 from cnm.testing.traffic import ping, probe, serve
-from tests.kernel.test_recovery import KillSwitch, check_common_invariants, run_child
+from tests.kernel.test_recovery import KillSwitch, check_common_invariants, clear, run_child
 
 pytestmark = [pytest.mark.kernel, pytest.mark.ovs]
 
@@ -97,14 +97,7 @@ class OvsKillSwitch(KillSwitch):
         super().install(monkeypatch)
         from cnm.kernel import ethtool
 
-        def after(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                result = fn(*args, **kwargs)
-                self.step()
-                return result
-
-            return wrapper
-
+        after = self.after
         for name in ("add_bridge", "add_ports", "delete_port", "delete_bridge"):
             monkeypatch.setattr(Ovsdb, name, after(getattr(Ovsdb, name)))
         monkeypatch.setattr(sysctl, "set_sysctl", after(sysctl.set_sysctl))
@@ -139,10 +132,7 @@ def test_kill_at_every_step(
         with Controller(state_dir=state, host_netns=host_netns) as ctl:
             check_ovs_invariants(ctl, ovs.db)
             # Back to the scenario's start before each kill.
-            for sb in ctl.sandboxes():
-                sb.delete()
-            for ep in ctl.network("o1").endpoints():
-                ep.delete()
+            clear(ctl, "o1")
             with contextlib.suppress(errors.NetworkNotFound):
                 ctl.network("v1").delete()
         switch = OvsKillSwitch(kill_at)

@@ -26,7 +26,7 @@ from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm import _records as rec
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside, settled
+from cnm.testing.hosts import Outside, iptables_save, settled
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel
@@ -37,13 +37,6 @@ raise it for a longer local run, e.g. CNM_FAULT_KILLS=2000."""
 SEEDS = 8
 
 _OWN_LINK = re.compile(r"^(cnm0|cnm-[0-9a-f]{11}|cnm[0-9a-f]{12})$")
-
-
-def iptables_save(ns: NetNS) -> str:
-    out = subprocess.run(
-        ["nsenter", f"--net={ns.path}", "--", "iptables-legacy-save"], capture_output=True, text=True, check=True
-    ).stdout
-    return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in out.splitlines() if not line.startswith("#"))
 
 
 def check_invariants(ctl: Controller) -> None:
@@ -115,19 +108,22 @@ class KillSwitch:
         if self.count == self.at:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def after(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn``, counting a step each time it returns."""
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = fn(*args, **kwargs)
+            self.step()
+            return result
+
+        return wrapper
+
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import cnm.store
         from cnm.firewall.iptables import IptablesFirewall
         from cnm.kernel import addresses, netns, routes
 
-        def after(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                result = fn(*args, **kwargs)
-                self.step()
-                return result
-
-            return wrapper
-
+        after = self.after
         original = cnm.store.SqliteStore.transaction
 
         @contextlib.contextmanager
@@ -149,6 +145,14 @@ class KillSwitch:
                 monkeypatch.setattr(module, name, after(getattr(module, name)))
         for name in ("setup_network", "teardown_network", "add_ports", "remove_ports"):
             monkeypatch.setattr(IptablesFirewall, name, after(getattr(IptablesFirewall, name)))
+
+
+def clear(ctl: Controller, network: str) -> None:
+    """Delete every sandbox, then every endpoint of ``network``."""
+    for sb in ctl.sandboxes():
+        sb.delete()
+    for ep in ctl.network(network).endpoints():
+        ep.delete()
 
 
 def run_child(work: Callable[[], None], *, kill_at: int = 0, kill_after: float = 0.0) -> bool:
@@ -217,10 +221,7 @@ def test_kill_between_every_pair_of_steps(
         with reopen(state, host_netns) as ctl:
             check_invariants(ctl)
             # Bring the state back to the scenario's start before each kill.
-            for sb in ctl.sandboxes():
-                sb.delete()
-            for ep in ctl.network("n1").endpoints():
-                ep.delete()
+            clear(ctl, "n1")
             with contextlib.suppress(errors.NetworkNotFound):
                 ctl.network("n2").delete()
             if scenario == "teardown":
@@ -239,10 +240,7 @@ def test_kill_between_every_pair_of_steps(
         assert kill_at < 400, "the scenario never finished"
     with reopen(state, host_netns) as ctl:
         check_invariants(ctl)
-        for sb in ctl.sandboxes():
-            sb.delete()
-        for ep in ctl.network("n1").endpoints():
-            ep.delete()
+        clear(ctl, "n1")
         ctl.network("n1").delete()
         check_invariants(ctl)
     print(f"{scenario}: killed at each of {kill_at - 1} steps")
@@ -295,10 +293,7 @@ def test_random_kills_then_reconcile(host_netns: NetNS, tmp_path: Path, seed: in
             check_invariants(ctl)
     assert kills >= (KILLS // SEEDS) // 2, f"only {kills} kills happened; the delays are too long"
     with reopen(state, host_netns) as ctl:
-        for sb in ctl.sandboxes():
-            sb.delete()
-        for ep in ctl.network("rnd").endpoints():
-            ep.delete()
+        clear(ctl, "rnd")
         ctl.network("rnd").delete()
         check_invariants(ctl)
 

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,40 +20,11 @@ import pytest
 
 from cnm import Controller
 from cnm.sandbox import Sandbox
+from cnm.testing.traffic import probe_unix, serve_unix
 
 pytestmark = pytest.mark.kernel
 
 Track = Callable[[subprocess.Popen[Any]], subprocess.Popen[Any]]
-
-# Answers each connection with its hostname and network namespace, so the
-# client sees who served it. A leading "@" names an abstract socket.
-_SERVER = r"""
-import os, socket, sys
-name = sys.argv[1]
-address = "\0" + name[1:] if name.startswith("@") else name
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(address)
-s.listen(4)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(f"{socket.gethostname()} {os.readlink('/proc/self/ns/net')}\n".encode())
-    c.close()
-"""
-
-_CLIENT = r"""
-import socket, sys
-name = sys.argv[1]
-address = "\0" + name[1:] if name.startswith("@") else name
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(5)
-try:
-    s.connect(address)
-except OSError as exc:
-    print(type(exc).__name__, file=sys.stderr)
-    sys.exit(1)
-print(s.recv(256).decode().strip())
-"""
 
 
 @pytest.fixture
@@ -68,14 +38,12 @@ def shared_dir() -> Iterator[str]:
 
 
 def _serve(sandbox: Sandbox, name: str, processes: Track) -> None:
-    proc = processes(sandbox.popen([sys.executable, "-c", _SERVER, name], stdout=subprocess.PIPE, text=True))
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
+    processes(serve_unix(sandbox, name))
 
 
 def _connect(sandbox: Sandbox, name: str) -> str | None:
-    result = sandbox.run([sys.executable, "-c", _CLIENT, name], capture_output=True, text=True, timeout=30)
-    return result.stdout.strip() if result.returncode == 0 else None
+    ok, answer = probe_unix(sandbox, name)
+    return answer if ok else None
 
 
 def _netns_id(sandbox: Sandbox) -> str:
@@ -106,8 +74,7 @@ def test_abstract_socket_is_per_network_namespace(controller: Controller, proces
     assert _connect(sharer, name) == f"a {_netns_id(a)}"
     assert _connect(a, name) == f"a {_netns_id(a)}"
     assert _connect(b, name) is None
-    failure = b.run([sys.executable, "-c", _CLIENT, name], capture_output=True, text=True, timeout=30)
-    assert failure.stderr.strip() == "ConnectionRefusedError"
+    assert probe_unix(b, name) == (False, "ConnectionRefusedError")
     sharer.delete()
     a.delete()
     b.delete()
