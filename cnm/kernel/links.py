@@ -175,6 +175,20 @@ def ensure_bridge(nl: Netlink, name: str, *, mtu: int | None = None, up: bool = 
     return get_link(nl, name) or existing
 
 
+def _add_born_in(nl: Netlink, spec: dict[str, Any], born: dict[str, Any], netns: NetNS, what: str) -> None:
+    """Send link ``spec`` with ``born`` (``spec`` itself, or its peer's) created in ``netns``; ``what`` names it."""
+    fd = None
+    if netns != nl.netns:
+        fd = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
+        born["net_ns_fd"] = fd
+    try:
+        with map_netlink_errors(what):
+            nl.ipr.link("add", **spec)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def add_veth(
     nl: Netlink,
     name: str,
@@ -203,16 +217,9 @@ def add_veth(
         spec["mtu"] = mtu
     if master is not None:
         spec["master"] = require_index(nl, master)
-    fd = None
-    if peer_netns != nl.netns:
-        fd = os.open(peer_netns.path, os.O_RDONLY | os.O_CLOEXEC)
-        peer_spec["net_ns_fd"] = fd
-    try:
-        with map_netlink_errors(f"create veth {name} (peer {peer} in {peer_netns.name}) in {nl.netns.name}"):
-            nl.ipr.link("add", **spec)
-    finally:
-        if fd is not None:
-            os.close(fd)
+    _add_born_in(
+        nl, spec, peer_spec, peer_netns, f"create veth {name} (peer {peer} in {peer_netns.name}) in {nl.netns.name}"
+    )
     log.debug("created veth %s in %s with peer %s in %s", name, nl.netns.name, peer, peer_netns.name)
 
 
@@ -243,16 +250,7 @@ def add_macvlan(
         spec["address"] = mac
     if mtu is not None:
         spec["mtu"] = mtu
-    fd = None
-    if netns != nl.netns:
-        fd = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
-        spec["net_ns_fd"] = fd
-    try:
-        with map_netlink_errors(f"create macvlan {name} on {parent} of {nl.netns.name} in {netns.name}"):
-            nl.ipr.link("add", **spec)
-    finally:
-        if fd is not None:
-            os.close(fd)
+    _add_born_in(nl, spec, spec, netns, f"create macvlan {name} on {parent} of {nl.netns.name} in {netns.name}")
     log.debug("created macvlan %s on %s in %s", name, parent, netns.name)
 
 
