@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import re
 import secrets
 from typing import Any
@@ -191,12 +192,30 @@ class Runtime:
             ports=rec.ports_from_json(endpoint.ports),
         )
 
-    @staticmethod
-    def sandbox_info(sandbox: rec.SandboxRecord) -> SandboxInfo:
+    @property
+    def netns_dir(self) -> str:
+        """Where the controller's sandbox namespaces are mounted: ``<state_dir>/netns``."""
+        return os.path.join(self.state_dir, "netns")
+
+    def owns_netns(self, sandbox: rec.SandboxRecord) -> bool:
+        """True if the sandbox's namespace is its own (private mode) and this controller's to change or remove.
+
+        Belt and braces: whatever the record says, only a namespace file under
+        the controller's own netns directory is ever modified or removed.
+        """
+        path = os.path.abspath(sandbox.netns_path)
+        return (
+            sandbox.mode == rec.PRIVATE
+            and os.path.dirname(path) == self.netns_dir
+            and path != os.path.abspath(self.host_netns.path)
+        )
+
+    def sandbox_info(self, sandbox: rec.SandboxRecord) -> SandboxInfo:
         """What a driver is told about a sandbox."""
         return SandboxInfo(
             id=sandbox.id,
             name=sandbox.name,
             netns=NetNS(sandbox.netns_path),
-            closing=sandbox.status == rec.DELETING and sandbox.mode == rec.PRIVATE,
+            # Exactly when delete_sandbox unmounts the namespace after the leaves.
+            closing=sandbox.status == rec.DELETING and self.owns_netns(sandbox),
         )

@@ -249,7 +249,7 @@ def _collect_garbage(rt: Runtime, out: _Log) -> None:
     known_files = {os.path.basename(s.files_dir) for s in sandboxes}
     remove_dir: Callable[[str], object] = functools.partial(shutil.rmtree, ignore_errors=True)
     for directory, known, remove in (
-        (os.path.join(rt.state_dir, "netns"), known_ns, netns.remove),
+        (rt.netns_dir, known_ns, netns.remove),
         (os.path.join(rt.state_dir, "sandboxes"), known_files, remove_dir),
     ):
         with contextlib.suppress(FileNotFoundError):

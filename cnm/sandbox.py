@@ -292,7 +292,7 @@ def _draft(
         files_dir = os.path.join(rt.state_dir, "sandboxes", sandbox_id)
     else:
         hostname = hostname or name
-        netns_path = os.path.join(rt.state_dir, "netns", sandbox_id[:12])
+        netns_path = os.path.join(rt.netns_dir, sandbox_id[:12])
         files_dir = os.path.join(rt.state_dir, "sandboxes", sandbox_id)
     return rec.SandboxRecord(
         id=sandbox_id,
@@ -464,7 +464,7 @@ def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord, nl: Netlink | None =
     never touched, and a sharer has no endpoints of its own. ``nl``, if
     given, is a netlink socket already open in the sandbox's namespace.
     """
-    if sandbox.mode != rec.PRIVATE or not _owns_netns(rt, sandbox):
+    if not rt.owns_netns(sandbox):
         return
     ns = NetNS(sandbox.netns_path)
     if nl is None and not ns.exists():
@@ -477,14 +477,6 @@ def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord, nl: Netlink | None =
             routes.delete_route(nl, ipaddress.IPv4Network("0.0.0.0/0"))
             return
         routes.replace_default_route(nl, ipaddress.IPv4Address(gateway_ep.gateway), gateway_ep.ifname)
-
-
-def _owns_netns(rt: Runtime, sandbox: rec.SandboxRecord) -> bool:
-    # Belt and braces: whatever the record says, only a namespace file under
-    # the controller's own netns directory is ever modified or removed.
-    own_dir = os.path.join(rt.state_dir, "netns")
-    path = os.path.abspath(sandbox.netns_path)
-    return os.path.dirname(path) == own_dir and path != os.path.abspath(rt.host_netns.path)
 
 
 def check_join(rt: Runtime, sandbox: rec.SandboxRecord, network: rec.NetworkRecord, *, host_stack: bool) -> None:
@@ -562,7 +554,7 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
                 errors.append(exc)
         if errors:
             raise ExceptionGroup(f"deleting sandbox {sandbox.name!r} left endpoints behind; retry the delete", errors)
-        if sandbox.mode == rec.PRIVATE and _owns_netns(rt, sandbox):
+        if rt.owns_netns(sandbox):
             netns.remove(sandbox.netns_path)
         if sandbox.mode != rec.CONTAINER:
             shutil.rmtree(sandbox.files_dir, ignore_errors=True)
