@@ -12,7 +12,10 @@ Python caller would expect::
     │                                  PortInUse, PoolOverlap, EndpointJoined
     ├── Exhausted                      no free address, subnet or host port
     ├── Forbidden(PermissionError)     e.g. deleting a predefined network
-    └── KernelError(OSError)           a netlink, iptables or OVSDB call failed
+    ├── KernelError(OSError)           a netlink, iptables or OVSDB call failed
+    └── TeardownIncomplete(ExceptionGroup)
+                                       a best-effort teardown went on past failures;
+                                       ``.exceptions`` holds every one of them
 
 Messages say what failed and what to do about it.
 """
@@ -20,6 +23,7 @@ Messages say what failed and what to do about it.
 from __future__ import annotations
 
 import errno as _errno
+from collections.abc import Sequence
 
 __all__ = [
     "ActiveEndpoints",
@@ -39,6 +43,7 @@ __all__ = [
     "PoolOverlap",
     "PortInUse",
     "SandboxNotFound",
+    "TeardownIncomplete",
 ]
 
 
@@ -127,3 +132,34 @@ class KernelError(CNMError, OSError):
     def __reduce__(self) -> tuple[type[KernelError], tuple[str, int | None]]:
         # Errors cross process boundaries (NetNS.run_in); keep errno on the way.
         return (type(self), (self._message, self.errno))
+
+
+class TeardownIncomplete(CNMError, ExceptionGroup):
+    """A teardown went on past failed steps and left something behind.
+
+    Deletes, leaves and reconcile's repairs are best effort: every step is
+    tried, and the failures are raised together at the end as one
+    ``ExceptionGroup`` that is also a :class:`CNMError`, so ``except CNMError``
+    and ``except*`` both catch it. ``operation`` names what was being torn
+    down; each sub-exception carries a note naming its step. Running the same
+    delete again, or :meth:`cnm.Controller.reconcile`, finishes the job.
+    """
+
+    operation: str
+
+    def __new__(cls, operation: str, exceptions: Sequence[Exception]) -> TeardownIncomplete:
+        steps = len(exceptions)
+        message = f"{operation}: {steps} step(s) failed; run it again or Controller.reconcile() to finish"
+        self = super().__new__(cls, message, list(exceptions))
+        self.operation = operation
+        return self
+
+    def __init__(self, operation: str, exceptions: Sequence[Exception]) -> None:
+        super().__init__(self.message, list(exceptions))
+
+    def derive(self, excs: Sequence[Exception]) -> TeardownIncomplete:  # type: ignore[override]
+        """Keep the class and the operation when ``except*`` splits the group."""
+        return TeardownIncomplete(self.operation, excs)
+
+    def __reduce__(self) -> tuple[type[TeardownIncomplete], tuple[str, list[Exception]]]:
+        return (type(self), (self.operation, list(self.exceptions)))
