@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 from cnm.driverapi import (
@@ -42,6 +42,7 @@ from cnm.errors import InvalidConfig, KernelError
 from cnm.firewall import FirewallNetwork, NetworkRules, PortMapping, port_mappings
 from cnm.kernel import ethtool, links
 from cnm.ovsdb import Ovsdb, PortSpec
+from cnm.steps import Steps
 
 from . import recovery, setup, tunnels
 from .config import OvsOptions
@@ -126,7 +127,7 @@ class OvsDriver:
         ids = {NETWORK_ID: network.id}
         # Written down first, so that garbage collection finds this server even if we crash now.
         self._remotes.add(options.ovsdb)
-        with _Rollback(f"create ovs network {network.name}") as undo:
+        with Steps(f"create ovs network {network.name}") as undo:
             if options.vlan is None:
                 db.add_bridge(bridge, datapath_type=options.datapath, mtu=self._mtu(options), external_ids=ids)
                 undo.done("create bridge", lambda: db.delete_bridge(bridge))
@@ -182,7 +183,7 @@ class OvsDriver:
         options = self.options(network)
         db = self._db(options)
         host_name = host_veth_name(endpoint.id)
-        with _Rollback(f"join endpoint {endpoint.name} to ovs network {network.name}") as undo:
+        with Steps(f"join endpoint {endpoint.name} to ovs network {network.name}") as undo:
             with self._host.netlink() as nl:
                 links.add_veth(nl, host_name, ifname, sandbox.netns, peer_mac=endpoint.mac, mtu=self._mtu(options))
             undo.done("create veth", lambda: setup.delete_link(self._host, host_name))
@@ -287,33 +288,6 @@ class OvsDriver:
             bridges=bridges,
             keep_veths={host_veth_name(e.id) for e in joined},
         )
-
-
-# --- undo ------------------------------------------------------------------------------
-class _Rollback:
-    """Undo the finished steps of a failed operation, newest first (cnm's own Rollback is not public API)."""
-
-    def __init__(self, operation: str) -> None:
-        self.operation = operation
-        self._undo: list[tuple[str, Callable[[], object]]] = []
-
-    def done(self, step: str, undo: Callable[[], object]) -> None:
-        """Record that ``step`` finished and how to undo it."""
-        self._undo.append((step, undo))
-
-    def __enter__(self) -> _Rollback:
-        return self
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            return
-        log.warning("%s failed (%s); undoing %d step(s)", self.operation, exc, len(self._undo))
-        for step, undo in reversed(self._undo):
-            try:
-                undo()
-            except Exception as undo_exc:  # noqa: BLE001 - keep undoing; the first error is what matters
-                log.error("%s: undoing %r failed: %s", self.operation, step, undo_exc)
-                exc.add_note(f"while undoing {step!r} of {self.operation}: {undo_exc!r}")
 
 
 _: type[Driver] = OvsDriver
