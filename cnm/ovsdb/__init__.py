@@ -1,6 +1,6 @@
 """A thin typed client of the Open vSwitch database (OVSDB, RFC 7047), spoken directly.
 
-cnm changes Open vSwitch only through this module: bridges, ports and
+cnm changes Open vSwitch only through this package: bridges, ports and
 interfaces are rows of the ``Open_vSwitch`` database, written in one
 ``transact`` call each over the server's JSON-RPC socket (never through
 ``ovs-vsctl``). The protocol is small enough that no client library is
@@ -15,23 +15,23 @@ naming the socket and what to do. Nothing here ever blocks without a limit.
 
 Rows made by cnm carry ``external_ids`` (``cnm-network``, ``cnm-endpoint``...)
 so that cleanup finds exactly cnm's rows: see :meth:`Ovsdb.ports`.
+
+The row types and their decoders are in :mod:`cnm.ovsdb.rows`, the socket
+and its deadlines in ``cnm.ovsdb._jsonrpc``; everything a driver needs is
+importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
-import json
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
-
-import attrs
 
 from cnm.errors import AlreadyExists, CNMError, InvalidConfig, KernelError, NotFound
+from cnm.ovsdb._jsonrpc import Connection, Json, OpError, ServerError, parse_remote
+from cnm.ovsdb.rows import Bridge, Interface, Port, PortSpec, decode_bridge, decode_interface, decode_port, to_map
 
 __all__ = [
     "DATABASE",
@@ -54,216 +54,6 @@ DEFAULT_TIMEOUT = 10.0
 """Seconds a call (connection, transaction, wait for ovs-vswitchd) may take at most."""
 
 _POLL = 0.01  # seconds between cur_cfg reads while waiting for ovs-vswitchd
-
-Json = Any  # what json.loads returns; narrowed where it is read
-
-
-def parse_remote(remote: str) -> tuple[int, str | tuple[str, int]]:
-    """Split ``unix:PATH`` or ``tcp:HOST:PORT`` into a socket family and address.
-
-    Raises:
-        InvalidConfig: for any other form.
-    """
-    kind, _, rest = remote.partition(":")
-    if kind == "unix" and rest.startswith("/"):
-        return socket.AF_UNIX, rest
-    if kind == "tcp":
-        host, _, port = rest.rpartition(":")
-        if host and port.isdigit():
-            return socket.AF_INET, (host.strip("[]"), int(port))
-    raise InvalidConfig(f"OVSDB remote {remote!r} is not unix:/PATH or tcp:HOST:PORT")
-
-
-# --- values -------------------------------------------------------------------------------
-def _map(values: Mapping[str, str]) -> list[Json]:
-    return ["map", [[str(k), str(v)] for k, v in values.items()]]
-
-
-def _from_map(value: Json) -> dict[str, str]:
-    return {str(k): str(v) for k, v in value[1]}
-
-
-def _from_set(value: Json) -> list[Json]:
-    """An OVSDB set as a list; a set of one may come bare."""
-    if isinstance(value, list) and value and value[0] == "set":
-        return list(value[1])
-    return [value]
-
-
-def _uuids(value: Json) -> tuple[str, ...]:
-    return tuple(str(item[1]) for item in _from_set(value))
-
-
-def _optional_int(value: Json) -> int | None:
-    items = _from_set(value)
-    return int(items[0]) if items else None
-
-
-def _optional_str(value: Json) -> str | None:
-    items = _from_set(value)
-    return str(items[0]) if items else None
-
-
-@attrs.frozen(kw_only=True)
-class Bridge:
-    """A row of the Bridge table.
-
-    Attributes:
-        uuid: the row's id.
-        name: the bridge (and its LOCAL port's netdev).
-        datapath_type: ``system`` (kernel datapath, also written as empty) or ``netdev`` (userspace).
-        ports: the uuids of its Port rows.
-        external_ids: free-form keys; cnm's rows carry ``cnm-*`` keys.
-    """
-
-    uuid: str
-    name: str
-    datapath_type: str
-    ports: tuple[str, ...]
-    external_ids: Mapping[str, str]
-
-
-@attrs.frozen(kw_only=True)
-class Port:
-    """A row of the Port table.
-
-    Attributes:
-        uuid: the row's id.
-        name: the port's name.
-        tag: its VLAN (an access port), or None (a trunk).
-        interfaces: the uuids of its Interface rows.
-        external_ids: free-form keys; cnm's rows carry ``cnm-*`` keys.
-    """
-
-    uuid: str
-    name: str
-    tag: int | None
-    interfaces: tuple[str, ...]
-    external_ids: Mapping[str, str]
-
-
-@attrs.frozen(kw_only=True)
-class Interface:
-    """A row of the Interface table.
-
-    Attributes:
-        uuid: the row's id.
-        name: the netdev (or tunnel) name.
-        type: empty for a system netdev, or ``internal``, ``vxlan``, ``gre``...
-        options: type-specific settings (``remote_ip``, ``key``...).
-        external_ids: free-form keys.
-        ofport: the OpenFlow port number once ovs-vswitchd opened it; -1 when it failed.
-        error: why ovs-vswitchd could not open it, or None.
-    """
-
-    uuid: str
-    name: str
-    type: str
-    options: Mapping[str, str]
-    external_ids: Mapping[str, str]
-    ofport: int | None
-    error: str | None
-
-
-@attrs.frozen(kw_only=True)
-class PortSpec:
-    """A port to add: one Port row with one Interface row of the same name.
-
-    Attributes:
-        name: the port's and the interface's name.
-        type: the interface type: empty for an existing netdev (a veth end), or
-            ``internal``, ``vxlan``, ``gre``.
-        options: the interface's options, e.g. ``{"remote_ip": "192.0.2.2", "key": "42"}``.
-        tag: the VLAN of an access port, or None.
-        mtu: the MTU asked for the interface (``mtu_request``), or None.
-        external_ids: set on both rows, so cleanup can find them.
-    """
-
-    name: str
-    type: str = ""
-    options: Mapping[str, str] = attrs.field(factory=dict)
-    tag: int | None = None
-    mtu: int | None = None
-    external_ids: Mapping[str, str] = attrs.field(factory=dict)
-
-
-# --- the connection -------------------------------------------------------------------------
-class _Connection:
-    """One JSON-RPC connection with a deadline on every read and write."""
-
-    def __init__(self, remote: str, deadline: float) -> None:
-        family, address = parse_remote(remote)
-        self._remote = remote
-        self.deadline = deadline
-        self._ids = itertools.count(1)
-        self._buffer = b""
-        self._decoder = json.JSONDecoder()
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self._sock.settimeout(self._remaining())
-            self._sock.connect(address)
-        except BaseException:
-            self._sock.close()
-            raise
-
-    def _remaining(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(errno.ETIMEDOUT, "timed out")
-        return left
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def _send(self, message: Mapping[str, Json]) -> None:
-        self._sock.settimeout(self._remaining())
-        self._sock.sendall(json.dumps(message).encode())
-
-    def _receive(self) -> Json:
-        while True:
-            text = self._buffer.decode(errors="replace").lstrip()
-            if text:
-                try:
-                    message, end = self._decoder.raw_decode(text)
-                except json.JSONDecodeError:
-                    pass  # incomplete: read more
-                else:
-                    self._buffer = text[end:].encode()
-                    return message
-            self._sock.settimeout(self._remaining())
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionResetError(errno.ECONNRESET, "ovsdb-server closed the connection")
-            self._buffer += chunk
-
-    def call(self, method: str, params: list[Json]) -> Json:
-        """Send one request and return its result, answering the server's echo probes meanwhile."""
-        request_id = next(self._ids)
-        self._send({"method": method, "params": params, "id": request_id})
-        while True:
-            message = self._receive()
-            if message.get("method") == "echo":
-                self._send({"result": message.get("params", []), "error": None, "id": message.get("id")})
-                continue
-            if message.get("id") != request_id:
-                continue  # a notification (no monitors are set up, but be tolerant)
-            if message.get("error") is not None:
-                raise _ServerError(f"{method} refused: {message['error']}")
-            return message.get("result")
-
-
-class _ServerError(Exception):
-    """The server answered with an error (mapped to KernelError at the boundary)."""
-
-
-class _OpError(Exception):
-    """One operation of a transaction failed; ``error`` is OVSDB's error string."""
-
-    def __init__(self, error: str, details: str, op: str) -> None:
-        super().__init__(f"{error}: {details}" if details else error)
-        self.error = error
-        self.details = details
-        self.op = op
 
 
 class Ovsdb:
@@ -310,9 +100,9 @@ class Ovsdb:
             ) from exc
         except OSError as exc:
             raise KernelError(f"{what} through {self.remote} failed: {exc.strerror or exc}", exc.errno) from exc
-        except (_ServerError, ValueError) as exc:
+        except (ServerError, ValueError) as exc:
             raise KernelError(f"{what} through {self.remote} failed: {exc}", errno.EPROTO) from exc
-        except _OpError as exc:
+        except OpError as exc:
             if exc.error == "timed out" and exc.op == "wait":
                 raise NotFound(f"{what} failed: {missing}") from exc
             if exc.error == "constraint violation" and "identical values" in exc.details:
@@ -320,27 +110,27 @@ class Ovsdb:
             raise KernelError(f"{what} failed: OVSDB refused it: {exc}", errno.EPROTO) from exc
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[_Connection]:
-        conn = _Connection(self.remote, time.monotonic() + self.timeout)
+    def _connect(self) -> Iterator[Connection]:
+        conn = Connection(self.remote, time.monotonic() + self.timeout)
         try:
             yield conn
         finally:
             conn.close()
 
     @staticmethod
-    def _transact(conn: _Connection, ops: Sequence[Mapping[str, Json]]) -> list[Json]:
+    def _transact(conn: Connection, ops: Sequence[Mapping[str, Json]]) -> list[Json]:
         result = conn.call("transact", [DATABASE, *ops])
         if not isinstance(result, list):
-            raise _ServerError(f"unexpected transact reply {result!r}")
+            raise ServerError(f"unexpected transact reply {result!r}")
         for op, outcome in zip([*ops, {}], result, strict=False):
             if isinstance(outcome, dict) and outcome.get("error"):
                 detail = str(outcome.get("details", ""))
                 if op:
                     detail = f"{detail} (in {op.get('op')} {op.get('table', '')})".strip()
-                raise _OpError(str(outcome["error"]), detail, str(op.get("op", "commit")))
+                raise OpError(str(outcome["error"]), detail, str(op.get("op", "commit")))
         return result
 
-    def _select(self, conn: _Connection, table: str, where: list[Json] | None = None) -> list[dict[str, Json]]:
+    def _select(self, conn: Connection, table: str, where: list[Json] | None = None) -> list[dict[str, Json]]:
         result = self._transact(conn, [{"op": "select", "table": table, "where": where or []}])
         rows: list[dict[str, Json]] = result[0]["rows"]
         return rows
@@ -379,7 +169,7 @@ class Ovsdb:
             if check:
                 self._check_interfaces(conn, what, check)
 
-    def _wait_applied(self, conn: _Connection, what: str, target: int) -> None:
+    def _wait_applied(self, conn: Connection, what: str, target: int) -> None:
         while True:
             rows = self._transact(
                 conn, [{"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"]}]
@@ -394,9 +184,9 @@ class Ovsdb:
                 )
             time.sleep(_POLL)
 
-    def _check_interfaces(self, conn: _Connection, what: str, names: Sequence[str]) -> None:
+    def _check_interfaces(self, conn: Connection, what: str, names: Sequence[str]) -> None:
         for row in self._select(conn, "Interface"):
-            iface = _interface(row)
+            iface = decode_interface(row)
             if iface.name in names and (iface.error or iface.ofport == -1):
                 raise KernelError(
                     f"{what}: ovs-vswitchd could not open interface {iface.name}: {iface.error or 'unknown error'}",
@@ -407,29 +197,29 @@ class Ovsdb:
     def bridges(self) -> list[Bridge]:
         """Every bridge."""
         with self._errors("list OVS bridges"), self._connect() as conn:
-            return [_bridge(row) for row in self._select(conn, "Bridge")]
+            return [decode_bridge(row) for row in self._select(conn, "Bridge")]
 
     def ports(self) -> list[Port]:
         """Every port (cnm's carry ``external_ids`` naming their network or endpoint)."""
         with self._errors("list OVS ports"), self._connect() as conn:
-            return [_port(row) for row in self._select(conn, "Port")]
+            return [decode_port(row) for row in self._select(conn, "Port")]
 
     def interfaces(self) -> list[Interface]:
         """Every interface."""
         with self._errors("list OVS interfaces"), self._connect() as conn:
-            return [_interface(row) for row in self._select(conn, "Interface")]
+            return [decode_interface(row) for row in self._select(conn, "Interface")]
 
     def bridge(self, name: str) -> Bridge | None:
         """The bridge called ``name``, or None."""
         with self._errors(f"look up OVS bridge {name}"), self._connect() as conn:
             rows = self._select(conn, "Bridge", [["name", "==", name]])
-        return _bridge(rows[0]) if rows else None
+        return decode_bridge(rows[0]) if rows else None
 
     def port(self, name: str) -> Port | None:
         """The port called ``name``, or None."""
         with self._errors(f"look up OVS port {name}"), self._connect() as conn:
             rows = self._select(conn, "Port", [["name", "==", name]])
-        return _port(rows[0]) if rows else None
+        return decode_port(rows[0]) if rows else None
 
     def status(self) -> dict[str, Json]:
         """The Open_vSwitch row (``ovs_version``, ``datapath_types``, ``cur_cfg``...), or {} before init."""
@@ -487,7 +277,7 @@ class Ovsdb:
             AlreadyExists: a bridge, port or interface of that name exists.
             KernelError: ovsdb-server unreachable, or ovs-vswitchd did not apply it in time.
         """
-        ids = _map(external_ids or {})
+        ids = to_map(external_ids or {})
         iface: dict[str, Json] = {"name": name, "type": "internal", "external_ids": ids}
         if mtu is not None:
             iface["mtu_request"] = mtu
@@ -538,9 +328,9 @@ class Ovsdb:
             return
         ops: list[Mapping[str, Json]] = []
         for n, port in enumerate(ports):
-            ids = _map(port.external_ids)
+            ids = to_map(port.external_ids)
             iface: dict[str, Json] = {
-                "name": port.name, "type": port.type, "options": _map(port.options), "external_ids": ids,
+                "name": port.name, "type": port.type, "options": to_map(port.options), "external_ids": ids,
             }  # fmt: skip
             if port.mtu is not None:
                 iface["mtu_request"] = port.mtu
@@ -600,35 +390,3 @@ class Ovsdb:
         self._change(f"delete OVS port {name}", ops, wait=wait)
         log.debug("deleted OVS port %s at %s", name, self.remote)
         return True
-
-
-def _bridge(row: Mapping[str, Json]) -> Bridge:
-    return Bridge(
-        uuid=str(row["_uuid"][1]),
-        name=str(row["name"]),
-        datapath_type=str(row.get("datapath_type", "")),
-        ports=_uuids(row.get("ports", ["set", []])),
-        external_ids=_from_map(row.get("external_ids", ["map", []])),
-    )
-
-
-def _port(row: Mapping[str, Json]) -> Port:
-    return Port(
-        uuid=str(row["_uuid"][1]),
-        name=str(row["name"]),
-        tag=_optional_int(row.get("tag", ["set", []])),
-        interfaces=_uuids(row.get("interfaces", ["set", []])),
-        external_ids=_from_map(row.get("external_ids", ["map", []])),
-    )
-
-
-def _interface(row: Mapping[str, Json]) -> Interface:
-    return Interface(
-        uuid=str(row["_uuid"][1]),
-        name=str(row["name"]),
-        type=str(row.get("type", "")),
-        options=_from_map(row.get("options", ["map", []])),
-        external_ids=_from_map(row.get("external_ids", ["map", []])),
-        ofport=_optional_int(row.get("ofport", ["set", []])),
-        error=_optional_str(row.get("error", ["set", []])),
-    )
