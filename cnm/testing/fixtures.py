@@ -16,7 +16,7 @@ import pytest
 from cnm.controller import Controller
 from cnm.kernel.netns import NetNS
 from cnm.testing import namespace_prefix
-from cnm.testing.conformance import driver_conformance
+from cnm.testing.conformance.pytest_plugin import driver_conformance
 from cnm.testing.hosts import Outside, link_outside, stop_process, throwaway_namespaces, unmount_sandboxes
 
 __all__ = ["controller", "driver_conformance", "host_netns", "netns_factory", "outside", "processes"]
