@@ -82,8 +82,8 @@ RULES: Mapping[str, Rule] = {
         Rule(
             "rollback-create-network",
             "a create_network that fails midway (the kit fails the firewall) raises and leaves nothing behind",
-            "undo the steps create_network already did before re-raising (cnm._steps.Rollback or try/except "
-            "around the later steps), and let the firewall's error propagate",
+            "write create_network's steps with cnm.steps.Steps so a failure undoes the ones already done, "
+            "and let the firewall's error propagate",
         ),
         Rule(
             "rollback-join",
