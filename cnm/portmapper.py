@@ -112,7 +112,8 @@ class PortAllocator:
                 )
                 if binding.host_port is None:
                     txn.put(_CURSOR, binding.protocol, {"next": chosen.end + 1})
-                resolved.append(attrs.evolve(binding, host_port=chosen, host_ip=host_ip))
+                # The address actually bound: 0.0.0.0 for every address, as Docker shows it.
+                resolved.append(attrs.evolve(binding, host_port=chosen, host_ip=host_ip or _ANY))
         return resolved
 
     def release(self, owner: str) -> int:

@@ -121,9 +121,16 @@ class IPAMConfig:
                 raise InvalidConfig(f"aux address {name}={addr} is not inside subnet {subnet}")
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(eq=False)
 class PortRange:
-    """An inclusive range of port numbers; a single port has ``start == end``."""
+    """An inclusive range of port numbers; a single port has ``start == end``.
+
+    A single port is its number: ``PortRange(80, 80) == 80``, ``int()`` gives
+    80 and it hashes as 80, so it can be compared with, and looked up among,
+    plain ints. A real range equals only the same range, and ``int()`` of it
+    raises :class:`InvalidConfig`. Ordering is by ``(start, end)``, an int
+    ``n`` counting as ``(n, n)``. ``str()`` gives ``80`` or ``8000-8010``.
+    """
 
     start: int
     end: int
@@ -156,6 +163,42 @@ class PortRange:
 
     def __len__(self) -> int:
         return self.end - self.start + 1
+
+    def _bounds(self, other: object) -> tuple[int, int] | None:
+        if isinstance(other, PortRange):
+            return other.start, other.end
+        if isinstance(other, int) and not isinstance(other, bool):
+            return other, other
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        bounds = self._bounds(other)
+        return NotImplemented if bounds is None else (self.start, self.end) == bounds
+
+    def __hash__(self) -> int:
+        # Equal values hash alike: a single port hashes as its int.
+        return hash(self.start) if self.start == self.end else hash((self.start, self.end))
+
+    def __lt__(self, other: object) -> bool:
+        bounds = self._bounds(other)
+        return NotImplemented if bounds is None else (self.start, self.end) < bounds
+
+    def __le__(self, other: object) -> bool:
+        bounds = self._bounds(other)
+        return NotImplemented if bounds is None else (self.start, self.end) <= bounds
+
+    def __gt__(self, other: object) -> bool:
+        bounds = self._bounds(other)
+        return NotImplemented if bounds is None else (self.start, self.end) > bounds
+
+    def __ge__(self, other: object) -> bool:
+        bounds = self._bounds(other)
+        return NotImplemented if bounds is None else (self.start, self.end) >= bounds
+
+    def __int__(self) -> int:
+        if self.start != self.end:
+            raise InvalidConfig(f"port range {self} is not a single port; use .start and .end, or iterate it")
+        return self.start
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.end + 1))
@@ -192,7 +235,10 @@ class PortBinding:
             (or the network's ``host_binding_ipv4`` option).
 
     An endpoint's :attr:`~cnm.endpoint.Endpoint.ports` returns the bindings
-    resolved: ``host_port`` and ``host_ip`` are filled in.
+    resolved: ``host_port`` holds the port(s) taken and ``host_ip`` the address
+    actually bound, ``0.0.0.0`` for every address (as Docker shows it).
+    A single port compares equal to its number: ``binding.host_port == 8080``.
+    :meth:`parse` reads Docker's ``-p`` syntax.
     """
 
     container_port: PortRange = attrs.field(converter=_port_range)
@@ -207,6 +253,39 @@ class PortBinding:
                 f"host port range {host} and container port range {self.container_port} differ in length; "
                 "make them the same size"
             )
+
+    @classmethod
+    def parse(cls, spec: str) -> PortBinding:
+        """Parse Docker's ``-p`` syntax, ``[host_ip:][host_port:]container_port[/protocol]``.
+
+        ``80`` (an ephemeral host port), ``8080:80``, ``127.0.0.1:8080:80/udp``,
+        ``127.0.0.1::80`` (an ephemeral host port on one address); ports may be
+        ranges (``8000-8010:8000-8010``, or ``8000-8010:80`` for any free port
+        of the range).
+
+        Raises:
+            InvalidConfig: ``spec`` is malformed, or names an IPv6 address
+                (``[::1]:8080:80``), which cnm does not publish on yet.
+        """
+        usage = "use [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp], e.g. 8080:80 or 127.0.0.1:8080:80/udp"
+        text = str(spec).strip()
+        if text.startswith("["):
+            raise InvalidConfig(f"invalid port spec {spec!r}: IPv6 host addresses are not supported yet; {usage}")
+        ports, slash, protocol = text.partition("/")
+        parts = ports.split(":")
+        if len(parts) > 3 or not parts[-1] or (slash and not protocol):
+            raise InvalidConfig(f"invalid port spec {spec!r}; {usage}")
+        host_ip = parts[0] if len(parts) == 3 else None
+        host_port = parts[-2] if len(parts) >= 2 else None
+        try:
+            return cls(
+                container_port=parts[-1],
+                host_port=host_port or None,
+                protocol=protocol or "tcp",
+                host_ip=host_ip or None,
+            )
+        except InvalidConfig as exc:
+            raise InvalidConfig(f"invalid port spec {spec!r}: {exc}") from exc
 
     def __str__(self) -> str:
         host_ip = f"{self.host_ip}:" if self.host_ip is not None else ""

@@ -6,6 +6,7 @@ namespace (192.0.2.2) linked to it as the rest of the world.
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,31 @@ def test_two_sandboxes_talk_and_reach_the_outside_masqueraded(
     assert "default via 172.28.0.1 dev eth0" in routes
     sb1.delete()
     sb2.delete()
+    net.delete()
+
+
+def test_resolved_bindings_compare_as_numbers_and_name_the_bound_address(controller: Controller) -> None:
+    net = controller.create_network("res", ipam=IPAMConfig(subnet="172.29.0.0/16"))
+    sb = controller.create_sandbox(
+        "res1",
+        network="res",
+        ports=[
+            PortBinding(container_port=80, host_port=8080),
+            PortBinding.parse("127.0.0.1:8081:81/udp"),
+        ],
+    )
+    every, loopback = net.endpoint("res1").ports
+    assert (every.container_port, every.host_port) == (80, 8080)
+    assert every.host_port is not None
+    assert int(every.host_port) == 8080
+    # No host IP given: bound on every address, shown as Docker shows it.
+    assert every.host_ip == ipaddress.IPv4Address("0.0.0.0")
+    assert loopback.host_ip == ipaddress.IPv4Address("127.0.0.1")
+    assert sb.inspect()["NetworkSettings"]["Ports"] == {
+        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}],
+        "81/udp": [{"HostIp": "127.0.0.1", "HostPort": "8081"}],
+    }
+    sb.delete()
     net.delete()
 
 

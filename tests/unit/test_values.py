@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 
@@ -44,6 +45,79 @@ def test_port_binding_forms() -> None:
         PortRange.parse("90-80")
     with pytest.raises(errors.InvalidConfig):
         PortRange.parse("http")
+
+
+def test_a_single_port_is_its_number() -> None:
+    binding = PortBinding(container_port=80, host_port=8080)
+    assert binding.container_port == 80
+    assert binding.host_port == 8080
+    assert 8080 == binding.host_port  # noqa: SIM300 - the int on the left is what is checked
+    assert binding.host_port != 8081
+    assert int(binding.host_port) == 8080
+    assert (str(binding.container_port), str(PortRange(8000, 8010))) == ("80", "8000-8010")
+    # Equal values hash alike, so a port is found among ints and an int among ports.
+    assert hash(PortRange(80, 80)) == hash(80)
+    assert 80 in {PortRange(80, 80)}
+    assert PortRange(80, 80) in {80, 443}
+    assert len({PortRange(80, 80), PortRange(80, 80), PortRange(80, 81)}) == 2
+    # A real range is not one number: it equals only the same range, and int() refuses it.
+    assert PortRange(80, 81) != 80
+    assert PortRange(80, 81) == PortRange(80, 81)
+    with pytest.raises(errors.InvalidConfig, match="not a single port"):
+        int(PortRange(8000, 8010))
+    # Ordering by (start, end), an int n counting as (n, n).
+    assert sorted([PortRange(90, 90), PortRange(80, 85), PortRange(80, 80)]) == [80, PortRange(80, 85), 90]
+    assert PortRange(80, 80) < 81 <= PortRange(81, 81)
+    assert PortRange(80, 90) > 80
+    # Not a number: neither equal nor ordered; a bool is not a port.
+    assert PortRange(80, 80) != "80"
+    assert PortRange(1, 1) != True  # noqa: E712 - the comparison is what is checked
+    with pytest.raises(TypeError):
+        _ = PortRange(80, 80) < "81"
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("80", PortBinding(container_port=80)),
+        ("8080:80", PortBinding(container_port=80, host_port=8080)),
+        ("127.0.0.1:8080:80/udp", PortBinding(container_port=80, host_port=8080, host_ip="127.0.0.1", protocol="udp")),
+        ("127.0.0.1::80", PortBinding(container_port=80, host_ip="127.0.0.1")),
+        ("80/udp", PortBinding(container_port=80, protocol="udp")),
+        ("8000-8010:80-90", PortBinding(container_port="80-90", host_port="8000-8010")),
+        ("8000-8010:80", PortBinding(container_port=80, host_port="8000-8010")),
+        (" 8080:80/TCP ", PortBinding(container_port=80, host_port=8080)),
+    ],
+)
+def test_port_binding_parses_dockers_publish_syntax(spec: str, expected: PortBinding) -> None:
+    parsed = PortBinding.parse(spec)
+    assert parsed == expected
+    assert PortBinding.parse(str(parsed)) == parsed  # str() gives back a spec parse() reads
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "invalid port spec"),
+        ("8080:", "invalid port spec"),
+        ("80/", "invalid port spec"),
+        ("http", "invalid port spec 'http'"),
+        ("80:http", "invalid port spec '80:http'"),
+        ("99999:80", "out of range"),
+        ("0:80", "out of range"),
+        ("90-80:90-80", "reversed"),
+        ("8000-8001:80-82", "differ in length"),
+        ("80/sctp", "unknown protocol"),
+        ("1.2.3.4:80:81:82", "invalid port spec"),
+        ("1.2.3.4:80", "invalid port spec '1.2.3.4:80'"),
+        ("localhost:8080:80", "invalid host_ip"),
+        ("[::1]:8080:80", "IPv6 host addresses are not supported yet"),
+        ("80/tcp/udp", "unknown protocol"),
+    ],
+)
+def test_port_binding_parse_refuses_malformed_specs(spec: str, message: str) -> None:
+    with pytest.raises(errors.InvalidConfig, match=re.escape(message)):
+        PortBinding.parse(spec)
 
 
 def test_bridge_options_accept_docker_names_and_refuse_unknown() -> None:
