@@ -12,8 +12,14 @@ Typical use::
     sb.run(["ping", "-c1", "172.28.0.1"])
 """
 
+import logging
+
 from cnm import errors
 from cnm.controller import Controller
 from cnm.types import IPAMConfig, PortBinding
 
 __all__ = ["Controller", "IPAMConfig", "PortBinding", "errors"]
+
+# A library does not print: without this, a program that never configured logging would get
+# cnm's warnings on stderr through logging's last-resort handler.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
