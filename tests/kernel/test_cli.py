@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from cnm import Controller, PortBinding
 from cnm import cli as cnm_cli
 from cnm.kernel import netns
 from cnm.kernel.netns import NetNS
@@ -246,9 +247,131 @@ def test_usage_errors_exit_2_before_anything_opens(
     assert message in capsys.readouterr().err
 
 
-def test_port_specs() -> None:
-    assert str(cnm_cli.parse_port("8080:80")) == "8080:80/tcp"
-    assert str(cnm_cli.parse_port("127.0.0.1:8080:80/udp")) == "127.0.0.1:8080:80/udp"
-    assert str(cnm_cli.parse_port("127.0.0.1::80")) == "127.0.0.1::80/tcp"
-    assert str(cnm_cli.parse_port("80")) == ":80/tcp"
-    assert str(cnm_cli.parse_port("8000-8001:9000-9001")) == "8000-8001:9000-9001/tcp"
+def test_the_cli_parses_ports_with_the_public_parser() -> None:
+    args = cnm_cli.build_parser().parse_args(["run", "-p", "127.0.0.1:8080:80/udp", "-p", "80", "--", "true"])
+    assert args.publish == [PortBinding.parse("127.0.0.1:8080:80/udp"), PortBinding(container_port=80)]
+
+
+def test_an_endpoint_left_by_connect_then_sandbox_rm_is_removable(cli: Cli, host_netns: NetNS, tmp_path: Path) -> None:
+    cli("network", "create", "net1", "--subnet", "10.79.0.0/24")
+    # `sandbox rm` removes the endpoint `network connect` made for it, as `docker rm` does.
+    cli("sandbox", "create", "c1")
+    cli("network", "connect", "net1", "c1")
+    cli("sandbox", "rm", "c1")
+    assert _json(cli("endpoint", "ls", "net1", "--format", "json")) == []
+    # An endpoint whose sandbox went behind the CLI's back (here: deleted through the
+    # library, which keeps endpoints it did not make): `network disconnect` by the sandbox's name.
+    cli("sandbox", "create", "c2")
+    cli("network", "connect", "net1", "c2")
+    _strand(host_netns, tmp_path, "c2")
+    [left] = _json(cli("endpoint", "ls", "net1", "--format", "json"))
+    assert (left["Name"], left["Sandbox"]) == ("c2", None)
+    cli("network", "disconnect", "net1", "c2")
+    # And `endpoint rm`, for any endpoint, joined or not.
+    cli("sandbox", "create", "c3")
+    cli("network", "connect", "net1", "c3")
+    _strand(host_netns, tmp_path, "c3")
+    refused = cli("network", "rm", "net1", status=1)
+    _one_line_error(refused, "still has endpoints c3", "cnm endpoint rm NETWORK ENDPOINT")
+    assert "delete them first" not in refused.stderr
+    assert cli("endpoint", "rm", "net1", "c3").stdout.split() == ["c3"]
+    cli("sandbox", "create", "c4", "--network", "net1")
+    assert cli("endpoint", "rm", "net1", "c4").stdout.split() == ["c4"]  # leaves the sandbox first
+    assert _json(cli("sandbox", "ls", "--format", "json"))[0]["Endpoints"] == []
+    _one_line_error(cli("endpoint", "rm", "net1", "nosuch", status=1), "'nosuch' not found", "cnm endpoint ls")
+    _one_line_error(cli("network", "disconnect", "net1", "nosuch", status=1), "not connected")
+    cli("sandbox", "rm", "c4")
+    cli("network", "rm", "net1")
+
+
+def _strand(host_netns: NetNS, tmp_path: Path, name: str) -> None:
+    """Delete sandbox ``name`` through the library, as another program would: its connected endpoints stay."""
+    with Controller(state_dir=str(tmp_path / "state"), host_netns=host_netns.path) as ctl:
+        ctl.sandbox(name).delete()
+
+
+def test_connect_with_links_and_a_refused_alias(cli: Cli) -> None:
+    cli("network", "create", "net1", "--subnet", "10.80.0.0/24")
+    cli("sandbox", "create", "db", "--network", "net1", "--expose", "5432")
+    cli("sandbox", "create", "app")
+    cli("network", "connect", "net1", "app", "--link", "db:pg")
+    db_ip = next(b for b in _json(cli("sandbox", "ls", "--format", "json")) if b["Name"] == "db")["Endpoints"][0]
+    out = cli("exec", "app", "--", "sh", "-c", 'echo "$PG_PORT"; grep -w pg /etc/hosts').stdout.splitlines()
+    assert out[0] == f"tcp://{db_ip['IPAddress']}:5432"
+    assert out[1].split() == [db_ip["IPAddress"], "pg", "db", "db"]
+    # A link that cannot be made undoes the whole connect: no endpoint, no half link.
+    cli("network", "disconnect", "net1", "app")
+    _one_line_error(cli("network", "connect", "net1", "app", "--link", "nosuch:x", status=1), "'nosuch' not found")
+    assert [e["Name"] for e in _json(cli("endpoint", "ls", "net1", "--format", "json"))] == ["db"]
+    # Network-scoped aliases need the embedded DNS: refused, nothing made.
+    alias = cli("network", "connect", "net1", "app", "--alias", "web", status=1)
+    _one_line_error(alias, "--alias", "embedded DNS", "--link")
+    assert [e["Name"] for e in _json(cli("endpoint", "ls", "net1", "--format", "json"))] == ["db"]
+    cli("sandbox", "rm", "app", "db")
+    cli("network", "rm", "net1")
+
+
+def test_exec_detached_and_with_environment(cli: Cli, tmp_path: Path) -> None:
+    cli("sandbox", "create", "c1", "--network", "none")
+    out = cli("exec", "-e", "GREETING=hello", "-e", "EMPTY=", "c1", "--", "sh", "-c", 'echo "$GREETING:${EMPTY-unset}"')
+    assert out.stdout.strip() == "hello:"
+    # -d: started in the background, its PID printed; it runs in the sandbox's namespace.
+    seen = tmp_path / "seen"
+    script = f'echo "$$ $(readlink /proc/self/ns/net) $MARK" > {seen}.tmp; mv {seen}.tmp {seen}; exec sleep 30'
+    started = cli("exec", "-d", "-e", "MARK=detached", "c1", "--", "sh", "-c", script)
+    pid = int(started.stdout.strip())
+    try:
+        deadline = time.monotonic() + 10
+        while not seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [box] = _json(cli("sandbox", "ls", "--format", "json"))
+        inode = os.stat(box["SandboxKey"]).st_ino
+        assert seen.read_text().split() == [str(pid), f"net:[{inode}]", "detached"]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    _one_line_error(cli("exec", "-e", "NOEQUALS", "c1", "--", "true", status=2), "use KEY=VALUE")
+    cli("sandbox", "rm", "c1")
+
+
+def test_output_cut_short_by_head_ends_quietly(cli: Cli, host_netns: NetNS, tmp_path: Path) -> None:
+    for i in range(3):
+        cli("network", "create", f"n{i}", "--subnet", f"10.81.{i}.0/24")
+    argv = [sys.executable, "-m", "cnm.cli", "--state-dir", str(tmp_path / "state"), "--host-netns", host_netns.path]
+    # Enough lines that the output outlives the pipe buffer after head has gone.
+    script = f"{subprocess.list2cmdline(argv)} network inspect n0 n1 n2 n0 n1 n2 n0 n1 n2 n0 n1 n2 | head -1"
+    piped = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert piped.stdout.split() == ["KEY", "VALUE"]
+    assert piped.stderr == ""
+    assert piped.returncode == cnm_cli.EXIT_BROKEN_PIPE
+    for i in range(3):
+        cli("network", "rm", f"n{i}")
+
+
+def test_errors_name_cli_commands_not_python_calls(cli: Cli) -> None:
+    _one_line_error(cli("network", "inspect", "nosuch", status=1), "see `cnm network ls`")
+    _one_line_error(cli("sandbox", "rm", "nosuch", status=1), "see `cnm sandbox ls`")
+    assert "Controller." not in cli("network", "connect", "nosuch", "x", status=1).stderr
+
+
+def test_a_library_warning_is_silent_without_logging_configured() -> None:
+    program = (
+        "import logging, cnm, cnm_drivers; "
+        "logging.getLogger('cnm.reconcile').warning('cnm-warned'); "
+        "logging.getLogger('cnm_drivers.bridge').warning('driver-warned')"
+    )
+    ran = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=REPO)
+    assert ran.stderr == ""
+
+
+def test_debug_shows_cnm_steps_not_netlink_dumps(cli: Cli) -> None:
+    debug = cli("--debug", "network", "create", "n1", "--subnet", "10.82.0.0/24").stderr
+    assert "cnm." in debug
+    assert "pyroute2" not in debug
+    cli("network", "rm", "n1")
