@@ -14,8 +14,9 @@ from cnm._handle import Handle
 from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm._steps import Rollback
 from cnm.driverapi import NetworkRequest
-from cnm.errors import ActiveEndpoints, AlreadyExists, Forbidden, InvalidConfig
-from cnm.kernel import addresses, routes
+from cnm.errors import ActiveEndpoints, AlreadyExists, Forbidden, InvalidConfig, PoolOverlap
+from cnm.ipam.pools import overlaps
+from cnm.kernel import addresses, links, routes
 from cnm.store import KeyTaken
 from cnm.types import IPAMConfig, IPNetwork, PortBinding
 
@@ -151,6 +152,51 @@ def host_exclusions(rt: Runtime) -> list[IPNetwork]:
     return [n for n in found if not n.is_loopback and not n.is_link_local]
 
 
+def _host_networks(rt: Runtime) -> list[tuple[IPNetwork, str]]:
+    """The host namespace's IPv4 addresses and routes, each with a description naming its interface."""
+    found: list[tuple[IPNetwork, str]] = []
+    with rt.host_netns.netlink() as nl:
+        for link in links.list_links(nl):
+            for a in addresses.list_addresses(nl, link.name):
+                if a.version == 4:
+                    found.append((a.network, f"address {a} on {link.name}"))
+        for r in routes.list_routes(nl):
+            if r.destination.prefixlen > 0:
+                found.append((r.destination, f"route {r.destination} on {r.ifname or 'no interface'}"))
+    return [(n, what) for n, what in found if not n.is_loopback and not n.is_link_local]
+
+
+def _refuse_host_overlap(rt: Runtime, subnet: IPNetwork) -> None:
+    """Refuse an explicit subnet over the host's own networks: routing it to a bridge would cut the host off.
+
+    Subnets this controller has handed out already are left to the IPAM's own
+    overlap check: they are its networks' bridges, and it names the network.
+    """
+    ours = [pool.subnet for pool in rt.ipam.pools()]
+    for network, what in _host_networks(rt):
+        if overlaps(subnet, network) and not any(overlaps(network, pool) for pool in ours):
+            raise PoolOverlap(
+                f"subnet {subnet} overlaps the host's {what}; a network there would take that traffic away "
+                "from the host. Pick a subnet outside it, or leave subnet unset to get a free default pool"
+            )
+
+
+def _check_subnet(subnet: IPNetwork) -> None:
+    """Refuse at creation the subnets no network of this release can work with."""
+    if subnet.version != 4:
+        raise InvalidConfig(f"subnet {subnet} is IPv6; IPv6 subnets are not supported yet, give an IPv4 subnet")
+    if subnet.prefixlen > _LONGEST_PREFIX:
+        raise InvalidConfig(
+            f"subnet {subnet} is a /{subnet.prefixlen}: it has no room for a gateway and an endpoint; "
+            f"use a /{_LONGEST_PREFIX} or shorter prefix"
+        )
+
+
+# As Docker: a network needs its gateway and at least one endpoint beside the
+# network and broadcast addresses, so /30 is the smallest subnet that works.
+_LONGEST_PREFIX = 30
+
+
 def create_network(
     rt: Runtime,
     name: str,
@@ -172,7 +218,12 @@ def create_network(
     normalised = drv.validate_network(
         NetworkRequest(name=name, options=user_options, internal=internal, predefined=predefined)
     )
-    exclude = host_exclusions(rt) if drv.capabilities.needs_address and ipam.subnet is None else []
+    exclude: list[IPNetwork] = []
+    if drv.capabilities.needs_address and ipam.subnet is None:
+        exclude = host_exclusions(rt)
+    elif drv.capabilities.needs_address and ipam.subnet is not None:
+        _check_subnet(ipam.subnet)
+        _refuse_host_overlap(rt, ipam.subnet)
     network_id = new_id()
     with rt.locks.operation(networks=[network_id]), Rollback(f"create network {name}") as undo:
         draft = rec.NetworkRecord(
