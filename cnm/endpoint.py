@@ -15,9 +15,10 @@ from cnm._handle import Handle
 from cnm._runtime import Runtime, mac_for, new_id, now, validate_name
 from cnm._steps import Concurrently, Rollback
 from cnm.driverapi import JoinResult, PortPublisher
-from cnm.errors import AlreadyExists, EndpointJoined, InvalidConfig, NotFound
+from cnm.errors import AlreadyConnected, AlreadyExists, EndpointJoined, InvalidConfig, NotFound
 from cnm.kernel import addresses, links, routes
 from cnm.kernel.netns import Netlink
+from cnm.steps import Teardown
 from cnm.store import KeyTaken
 from cnm.types import PortBinding, parse_address
 
@@ -104,12 +105,19 @@ class Endpoint(Handle[rec.EndpointRecord]):
 
         Raises:
             EndpointJoined: it is already joined to a sandbox (leave first).
+            AlreadyConnected: another endpoint of the same network is joined to ``sandbox``.
         """
         join(self._rt, self._current(), sandbox._current())
         self._current()
 
     def leave(self) -> None:
-        """Disconnect the endpoint from its sandbox. Succeeds if it is not joined."""
+        """Disconnect the endpoint from its sandbox. Succeeds if it is not joined.
+
+        Raises:
+            TeardownIncomplete: the driver's leave or the withdrawal of the published
+                ports failed (both are tried; each failure is in the group). Retry,
+                or run :meth:`cnm.Controller.reconcile`.
+        """
         leave(self._rt, self._current())
         self._current()
 
@@ -237,6 +245,13 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
             other = rt.sandbox_record(endpoint.sandbox_id).name
             raise EndpointJoined(f"endpoint {endpoint.name!r} is already joined to sandbox {other!r}; leave it first")
         network = rt.network_record(endpoint.network_id)
+        # Docker's rule: one endpoint per network per sandbox; a second would be two interfaces on one subnet.
+        connected = [e.name for e in rt.endpoints_of_network(network.id) if e.sandbox_id == sandbox.id]
+        if connected:
+            raise AlreadyConnected(
+                f"sandbox {sandbox.name!r} is already connected to network {network.name!r} through endpoint "
+                f"{connected[0]!r}; leave that endpoint first, or join {endpoint.name!r} to another sandbox"
+            )
         drv = rt.driver(network)
         check_join(rt, sandbox, network, host_stack=not drv.capabilities.needs_sandbox_netns)
         ifname = _next_ifname(rt, sandbox)
@@ -353,12 +368,17 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
             if ep_info.ports and isinstance(drv, PortPublisher)
             else None
         )
-        try:
-            drv.leave(net_info, ep_info, sb_info)
-        finally:
-            unpublish_error = None if unpublishing is None else unpublishing.wait()
-        if unpublish_error is not None:
-            raise unpublish_error
+        # Both steps are tried and both failures reported: the firewall rules and the interface are separate leaks.
+        with Teardown(f"leave endpoint {endpoint.name} from sandbox {sandbox.name}") as teardown:
+            try:
+                teardown.run("driver leave", lambda: drv.leave(net_info, ep_info, sb_info))
+            finally:
+                unpublish_error = None if unpublishing is None else unpublishing.wait()
+            if isinstance(unpublish_error, Exception):
+                unpublish_error.add_note(f"in step 'unpublish ports' of {teardown.operation}")
+                teardown.add(unpublish_error)
+            elif unpublish_error is not None:
+                raise unpublish_error
         _save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
         if not sb_info.closing:
             # A closing sandbox's routes and files go with its namespace and directory.

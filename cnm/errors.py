@@ -9,7 +9,8 @@ Python caller would expect::
     │                                  SandboxNotFound, DriverNotFound
     ├── InvalidConfig(ValueError)      malformed CIDR, name too long, unknown option
     ├── Conflict                       AlreadyExists, ActiveEndpoints, AddressInUse,
-    │                                  PortInUse, PoolOverlap, EndpointJoined
+    │                                  PortInUse, PoolOverlap, EndpointJoined,
+    │                                  AlreadyConnected
     ├── Exhausted                      no free address, subnet or host port
     ├── Forbidden(PermissionError)     e.g. deleting a predefined network
     ├── KernelError(OSError)           a netlink, iptables or OVSDB call failed
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 __all__ = [
     "ActiveEndpoints",
     "AddressInUse",
+    "AlreadyConnected",
     "AlreadyExists",
     "CNMError",
     "Conflict",
@@ -89,6 +91,10 @@ class ActiveEndpoints(Conflict):
 
 class EndpointJoined(Conflict):
     """The endpoint is already joined to a sandbox."""
+
+
+class AlreadyConnected(Conflict):
+    """The sandbox is already connected to the network through another endpoint."""
 
 
 class AddressInUse(Conflict):

@@ -23,6 +23,7 @@ sandbox leaves the network or is deleted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,7 @@ from cnm._steps import Rollback
 from cnm.driverapi import Linker, LinkInfo
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
 from cnm.etchosts import HostEntry
+from cnm.steps import Teardown
 from cnm.store import KeyTaken, Transaction
 from cnm.types import PortRange, TransportProtocol
 
@@ -477,16 +479,15 @@ def _remove_link(rt: Runtime, link: rec.LinkRecord) -> None:
 
 
 def drop_links(rt: Runtime, sandbox_id: str, network_id: str | None = None) -> None:
-    """Remove every link from or to a sandbox (on one network only, if given)."""
-    errors: list[Exception] = []
-    for link in links_of(rt, sandbox_id):
-        if network_id in (None, link.network_id):
-            try:
-                _remove_link(rt, link)
-            except Exception as exc:  # noqa: BLE001 - remove the others, report all at the end
-                errors.append(exc)
-    if errors:
-        raise ExceptionGroup("removing legacy links failed; retry, or run Controller.reconcile()", errors)
+    """Remove every link from or to a sandbox (on one network only, if given).
+
+    Raises:
+        TeardownIncomplete: some links could not be removed; the others were.
+    """
+    with Teardown(f"remove the legacy links of sandbox {sandbox_id[:12]}") as teardown:
+        for link in links_of(rt, sandbox_id):
+            if network_id in (None, link.network_id):
+                teardown.run(f"remove link {link.alias}", functools.partial(_remove_link, rt, link))
 
 
 def _broken(rt: Runtime, link: rec.LinkRecord) -> str | None:

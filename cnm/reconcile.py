@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 
@@ -69,6 +69,14 @@ class ReconcileReport:
         return "\n".join(lines) if lines else "nothing to do"
 
 
+@attrs.frozen
+class _Outcome(Generic[_T]):
+    """How one repair went: ``ok`` is False if it failed (the error is in the report)."""
+
+    ok: bool
+    value: _T | None = None
+
+
 class _Log:
     def __init__(self) -> None:
         self.actions: list[str] = []
@@ -78,14 +86,21 @@ class _Log:
         log.info("reconcile: %s", action)
         self.actions.append(action)
 
-    def attempt(self, what: str, fn: Callable[..., _T], *args: Any) -> _T | None:
-        """Run one repair; a failure is recorded and the others still run."""
+    def attempt(self, what: str, fn: Callable[..., _T], *args: Any) -> _Outcome[_T]:
+        """Run one repair; a failure (a partly failed teardown included) is recorded and the others still run."""
         try:
-            return fn(*args)
+            return _Outcome(True, fn(*args))
         except CNMError as exc:
             log.error("reconcile: %s failed: %s", what, exc)
             self.errors.append(f"{what}: {exc}")
-            return None
+            return _Outcome(False)
+
+    def repair(self, what: str, done: str, fn: Callable[..., object], *args: Any) -> bool:
+        """Run one repair and record ``done`` only if it succeeded; True if it did."""
+        if not self.attempt(what, fn, *args).ok:
+            return False
+        self.did(done)
+        return True
 
 
 def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
@@ -95,7 +110,7 @@ def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
         _settle_networks(rt, out)
         _settle_sandboxes(rt, out)
         _settle_endpoints(rt, out)
-        for line in out.attempt("settle legacy links", settle_links, rt) or []:
+        for line in out.attempt("settle legacy links", settle_links, rt).value or []:
             out.did(line)
         _restore_networks(rt, out)
         _repair_joins(rt, out)
@@ -141,8 +156,7 @@ def _settle_networks(rt: Runtime, out: _Log) -> None:
                 _free_network(rt, network)
 
             verb = "rolled back" if network.status == rec.CREATING else "finished deleting"
-            out.attempt(f"settle network {network.name}", undo)
-            out.did(f"{verb} network {network.name}")
+            out.repair(f"settle network {network.name}", f"{verb} network {network.name}", undo)
 
 
 def _settle_sandboxes(rt: Runtime, out: _Log) -> None:
@@ -152,15 +166,16 @@ def _settle_sandboxes(rt: Runtime, out: _Log) -> None:
     for sandbox in rt.list_records("sandbox", rec.SandboxRecord):
         if sandbox.status in (rec.CREATING, rec.DELETING):
             verb = "rolled back" if sandbox.status == rec.CREATING else "finished deleting"
-            out.attempt(f"settle sandbox {sandbox.name}", delete_sandbox, rt, sandbox)
-            out.did(f"{verb} sandbox {sandbox.name}")
+            out.repair(f"settle sandbox {sandbox.name}", f"{verb} sandbox {sandbox.name}", delete_sandbox, rt, sandbox)
         elif sandbox.status == rec.READY and not NetNS(sandbox.netns_path).exists():
+            released = True
             for endpoint in joined_endpoints(rt, sandbox.id):
                 action = delete_endpoint if endpoint.owned_by_sandbox else leave
-                out.attempt(f"release endpoint {endpoint.name}", action, rt, endpoint)
+                released &= out.attempt(f"release endpoint {endpoint.name}", action, rt, endpoint).ok
             with rt.store.transaction() as txn:
                 txn.put("sandbox", sandbox.id, rec.to_json(attrs.evolve(sandbox, status=DEAD)))
-            out.did(f"sandbox {sandbox.name} lost its namespace: marked dead, its endpoints left")
+            left = "its endpoints left" if released else "some of its endpoints could not leave"
+            out.did(f"sandbox {sandbox.name} lost its namespace: marked dead, {left}")
 
 
 def _settle_endpoints(rt: Runtime, out: _Log) -> None:
@@ -172,17 +187,28 @@ def _settle_endpoints(rt: Runtime, out: _Log) -> None:
         try:
             rt.network_record(endpoint.network_id)
         except CNMError:
-            out.attempt(f"forget endpoint {endpoint.name}", _free_endpoint, rt, endpoint)
-            out.did(f"forgot endpoint {endpoint.name} of a vanished network")
+            out.repair(
+                f"forget endpoint {endpoint.name}",
+                f"forgot endpoint {endpoint.name} of a vanished network",
+                _free_endpoint,
+                rt,
+                endpoint,
+            )
             continue
         if endpoint.sandbox_id is not None:
             # Interrupted in join (creating) or in leave (deleting): either way, leave.
-            out.attempt(f"settle the join of endpoint {endpoint.name}", leave, rt, endpoint)
-            out.did(f"undid the interrupted join/leave of endpoint {endpoint.name}")
+            out.repair(
+                f"settle the join of endpoint {endpoint.name}",
+                f"undid the interrupted join/leave of endpoint {endpoint.name}",
+                leave,
+                rt,
+                endpoint,
+            )
         else:
             verb = "rolled back" if endpoint.status == rec.CREATING else "finished deleting"
-            out.attempt(f"settle endpoint {endpoint.name}", delete_endpoint, rt, endpoint)
-            out.did(f"{verb} endpoint {endpoint.name}")
+            out.repair(
+                f"settle endpoint {endpoint.name}", f"{verb} endpoint {endpoint.name}", delete_endpoint, rt, endpoint
+            )
 
 
 def _restore_networks(rt: Runtime, out: _Log) -> None:
@@ -191,7 +217,7 @@ def _restore_networks(rt: Runtime, out: _Log) -> None:
         if (
             network.status == rec.READY
             and isinstance(driver, Reconciler)
-            and out.attempt(f"restore network {network.name}", driver.restore_network, rt.network_info(network))
+            and out.attempt(f"restore network {network.name}", driver.restore_network, rt.network_info(network)).value
         ):
             out.did(f"re-created the host objects of network {network.name}")
 
@@ -224,8 +250,11 @@ def _repair_joins(rt: Runtime, out: _Log) -> None:
                 leave(rt, e, keep_links=True)
                 join(rt, rt.reload(e), rt.reload(s))
 
-            out.attempt(f"rejoin endpoint {endpoint.name}", rejoin)
-            out.did(f"endpoint {endpoint.name} had lost its interface: joined sandbox {sandbox.name} again")
+            out.repair(
+                f"rejoin endpoint {endpoint.name}",
+                f"endpoint {endpoint.name} had lost its interface: joined sandbox {sandbox.name} again",
+                rejoin,
+            )
 
 
 def _collect_garbage(rt: Runtime, out: _Log) -> None:
@@ -242,7 +271,8 @@ def _collect_garbage(rt: Runtime, out: _Log) -> None:
         ids = {n.id for n in mine}
         joined = [rt.endpoint_info(e) for e in endpoints if e.network_id in ids and e.sandbox_id]
         infos = [rt.network_info(n) for n in mine]
-        for line in out.attempt(f"collect garbage of driver {name}", driver.collect_garbage, infos, joined) or []:
+        garbage = out.attempt(f"collect garbage of driver {name}", driver.collect_garbage, infos, joined)
+        for line in garbage.value or []:
             out.did(line)
     sandboxes = rt.list_records("sandbox", rec.SandboxRecord)
     known_ns = {os.path.basename(s.netns_path) for s in sandboxes}

@@ -14,6 +14,7 @@ A sandbox uses one of three namespaces, as Docker's ``--net`` modes do
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -35,6 +36,7 @@ from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
 from cnm.kernel import netns, routes
 from cnm.kernel.netns import Netlink, NetNS
 from cnm.kernel.process import command_in
+from cnm.steps import Teardown
 from cnm.store import KeyTaken
 
 if TYPE_CHECKING:
@@ -539,21 +541,14 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
         with rt.store.transaction() as txn:
             sandbox = attrs.evolve(sandbox, status=rec.DELETING)
             txn.put("sandbox", sandbox.id, rec.to_json(sandbox))
-        errors: list[Exception] = []
-        try:
-            _links.drop_links(rt, sandbox.id)
-        except Exception as exc:  # noqa: BLE001 - continue the teardown, report all at the end
-            errors.append(exc)
-        for endpoint in reversed(joined_endpoints(rt, sandbox.id)):
-            try:
+        # The namespace and files stay until every endpoint is out: a retry or reconcile finishes the job.
+        with Teardown(f"delete sandbox {sandbox.name}") as teardown:
+            teardown.run("drop legacy links", lambda: _links.drop_links(rt, sandbox.id))
+            for endpoint in reversed(joined_endpoints(rt, sandbox.id)):
                 if endpoint.owned_by_sandbox:
-                    delete_endpoint(rt, endpoint)
+                    teardown.run(f"delete endpoint {endpoint.name}", functools.partial(delete_endpoint, rt, endpoint))
                 else:
-                    leave(rt, endpoint)
-            except Exception as exc:  # noqa: BLE001 - continue the teardown, report all at the end
-                errors.append(exc)
-        if errors:
-            raise ExceptionGroup(f"deleting sandbox {sandbox.name!r} left endpoints behind; retry the delete", errors)
+                    teardown.run(f"leave endpoint {endpoint.name}", functools.partial(leave, rt, endpoint))
         if rt.owns_netns(sandbox):
             netns.remove(sandbox.netns_path)
         if sandbox.mode != rec.CONTAINER:

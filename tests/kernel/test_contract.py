@@ -70,3 +70,91 @@ def test_a_slash_30_works(controller: Controller) -> None:
     for ep in net.endpoints():
         ep.delete()
     net.delete()
+
+
+def sandbox_links(ctl: Controller, name: str) -> list[str]:
+    with NetNS(ctl.sandbox(name).netns_path).netlink() as nl:
+        return sorted(link.name for link in links.list_links(nl))
+
+
+def test_a_second_endpoint_of_one_network_cannot_join_the_same_sandbox(controller: Controller) -> None:
+    net = controller.create_network("one", ipam=IPAMConfig(subnet="10.79.0.0/24"))
+    sb = controller.create_sandbox("s1", network="one")
+    second = net.create_endpoint("second")
+    before = host_state(controller), sandbox_links(controller, "s1")
+    with pytest.raises(errors.AlreadyConnected, match=r"'s1' is already connected to network 'one'.*'s1'"):
+        second.join(sb)
+    assert (host_state(controller), sandbox_links(controller, "s1")) == before
+    assert second.sandbox is None
+    other = controller.create_sandbox("s2")
+    second.join(other)  # the endpoint itself is fine elsewhere
+    other.delete()
+    second.delete()
+    sb.delete()
+    for ep in net.endpoints():
+        ep.delete()
+    net.delete()
+
+
+def fail_for(monkeypatch: pytest.MonkeyPatch, driver: object, method: str, endpoint_name: str) -> None:
+    """Make ``driver.method`` raise a KernelError for one endpoint only."""
+    real = getattr(driver, method)
+
+    def failing(*args: object) -> object:
+        if any(getattr(a, "name", None) == endpoint_name for a in args):
+            raise errors.KernelError(f"injected {method} failure for {endpoint_name}")
+        return real(*args)
+
+    monkeypatch.setattr(driver, method, failing)
+
+
+def test_reconcile_goes_on_past_a_failed_teardown_and_reports_it(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = controller.create_network("rc", ipam=IPAMConfig(subnet="10.80.0.0/24"))
+    a, b = controller.create_sandbox("a", network="rc"), controller.create_sandbox("b", network="rc")
+    driver = controller.registry.get("bridge")
+    fail_for(monkeypatch, driver, "leave", "a")
+    fail_for(monkeypatch, driver, "leave", "b")
+    for sb in (a, b):
+        with pytest.raises(errors.TeardownIncomplete) as info:
+            sb.delete()
+        assert isinstance(info.value, errors.CNMError)
+        assert isinstance(info.value, ExceptionGroup)
+    monkeypatch.undo()
+    fail_for(monkeypatch, driver, "leave", "a")  # b's repair now works, a's still fails
+
+    report = controller.reconcile()
+    assert "finished deleting sandbox b" in report.actions
+    assert "finished deleting sandbox a" not in report.actions, "a failed repair is not reported as done"
+    assert [e for e in report.errors if e.startswith("settle sandbox a:")], report
+    assert [s.name for s in controller.sandboxes()] == ["a"]
+
+    monkeypatch.undo()
+    assert "finished deleting sandbox a" in controller.reconcile().actions
+    assert controller.sandboxes() == []
+    net.delete()
+
+
+def test_a_failed_leave_reports_both_the_driver_and_the_unpublish_failure(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnm import PortBinding
+
+    net = controller.create_network("lv", ipam=IPAMConfig(subnet="10.81.0.0/24"))
+    sb = controller.create_sandbox("p1")
+    ep = net.create_endpoint("p1", ports=[PortBinding(container_port=80)])
+    ep.join(sb)
+    driver = controller.registry.get("bridge")
+    fail_for(monkeypatch, driver, "leave", "p1")
+    fail_for(monkeypatch, driver, "unpublish_ports", "p1")
+    with pytest.raises(errors.TeardownIncomplete) as info:
+        ep.leave()
+    messages = sorted(str(e) for e in info.value.exceptions)
+    assert messages == ["injected leave failure for p1", "injected unpublish_ports failure for p1"]
+    monkeypatch.undo()
+    ep.leave()
+    assert ep.sandbox is None
+    ep.delete()
+    sb.delete()
+    net.delete()
