@@ -11,8 +11,7 @@ from cnm._locks import StateLocks
 from cnm._runtime import Runtime, validate_name
 from cnm.driverapi import DriverContext
 from cnm.errors import InvalidConfig, NotFound
-from cnm.firewall import Firewall
-from cnm.firewall.iptables import IptablesFirewall
+from cnm.firewall import ClosableFirewall, Firewall, open_firewall
 from cnm.ipam import LocalIpam
 from cnm.kernel.netns import NetNS
 from cnm.network import Network, create_network
@@ -52,7 +51,9 @@ class Controller:
             under /run/netns, a path, a :class:`~cnm.kernel.netns.NetNS`, or None
             for the calling process's own. Every kernel object of this controller
             and its drivers lives there.
-        firewall: the firewall backend; python-iptables in ``host_netns`` by default.
+        firewall: the firewall backend: a :class:`~cnm.firewall.Firewall`, or the name of one
+            (``"iptables"``, the default; ``"nftables"``; ``"none"``, which writes no rules),
+            opened in ``host_netns`` (:func:`cnm.firewall.open_firewall`).
         registry: the driver registry; by default drivers come from the
             ``cnm.drivers`` entry points.
         predefined: create Docker's predefined networks ``bridge``, ``none`` and ``host``.
@@ -67,7 +68,7 @@ class Controller:
         state_dir: str = "/var/lib/cnm",
         host_netns: str | NetNS | None = None,
         *,
-        firewall: Firewall | None = None,
+        firewall: Firewall | str | None = None,
         registry: DriverRegistry | None = None,
         predefined: bool = True,
         ephemeral_ports: str | PortRange | None = None,
@@ -85,9 +86,9 @@ class Controller:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.host_netns = host
         # A firewall this controller made is this controller's to close (it runs a worker process).
-        self._own_firewall: IptablesFirewall | None = None
-        if firewall is None:
-            firewall = self._own_firewall = IptablesFirewall(host)
+        self._own_firewall: ClosableFirewall | None = None
+        if firewall is None or isinstance(firewall, str):
+            firewall = self._own_firewall = open_firewall(firewall or "iptables", host)
         self.firewall: Firewall = firewall
         store = SqliteStore(os.path.join(self.state_dir, "cnm.db"))
         self.registry = registry or DriverRegistry(self._driver_context)

@@ -3,8 +3,10 @@
 A driver describes a network (:class:`FirewallNetwork`), its published ports
 (:class:`PortMapping`) and legacy links (:class:`LinkRule`); a backend turns
 them into rules in the controller's host namespace. The python-iptables
-backend (:mod:`cnm.firewall.iptables`) follows Docker's layout; an nftables
-backend can follow later behind the same :class:`Firewall` protocol.
+backend (:mod:`cnm.firewall.iptables`) follows Docker's layout; the nftables
+backend (:mod:`cnm.firewall.nftables`) keeps the same behaviour in one table
+per controller; :class:`NoFirewall` writes nothing. :func:`open_firewall`
+picks one by name.
 
 Every rule a backend writes is tagged as cnm's, so :meth:`Firewall.cleanup`
 finds exactly cnm's rules and nothing else.
@@ -14,14 +16,29 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
 from cnm.errors import InvalidConfig
 from cnm.types import PortBinding, PortRange, TransportProtocol
 
-__all__ = ["Firewall", "FirewallNetwork", "LinkRule", "NetworkRules", "PortMapping", "port_mappings"]
+if TYPE_CHECKING:
+    from cnm.kernel.netns import NetNS
+
+__all__ = [
+    "BACKENDS",
+    "BackendName",
+    "ClosableFirewall",
+    "Firewall",
+    "FirewallNetwork",
+    "LinkRule",
+    "NetworkRules",
+    "NoFirewall",
+    "PortMapping",
+    "open_firewall",
+    "port_mappings",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -146,3 +163,76 @@ class Firewall(Protocol):
 
         With ``keep`` empty, cnm's chains go too.
         """
+
+
+@runtime_checkable
+class ClosableFirewall(Firewall, Protocol):
+    """A firewall that holds something to release (a worker process): what :func:`open_firewall` returns."""
+
+    def close(self) -> None:
+        """Release what the backend holds; rules stay as they are."""
+
+
+class NoFirewall:
+    """The ``none`` backend: writes no rule at all, for hosts whose firewall someone else manages.
+
+    Sandboxes then get forwarding, NAT and published ports only if the host's own rules give them.
+    """
+
+    def setup_network(self, network: FirewallNetwork) -> None:
+        """Write nothing."""
+
+    def teardown_network(self, network: FirewallNetwork) -> None:
+        """Remove nothing."""
+
+    def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
+        """Write nothing: the port is recorded, not forwarded."""
+
+    def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
+        """Remove nothing."""
+
+    def add_link(self, network: FirewallNetwork, link: LinkRule) -> None:
+        """Write nothing."""
+
+    def remove_link(self, network: FirewallNetwork, link: LinkRule) -> None:
+        """Remove nothing."""
+
+    def reapply(self, networks: Sequence[NetworkRules]) -> None:
+        """Write nothing."""
+
+    def cleanup(self, keep: Collection[str] = ()) -> int:
+        """Remove nothing; return 0."""
+        return 0
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __repr__(self) -> str:
+        return "NoFirewall()"
+
+
+#: The backend names :func:`open_firewall` knows.
+BackendName: TypeAlias = Literal["iptables", "nftables", "none"]
+BACKENDS: tuple[BackendName, ...] = ("iptables", "nftables", "none")
+
+
+def open_firewall(name: str, host_netns: NetNS, *, owner: str = "default") -> ClosableFirewall:
+    """The firewall backend called ``name`` ("iptables", "nftables" or "none") for ``host_netns``.
+
+    ``owner`` names the nftables backend's table (``inet cnm_<owner>``); the
+    iptables backend has one layout per namespace and ignores it.
+
+    Raises:
+        InvalidConfig: an unknown name, or an owner nftables cannot take.
+    """
+    if name == "iptables":
+        from cnm.firewall.iptables import IptablesFirewall  # backends import this module: import them late
+
+        return IptablesFirewall(host_netns)
+    if name == "nftables":
+        from cnm.firewall.nftables import NftablesFirewall
+
+        return NftablesFirewall(host_netns, owner=owner)
+    if name == "none":
+        return NoFirewall()
+    raise InvalidConfig(f"unknown firewall backend {name!r}; choose one of {', '.join(BACKENDS)}")

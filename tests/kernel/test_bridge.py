@@ -1,14 +1,15 @@
 """The bridge driver end to end: real namespaces, real packets, real NAT.
 
 Each test runs its controller in a throwaway host namespace, with an outside
-namespace (192.0.2.2) linked to it as the rest of the world.
+namespace (192.0.2.2) linked to it as the rest of the world, once with each
+firewall backend (iptables, nftables).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,12 +17,24 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside
+from cnm.testing.hosts import Outside, unmount_sandboxes
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel
 
 Track = Callable[[subprocess.Popen[Any]], subprocess.Popen[Any]]
+
+
+@pytest.fixture(params=["iptables", "nftables"])
+def controller(request: pytest.FixtureRequest, tmp_path: Any, host_netns: NetNS) -> Iterator[Controller]:
+    """A Controller in ``host_netns`` with the firewall backend of the parameter."""
+    state_dir = str(tmp_path / "state")
+    ctl = Controller(state_dir=state_dir, host_netns=host_netns, firewall=request.param)
+    try:
+        yield ctl
+    finally:
+        ctl.close()
+        unmount_sandboxes(state_dir)
 
 
 class HostRunner:
@@ -140,6 +153,10 @@ def test_published_ports_pass_a_host_whose_forward_policy_drops(
     controller: Controller, outside: Outside, processes: Track
 ) -> None:
     # A hardened host (or Docker's) drops what nothing accepts: only cnm's rules let traffic through.
+    # The legacy policy is iptables-only: an ACCEPT in cnm's nftables table cannot override a drop in
+    # another table (test_firewall_nftables.py shows what a foreign nftables drop needs instead).
+    if controller.firewall.__class__.__name__ != "IptablesFirewall":
+        pytest.skip("a legacy FORWARD DROP policy is another table's drop for the nftables backend")
     runner = HostRunner(controller.host_netns)
     assert runner.run(["iptables-legacy", "-P", "FORWARD", "DROP"]).returncode == 0
     net = controller.create_network("guarded", ipam=IPAMConfig(subnet="172.26.0.0/24"))
