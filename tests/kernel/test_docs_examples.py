@@ -114,6 +114,32 @@ def test_firewall_page_shows_the_real_rules(netns_factory: Callable[[str], NetNS
         page.cleanup(state_dir)
 
 
+def _nft_ruleset(host: NetNS, network_id: str) -> str:
+    """nft list ruleset in ``host``, with the page's network id."""
+    out = subprocess.run(
+        ["nsenter", f"--net={host.path}", "nft", "list", "ruleset"], capture_output=True, text=True, check=True
+    ).stdout
+    return out.replace(network_id[:12], DOC_NETWORK_ID).replace(f"cnm-{network_id[:11]}", "cnm-" + DOC_NETWORK_ID[:11])
+
+
+def test_firewall_page_shows_the_real_nftables_table(netns_factory: Callable[[str], NetNS], tmp_path: Path) -> None:
+    host = netns_factory("nf")
+    state_dir = str(tmp_path / "state")
+    page = Page("firewall.md", {'"/tmp/cnm-fw"': repr(state_dir), '"cnm-fw"': repr(host.path)})
+    # The page's own program, with the one change the page names.
+    assert page.blocks[0].count("predefined=False)") == 1
+    page.blocks[0] = page.blocks[0].replace("predefined=False)", 'predefined=False, firewall="nftables")')
+    (listing,) = blocks("firewall.md", "nft")
+    try:
+        page.run(0)
+        assert _nft_ruleset(host, page.scope["net"].id) == listing
+        page.run(1)
+        page.run(2)  # cleanup deletes the table
+        assert _nft_ruleset(host, page.scope["net"].id) == ""
+    finally:
+        page.cleanup(state_dir)
+
+
 def test_errors_page_examples_run(controller: Controller) -> None:
     page = Page("errors.md", {})
     page.scope["ctl"] = controller
