@@ -305,3 +305,50 @@ def test_none_writes_no_rules(tmp_path: Any, host_netns: NetNS, outside: Outside
         b.delete()
         net.delete()
     unmount_sandboxes(state_dir)
+
+
+def test_a_legacy_link_on_an_icc_false_network_opens_only_its_ports(
+    nft_controller: Controller, processes: Track
+) -> None:
+    ctl = nft_controller
+    net = ctl.create_network("icc", ipam=IPAMConfig(subnet="172.23.0.0/24"), options={"icc": False})
+    db = ctl.create_sandbox("db", network="icc", exposed=["3306/tcp", "5432/udp"])
+    other = ctl.create_sandbox("other", network="icc")
+    app = ctl.create_sandbox("app", network="icc", links=[("db", "db")])
+    db_ip, app_ip = str(net.endpoint("db").ip), str(net.endpoint("app").ip)
+    for proto, port in (("tcp", 3306), ("udp", 5432), ("tcp", 8000)):
+        processes(serve(db, proto, port))
+    assert probe(app, "tcp", db_ip, 3306) == app_ip
+    assert probe(app, "udp", db_ip, 5432) == app_ip
+    assert probe(app, "tcp", db_ip, 8000, timeout=1) is None  # not an exposed port
+    assert probe(other, "tcp", db_ip, 3306, timeout=1) is None  # no link
+    assert "172.23.0.3 . 172.23.0.2 . tcp . 3306" in cnm_table(ctl.host_netns).replace(app_ip, "172.23.0.3").replace(
+        db_ip, "172.23.0.2"
+    )
+    app.unlink("db")
+    assert probe(app, "tcp", db_ip, 3306, timeout=1) is None
+    for s in (app, other, db):
+        s.delete()
+    net.delete()
+
+
+def test_reapply_firewall_repairs_a_flushed_ruleset(
+    nft_controller: Controller, outside: Outside, processes: Track
+) -> None:
+    ctl = nft_controller
+    net = ctl.create_network("web", ipam=IPAMConfig(subnet="172.22.0.0/24"))
+    server = ctl.create_sandbox("srv", network="web", ports=[PortBinding(container_port=80, host_port=8094)])
+    processes(serve(server, "tcp", 80))
+    address = str(outside.host_address)
+    before = cnm_table(ctl.host_netns)
+    assert probe(outside, "tcp", address, 8094) == str(outside.address)
+    nft(ctl.host_netns, "flush", "ruleset")
+    assert probe(outside, "tcp", address, 8094, timeout=1) is None
+    ctl.reapply_firewall()
+    assert cnm_table(ctl.host_netns) == before
+    assert probe(outside, "tcp", address, 8094) == str(outside.address)
+    # A second controller on the same state_dir reconciles to the same table.
+    with Controller(state_dir=ctl.state_dir, host_netns=ctl.host_netns, firewall="nftables", predefined=False):
+        assert cnm_table(ctl.host_netns) == before
+    server.delete()
+    net.delete()
