@@ -186,11 +186,7 @@ class _Server:
         # The hairpin pair stays: another port of the same sandbox may need it, and it matches only a
         # sandbox's own traffic DNATed back to itself. It goes with the network.
         elements = [e for e in port_elements(self._table, network, ports) if not e["name"].startswith("hairpin_")]
-        if elements and self._exists(what):
-            commands = [*base_objects(self._table), *network_objects(self._table, network)]
-            for body in elements:
-                commands += _delete("element", body)
-            self._batch(what, commands)
+        self._withdraw(what, network, elements)
 
     def _op_add_link(self, what: str, network: FirewallNetwork, link: LinkRule) -> None:
         elements = link_elements(self._table, network, link)
@@ -198,12 +194,25 @@ class _Server:
         self._batch(what, commands + [{"add": {"element": body}} for body in elements])
 
     def _op_remove_link(self, what: str, network: FirewallNetwork, link: LinkRule) -> None:
-        if not self._exists(what):
+        self._withdraw(what, network, link_elements(self._table, network, link))
+
+    def _withdraw(self, what: str, network: FirewallNetwork, elements: list[dict[str, Any]]) -> None:
+        """Delete ``elements`` from the network's sets and maps, if cnm's table exists at all.
+
+        Listing tables fills libnftables' whole cache, elements included (10 ms at 1000 published
+        ports), so the table is not looked for first: without ``add table``, the batch fails when
+        there is no table, and only then is its absence checked.
+        """
+        if not elements:
             return
-        commands = [*base_objects(self._table), *network_objects(self._table, network)]
-        for body in link_elements(self._table, network, link):
+        commands = list(network_objects(self._table, network))
+        for body in elements:
             commands += _delete("element", body)
-        self._batch(what, commands)
+        try:
+            self._batch(what, commands)
+        except KernelError:
+            if self._exists(what):
+                raise
 
     def _op_reapply(self, what: str, networks: tuple[NetworkRules, ...]) -> None:
         # The whole table, rebuilt in one transaction: no moment without rules, nothing stale kept.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -234,11 +233,10 @@ def test_publishing_one_port_is_an_element_add_at_a_thousand(host: NetNS, fw: Nf
     fw.add_ports(NET_A, [_port("tcp", str(10000 + i), f"172.28.{i // 250}.{i % 250 + 2}", "80") for i in range(1000)])
     rules = cnm_table(host).count("\n")
     extra = _port("tcp", "20000", "172.28.9.9", "80")
-    start = time.perf_counter()
     fw.add_ports(NET_A, [extra])
+    assert "tcp . 20000 : 172.28.9.9" in cnm_table(host)
     fw.remove_ports(NET_A, [extra])
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"publishing and withdrawing one port took {elapsed:.3f} s with 1000 published"
+    assert "tcp . 20000" not in cnm_table(host)
     assert nft(host, "list", "chain", "inet", "cnm_default", "published").count("dnat") == 2  # no rule per port
     assert cnm_table(host).count("\n") == rules + 1  # the extra hairpin pair stays, on a line of its own
 
