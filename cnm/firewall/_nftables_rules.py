@@ -13,8 +13,12 @@ they are:
   ``meta l4proto . th dport`` to the container address and port;
 - ``ipaddr_<k>``, ``ipport_<k>``: the same for ports bound to one host
   address, keyed ``ip daddr . meta l4proto . th dport``;
-- ``hairpin_<k>``: ``ip saddr . ip daddr`` pairs (a sandbox to itself) that
-  are masqueraded, so a sandbox reaches its own published port;
+- ``hairpin_tcp_<k>``, ``hairpin_udp_<k>``: ``ip saddr . ip daddr . ct
+  original proto-dst`` (a sandbox to itself through one of its published host
+  ports), which are masqueraded, so a sandbox reaches its own published port;
+  one element per host port, added and removed with it (nft takes
+  ``proto-dst`` in a concatenation only after a protocol match: one set per
+  protocol);
 - ``links_<k>``: legacy links on an icc=false network, ``source . target .
   protocol . port``.
 
@@ -79,7 +83,11 @@ def _key(network: FirewallNetwork) -> str:
 
 def network_set_names(key: str) -> tuple[str, ...]:
     """The sets and maps of the network whose id starts with ``key``."""
-    return tuple(f"{kind}_{key}" for kind in ("addr", "port", "ipaddr", "ipport", "hairpin", "links"))
+    kinds = ("addr", "port", "ipaddr", "ipport", "hairpin_tcp", "hairpin_udp", "links")
+    return tuple(f"{kind}_{key}" for kind in kinds)
+
+
+_PROTOCOLS = ("tcp", "udp")
 
 
 # -- expressions -------------------------------------------------------------------------------
@@ -148,7 +156,7 @@ def base_rules(table: str) -> list[Command]:
 def network_objects(table: str, network: FirewallNetwork) -> list[Command]:
     """The network's sets and maps (none for an internal network but the links set)."""
     t = _Table(table)
-    addr, port, ipaddr, ipport, hairpin, links = network_set_names(_key(network))
+    addr, port, ipaddr, ipport, hairpin_tcp, hairpin_udp, links = network_set_names(_key(network))
     commands = [t.set(links, ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"])]
     if not network.internal:
         commands += [
@@ -156,7 +164,8 @@ def network_objects(table: str, network: FirewallNetwork) -> list[Command]:
             t.set(port, ["inet_proto", "inet_service"], "inet_service"),
             t.set(ipaddr, ["ipv4_addr", "inet_proto", "inet_service"], "ipv4_addr"),
             t.set(ipport, ["ipv4_addr", "inet_proto", "inet_service"], "inet_service"),
-            t.set(hairpin, ["ipv4_addr", "ipv4_addr"]),
+            t.set(hairpin_tcp, ["ipv4_addr", "ipv4_addr", "inet_service"]),
+            t.set(hairpin_udp, ["ipv4_addr", "ipv4_addr", "inet_service"]),
         ]
     return commands
 
@@ -164,7 +173,7 @@ def network_objects(table: str, network: FirewallNetwork) -> list[Command]:
 def network_rules(table: str, network: FirewallNetwork) -> list[Command]:
     """The network's rules, each commented ``cnm:<id[:12]>``, in the order they go into their chains."""
     t, tag, br, subnet = _Table(table), network.tag, network.interface, network.subnet
-    addr, port, ipaddr, ipport, hairpin, links = network_set_names(_key(network))
+    addr, port, ipaddr, ipport, *hairpins, links = network_set_names(_key(network))
     iif, oif = _meta("iifname"), _meta("oifname")
     accept, drop = {"accept": None}, {"drop": None}
     rules = [
@@ -220,8 +229,12 @@ def network_rules(table: str, network: FirewallNetwork) -> list[Command]:
             )
         # Host -> 127.0.0.1:published reaches the sandbox from a local address: masquerade it to the gateway.
         rules.append(t.rule("postrouting", tag, _match(oif, br), _fib_local("saddr"), masquerade))
-        pair = {"concat": [_payload("ip", "saddr"), _payload("ip", "daddr")]}
-        rules.append(t.rule("postrouting", tag, _match(oif, br), _match(pair, f"@{hairpin}"), masquerade))
+        # A sandbox to itself, DNATed from one of its published host ports (the connection's original port).
+        original_port = {"ct": {"key": "proto-dst", "dir": "original"}}
+        pair = {"concat": [_payload("ip", "saddr"), _payload("ip", "daddr"), original_port]}
+        for proto, hairpin in zip(_PROTOCOLS, hairpins, strict=True):
+            protocol = _match(_meta("l4proto"), proto)
+            rules.append(t.rule("postrouting", tag, _match(oif, br), protocol, _match(pair, f"@{hairpin}"), masquerade))
     return rules
 
 
@@ -240,11 +253,12 @@ def _host_ports(port: PortMapping) -> Iterator[tuple[int, int]]:
 
 
 def port_elements(table: str, network: FirewallNetwork, ports: Iterable[PortMapping]) -> list[dict[str, Any]]:
-    """The element bodies that publish ``ports`` (one per map, plus the hairpin pairs); none when internal."""
+    """The element bodies that publish ``ports`` (one per map and host port, hairpin included); none when internal."""
     if network.internal:
         return []
-    addr, port, ipaddr, ipport, hairpin, _ = network_set_names(_key(network))
-    elements: dict[str, list[Any]] = {addr: [], port: [], ipaddr: [], ipport: [], hairpin: []}
+    addr, port, ipaddr, ipport, hairpin_tcp, hairpin_udp, _ = network_set_names(_key(network))
+    hairpin = dict(zip(_PROTOCOLS, (hairpin_tcp, hairpin_udp), strict=True))
+    elements: dict[str, list[Any]] = {name: [] for name in (addr, port, ipaddr, ipport, hairpin_tcp, hairpin_udp)}
     for mapping in ports:
         ip = str(mapping.container_ip)
         for host_port, container_port in _host_ports(mapping):
@@ -256,9 +270,7 @@ def port_elements(table: str, network: FirewallNetwork, ports: Iterable[PortMapp
                 key = {"concat": [str(mapping.host_ip), mapping.protocol, host_port]}
                 elements[ipaddr].append([key, ip])
                 elements[ipport].append([key, container_port])
-        pair = {"concat": [ip, ip]}
-        if pair not in elements[hairpin]:
-            elements[hairpin].append(pair)
+            elements[hairpin[mapping.protocol]].append({"concat": [ip, ip, host_port]})
     return [{"family": FAMILY, "table": table, "name": name, "elem": elem} for name, elem in elements.items() if elem]
 
 
@@ -266,7 +278,7 @@ def link_elements(table: str, network: FirewallNetwork, link: LinkRule) -> list[
     """The element bodies of a legacy link's ports; none on an icc=true network (nothing is dropped there)."""
     if network.icc or not link.ports:
         return []
-    links = network_set_names(_key(network))[5]
+    links = network_set_names(_key(network))[-1]
     src, dst = str(link.source_ip), str(link.target_ip)
     elem = [{"concat": [src, dst, proto, port]} for proto, port in link.ports]
     return [{"family": FAMILY, "table": table, "name": links, "elem": elem}]

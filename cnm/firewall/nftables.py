@@ -183,10 +183,7 @@ class _Server:
             self._batch(what, commands + [{"add": {"element": body}} for body in elements])
 
     def _op_remove_ports(self, what: str, network: FirewallNetwork, ports: tuple[PortMapping, ...]) -> None:
-        # The hairpin pair stays: another port of the same sandbox may need it, and it matches only a
-        # sandbox's own traffic DNATed back to itself. It goes with the network.
-        elements = [e for e in port_elements(self._table, network, ports) if not e["name"].startswith("hairpin_")]
-        self._withdraw(what, network, elements)
+        self._withdraw(what, network, port_elements(self._table, network, ports))
 
     def _op_add_link(self, what: str, network: FirewallNetwork, link: LinkRule) -> None:
         elements = link_elements(self._table, network, link)
