@@ -232,8 +232,8 @@ def network_rules(table: str, network: FirewallNetwork) -> list[Command]:
         # A sandbox to itself, DNATed from one of its published host ports (the connection's original port).
         original_port = {"ct": {"key": "proto-dst", "dir": "original"}}
         pair = {"concat": [_payload("ip", "saddr"), _payload("ip", "daddr"), original_port]}
-        for proto, hairpin in zip(_PROTOCOLS, hairpins, strict=True):
-            protocol = _match(_meta("l4proto"), proto)
+        for transport, hairpin in zip(_PROTOCOLS, hairpins, strict=True):
+            protocol = _match(_meta("l4proto"), transport)
             rules.append(t.rule("postrouting", tag, _match(oif, br), protocol, _match(pair, f"@{hairpin}"), masquerade))
     return rules
 
