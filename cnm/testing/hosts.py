@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -28,6 +29,7 @@ __all__ = [
     "Outside",
     "iptables_save",
     "link_outside",
+    "nft_state",
     "settled",
     "stop_process",
     "throwaway_namespaces",
@@ -138,6 +140,31 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def nft_state(ns: NetNS) -> str:
+    """The namespace's nftables ruleset as sorted JSON lines: no handles, elements in order.
+
+    Two rulesets that differ only in the order things were added (an nftables
+    listing follows creation order and hash order) give the same text. Runs
+    the ``nft`` binary, as only tests may.
+    """
+    out = subprocess.run(
+        ["nsenter", f"--net={ns.path}", "--", "nft", "-j", "list", "ruleset"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = []
+    for item in json.loads(out or '{"nftables": []}')["nftables"]:
+        for body in item.values():
+            if isinstance(body, dict):
+                body.pop("handle", None)
+                if isinstance(body.get("elem"), list):
+                    body["elem"] = sorted(body["elem"], key=lambda e: json.dumps(e, sort_keys=True))
+        if "metainfo" not in item:
+            lines.append(json.dumps(item, sort_keys=True))
+    return "".join(line + "\n" for line in sorted(lines))
 
 
 def iptables_save(ns: NetNS) -> str:

@@ -26,7 +26,7 @@ from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm import _records as rec
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside, iptables_save, settled
+from cnm.testing.hosts import Outside, iptables_save, nft_state, settled
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel
@@ -88,11 +88,15 @@ def check_common_invariants(ctl: Controller) -> None:
             assert set(rt.ipam.allocated(n.pool_id)) == owned
     assert set(rt.ports.held().values()) <= {e.id for e in endpoints}
     # Rules: exactly what the store describes (re-applying changes nothing), DNAT only to live addresses.
-    rules = iptables_save(ctl.host_netns)
+    # Both backends' rules are read: whichever the controller uses, the other stays empty of cnm's.
+    rules = iptables_save(ctl.host_netns) + nft_state(ctl.host_netns)
     ctl.reapply_firewall()
-    assert iptables_save(ctl.host_netns) == rules, "rules differ from what the store describes"
+    assert iptables_save(ctl.host_netns) + nft_state(ctl.host_netns) == rules, "rules differ from the store"
     live = {ipaddress.IPv4Interface(e.address).ip for e in endpoints if e.address and e.sandbox_id}
-    for target in re.findall(r"--to-destination ([0-9.]+):", rules):
+    # iptables DNATs, and nftables DNAT map elements ("tcp", port) -> address.
+    targets = re.findall(r"--to-destination ([0-9.]+):", rules)
+    targets += re.findall(r'\[\{"concat": \[[^]]*"(?:tcp|udp)", \d+\]\}, "(\d+\.\d+\.\d+\.\d+)"\]', rules)
+    for target in targets:
         assert ipaddress.ip_address(target) in live, f"DNAT to {target}, which no joined endpoint has"
 
 
@@ -121,6 +125,7 @@ class KillSwitch:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import cnm.store
         from cnm.firewall.iptables import IptablesFirewall
+        from cnm.firewall.nftables import NftablesFirewall
         from cnm.kernel import addresses, netns, routes
 
         after = self.after
@@ -143,8 +148,9 @@ class KillSwitch:
         ):
             for name in names:
                 monkeypatch.setattr(module, name, after(getattr(module, name)))
-        for name in ("setup_network", "teardown_network", "add_ports", "remove_ports"):
-            monkeypatch.setattr(IptablesFirewall, name, after(getattr(IptablesFirewall, name)))
+        for backend in (IptablesFirewall, NftablesFirewall):
+            for name in ("setup_network", "teardown_network", "add_ports", "remove_ports"):
+                monkeypatch.setattr(backend, name, after(getattr(backend, name)))
 
 
 def clear(ctl: Controller, network: str) -> None:
@@ -186,8 +192,8 @@ def run_child(work: Callable[[], None], *, kill_at: int = 0, kill_after: float =
     return True
 
 
-def reopen(state: str, host: NetNS) -> Controller:
-    return Controller(state_dir=state, host_netns=host)
+def reopen(state: str, host: NetNS, firewall: str = "iptables") -> Controller:
+    return Controller(state_dir=state, host_netns=host, firewall=firewall)
 
 
 def scenario_create_join(ctl: Controller) -> None:
@@ -209,16 +215,17 @@ def scenario_teardown(ctl: Controller) -> None:
     ctl.network("n2").delete()
 
 
+@pytest.mark.parametrize("firewall", ["iptables", "nftables"])
 @pytest.mark.parametrize("scenario", ["create_join", "teardown"])
 def test_kill_between_every_pair_of_steps(
-    host_netns: NetNS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str
+    host_netns: NetNS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str, firewall: str
 ) -> None:
     state = str(tmp_path / "state")
-    with reopen(state, host_netns) as ctl:
+    with reopen(state, host_netns, firewall) as ctl:
         ctl.create_network("n1", ipam=IPAMConfig(subnet="10.11.0.0/24"))
     kill_at = 1
     while True:
-        with reopen(state, host_netns) as ctl:
+        with reopen(state, host_netns, firewall) as ctl:
             check_invariants(ctl)
             # Bring the state back to the scenario's start before each kill.
             clear(ctl, "n1")
@@ -230,7 +237,7 @@ def test_kill_between_every_pair_of_steps(
 
         def work(switch: KillSwitch = switch) -> None:
             switch.install(monkeypatch)
-            with Controller(state_dir=state, host_netns=host_netns, reconcile=False) as child:
+            with Controller(state_dir=state, host_netns=host_netns, reconcile=False, firewall=firewall) as child:
                 (scenario_create_join if scenario == "create_join" else scenario_teardown)(child)
 
         finished = run_child(work)
@@ -238,7 +245,7 @@ def test_kill_between_every_pair_of_steps(
             break
         kill_at += 1
         assert kill_at < 400, "the scenario never finished"
-    with reopen(state, host_netns) as ctl:
+    with reopen(state, host_netns, firewall) as ctl:
         check_invariants(ctl)
         clear(ctl, "n1")
         ctl.network("n1").delete()
