@@ -2,7 +2,7 @@
 
 ::
 
-    cnm [--state-dir DIR] [--host-netns NS] [--format table|json] [--debug] COMMAND ...
+    cnm [--state-dir DIR] [--host-netns NS] [--firewall iptables|nftables|none] [--format table|json] [--debug] COMMAND ...
 
     cnm network create|ls|inspect|rm|connect|disconnect|prune
     cnm endpoint ls|rm NETWORK ...
@@ -42,6 +42,7 @@ from typing import Any, NoReturn, TextIO
 
 from cnm import Controller, errors
 from cnm.cli import network, sandbox
+from cnm.firewall import BACKENDS
 from cnm.cli._common import (
     EXIT_CNM_FAILED_TO_RUN,
     EXIT_ERROR,
@@ -85,6 +86,14 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         metavar="NS",
         help="the network namespace to treat as the host: a name under /run/netns or a path "
         "($CNM_HOST_NETNS; default: cnm's own)"
+        if defaults
+        else argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--firewall",
+        choices=BACKENDS,
+        default=default(os.environ.get("CNM_FIREWALL") or "iptables"),
+        help="the firewall backend: iptables, nftables, or none to write no rules ($CNM_FIREWALL; default %(default)s)"
         if defaults
         else argparse.SUPPRESS,
     )
@@ -204,7 +213,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     failed_status = EXIT_CNM_FAILED_TO_RUN if args.cmd in ("run", "exec") else EXIT_ERROR
     message: str | None = None
     try:
-        with Controller(state_dir=args.state_dir, host_netns=args.host_netns, reconcile=_repairs_on_open(args)) as ctl:
+        with Controller(
+            state_dir=args.state_dir,
+            host_netns=args.host_netns,
+            firewall=args.firewall,
+            reconcile=_repairs_on_open(args),
+        ) as ctl:
             handler: Handler = args.handler
             status = handler(ctl, args, sys.stdout)
             sys.stdout.flush()  # a reader that left fails here, inside the handling below

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,27 @@ def test_reapply_firewall_repairs_a_flushed_ruleset(
         assert cnm_table(ctl.host_netns) == before
     server.delete()
     net.delete()
+
+
+def test_the_cli_takes_the_backend_from_a_flag_or_the_environment(host_netns: NetNS, tmp_path: Path) -> None:
+    def cnm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "cnm.cli",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--host-netns",
+            host_netns.path,
+        ]
+        return subprocess.run(
+            [*argv, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, check=False
+        )
+
+    created = cnm("--firewall", "nftables", "network", "create", "--subnet", "10.77.0.0/24", "fwnet")
+    assert created.returncode == 0, created.stderr
+    assert "ip saddr 10.77.0.0/24" in cnm_table(host_netns)
+    removed = cnm("network", "rm", "fwnet", env={"CNM_FIREWALL": "nftables"})
+    assert removed.returncode == 0, removed.stderr
+    assert "10.77.0.0/24" not in cnm_table(host_netns)
+    assert cnm("--firewall", "pf", "network", "ls").returncode == 2
