@@ -2,7 +2,8 @@
 
 ::
 
-    cnm [--state-dir DIR] [--host-netns NS] [--firewall iptables|nftables|none] [--format table|json] [--debug] COMMAND ...
+    cnm [--state-dir DIR] [--host-netns NS] [--firewall iptables|nftables|none] [--format table|json] [--debug]
+        COMMAND ...
 
     cnm network create|ls|inspect|rm|connect|disconnect|prune
     cnm endpoint ls|rm NETWORK ...
@@ -42,7 +43,6 @@ from typing import Any, NoReturn, TextIO
 
 from cnm import Controller, errors
 from cnm.cli import network, sandbox
-from cnm.firewall import BACKENDS
 from cnm.cli._common import (
     EXIT_CNM_FAILED_TO_RUN,
     EXIT_ERROR,
@@ -52,6 +52,7 @@ from cnm.cli._common import (
     UsageError,
     print_error,
 )
+from cnm.firewall import BACKENDS
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_CNM_FAILED_TO_RUN", "EXIT_ERROR", "EXIT_USAGE", "build_parser", "main"]
 
