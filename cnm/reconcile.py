@@ -4,6 +4,9 @@ Every operation records its intent in the store (a ``creating`` or
 ``deleting`` status) before it touches the kernel, and every driver verb is
 idempotent, so an interrupted operation can always be finished or undone:
 
+* namespaces hidden under a later mount of the namespace directory (a crash,
+  an ``ip netns add`` on a fresh machine) are brought back, stacked mounts
+  of it removed;
 * records still ``creating`` are rolled back, records ``deleting`` are finished;
 * sandboxes whose namespace is gone (a reboot) are marked ``dead``: their
   endpoints leave, the endpoints they own are deleted, their addresses and
@@ -107,6 +110,7 @@ def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
     """Finish or undo interrupted operations, repair and collect garbage; see the module doc."""
     out = _Log()
     with rt.locks.everything():
+        _unshadow_namespaces(rt, out)
         _settle_networks(rt, out)
         _settle_sandboxes(rt, out)
         _settle_endpoints(rt, out)
@@ -143,6 +147,13 @@ def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
             if rules is not None:
                 described.append(rules)
         firewall.reapply(described)
+
+
+def _unshadow_namespaces(rt: Runtime, out: _Log) -> None:
+    # First: a sandbox whose namespace is hidden under a later mount of the
+    # directory would otherwise be taken for one that lost its namespace.
+    for line in out.attempt(f"clear shadowed mounts of {rt.netns_dir}", netns.clear_shadowed, rt.netns_dir) or []:
+        out.did(line)
 
 
 def _settle_networks(rt: Runtime, out: _Log) -> None:
