@@ -349,6 +349,11 @@ class Environment:
             for name in sorted(os.listdir(sandboxes)) if os.path.isdir(sandboxes) else []:
                 path = os.path.join(sandboxes, name)
                 step(f"sandbox namespace {path}", lambda p=path: netns.remove(p))  # type: ignore[misc]
+            # Scenarios run controllers of their own under state_dir (ovs-a/state, ...).
+            for top, dirs, _ in os.walk(self.state_dir):
+                if "netns" in dirs:
+                    path = os.path.join(top, "netns")
+                    step(f"the mount of {path}", lambda p=path: netns.release_directory(p))  # type: ignore[misc]
         for ns in reversed(self.namespaces):
             step(f"namespace {ns.path}", lambda n=ns: netns.remove(n.path))  # type: ignore[misc]
         if self.state_dir is not None:

@@ -32,7 +32,16 @@ from cnm.kernel.errors import map_netlink_errors
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-__all__ = ["NETNS_RUN_DIR", "NetNS", "Netlink", "clear_shadowed", "create", "prepare_directory", "remove"]
+__all__ = [
+    "NETNS_RUN_DIR",
+    "NetNS",
+    "Netlink",
+    "clear_shadowed",
+    "create",
+    "prepare_directory",
+    "release_directory",
+    "remove",
+]
 
 log = logging.getLogger(__name__)
 
@@ -493,6 +502,32 @@ def prepare_directory(directory: str) -> None:
             finally:
                 _close_all(held)
         _prepared.add(key)
+
+
+def release_directory(directory: str) -> bool:
+    """Undo :func:`prepare_directory` for a directory about to be deleted (a throwaway state_dir).
+
+    Its self-mounts are detached when no namespace is mounted in it any more;
+    else nothing changes. Never for /run/netns, whose mount others rely on.
+
+    Returns:
+        True if a mount was taken off.
+    """
+    directory = os.path.realpath(directory)
+    if directory == NETNS_RUN_DIR or not os.path.isdir(directory):
+        return False
+    with _prepared_lock, _directory_lock(directory):
+        mounts = _mountinfo()
+        if _namespaces_at(mounts, directory):
+            return False
+        released = False
+        for mount in reversed(_stack(mounts, directory)):
+            if not _is_self_bind(mounts, mount):
+                break
+            _check(_libc.umount2(directory.encode(), _MNT_DETACH), f"detach the mount of {directory}")
+            released = True
+        _prepared.discard(_key(directory))
+    return released
 
 
 def clear_shadowed(directory: str) -> list[str]:

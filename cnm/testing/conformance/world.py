@@ -127,6 +127,7 @@ class World:
         self.options: dict[str, object] = {**options, **(extra or {})}
         self.state_dir = tempfile.mkdtemp(prefix="cnm-conformance-")
         self._stack.callback(shutil.rmtree, self.state_dir, ignore_errors=True)
+        self._stack.callback(netns.release_directory, os.path.join(self.state_dir, "netns"))
         self._stack.callback(self._unmount_sandboxes)
         iptables = IptablesFirewall(self.host)
         self._stack.callback(iptables.close)  # ends its worker process
