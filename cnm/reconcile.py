@@ -152,7 +152,7 @@ def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
 def _unshadow_namespaces(rt: Runtime, out: _Log) -> None:
     # First: a sandbox whose namespace is hidden under a later mount of the
     # directory would otherwise be taken for one that lost its namespace.
-    for line in out.attempt(f"clear shadowed mounts of {rt.netns_dir}", netns.clear_shadowed, rt.netns_dir) or []:
+    for line in out.attempt(f"clear shadowed mounts of {rt.netns_dir}", netns.clear_shadowed, rt.netns_dir).value or []:
         out.did(line)
 
 
