@@ -161,6 +161,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         for firewall in firewalls:
             firewall.close()
         netns.remove(host_path)  # succeeds when create failed and nothing is there
+        netns.release_directory(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
