@@ -83,6 +83,7 @@ class EndpointRecord:
     gateway: str | None = None
     join_seq: int = 0
     owned_by_sandbox: bool = False
+    owner_sandbox_id: str | None = None
     exposed: list[str] = attrs.field(factory=list)
     created: str = ""
     status: str = READY

@@ -129,6 +129,9 @@ class Runtime:
             txn.delete("sandbox.endpoint", f"{old_sandbox}/{record.id}")
         if record.sandbox_id:
             txn.put("sandbox.endpoint", f"{record.sandbox_id}/{record.id}", {"id": record.id})
+        if record.owner_sandbox_id:
+            # Found by the owner's delete even when not joined: it goes with the sandbox either way.
+            txn.put("sandbox.owned", f"{record.owner_sandbox_id}/{record.id}", {"id": record.id})
         txn.put("endpoint", record.id, rec.to_json(record))
 
     @staticmethod
@@ -137,6 +140,8 @@ class Runtime:
         old = txn.get("endpoint", record.id)
         if old is not None and old.get("sandbox_id"):
             txn.delete("sandbox.endpoint", f"{old['sandbox_id']}/{record.id}")
+        if record.owner_sandbox_id:
+            txn.delete("sandbox.owned", f"{record.owner_sandbox_id}/{record.id}")
         txn.delete("endpoint.name", f"{record.network_id}/{record.name}")
         txn.delete("endpoint", record.id)
 
@@ -147,6 +152,10 @@ class Runtime:
     def endpoints_of_sandbox(self, sandbox_id: str) -> list[rec.EndpointRecord]:
         """The endpoints joined to a sandbox, in join order."""
         return sorted(self._indexed("sandbox.endpoint", sandbox_id), key=lambda e: e.join_seq)
+
+    def endpoints_owned_by(self, sandbox_id: str) -> list[rec.EndpointRecord]:
+        """The endpoints a sandbox created (``create_sandbox(network=...)``), joined or not."""
+        return self._indexed("sandbox.owned", sandbox_id)
 
     def _indexed(self, index: str, owner: str) -> list[rec.EndpointRecord]:
         with self.store.transaction() as txn:

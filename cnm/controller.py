@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,7 @@ from cnm.network import Network, create_network
 from cnm.portmapper import PortAllocator, read_ephemeral_range
 from cnm.reconcile import ReconcileReport, reapply_firewall, reconcile
 from cnm.registry import DriverRegistry
-from cnm.sandbox import Sandbox, create_sandbox
+from cnm.sandbox import Sandbox, create_sandbox, delete_sandbox, mark_ready
 from cnm.store import SqliteStore
 from cnm.types import IPAMConfig, PortBinding, PortRange
 
@@ -223,7 +224,7 @@ class Controller:
 
                 * a network name or id (``"bridge"``, a user network): a fresh
                   namespace joined to it through an endpoint named after the
-                  sandbox, which the sandbox owns (deleted with it);
+                  sandbox, which the sandbox owns (deleted with it, joined or not);
                 * ``"none"``: a fresh namespace with loopback only, joined to
                   the ``none`` network (an endpoint with no address);
                 * ``"host"`` (any network whose driver gives the host's stack):
@@ -258,8 +259,10 @@ class Controller:
         """
         from cnm import _records as rec
         from cnm.endpoint import create_endpoint, join
+        from cnm.links import create_link
+        from cnm.steps import Steps
 
-        def make(mode: str, share: str | None = None, network_mode: str = "") -> Sandbox:
+        def make(mode: str, share: str | None = None, network_mode: str = "", *, ready: bool = True) -> Sandbox:
             return create_sandbox(
                 self._rt,
                 name,
@@ -271,6 +274,7 @@ class Controller:
                 share=share,
                 network_mode=network_mode,
                 exposed=exposed,
+                ready=ready,
             )
 
         if ports and not network:
@@ -295,20 +299,35 @@ class Controller:
             net = self._rt.network_record(network)
             # Host mode is whatever network gives the host's own stack (the host driver's).
             host_stack = not self.registry.get(net.driver).capabilities.needs_sandbox_netns
-            sandbox = make(rec.HOST if host_stack else rec.PRIVATE, network_mode=net.name)
-            try:
-                endpoint = create_endpoint(self._rt, net, name, ports=ports, owned_by_sandbox=True)
-                try:
-                    join(self._rt, endpoint._record, sandbox._record)
-                except BaseException:
-                    endpoint.delete()
-                    raise
+            # The sandbox stays "creating" until the endpoint, the join and the links are all made:
+            # reconcile rolls back a crash anywhere in between as one call (the endpoint, found by
+            # its owner id, goes with the sandbox), never leaving half of it.
+            with Steps(f"create sandbox {name} on network {net.name}") as steps:
+                sandbox = steps.run(
+                    "create the sandbox",
+                    lambda: make(rec.HOST if host_stack else rec.PRIVATE, network_mode=net.name, ready=False),
+                    undo=lambda: delete_sandbox(self._rt, sandbox._record),  # its endpoint and links go with it
+                )
+                endpoint = steps.run(
+                    "create its endpoint",
+                    lambda: create_endpoint(self._rt, net, name, ports=ports, owner_sandbox_id=sandbox.id),
+                )
+                steps.run("join", lambda: join(self._rt, endpoint._record, sandbox._record))
                 for target, alias in links:
-                    sandbox.link(target, alias, network=net.name)
-            except BaseException:
-                sandbox.delete()  # its links go with it
-                raise
-            return sandbox
+                    steps.run(
+                        f"link {alias}",
+                        functools.partial(
+                            create_link,
+                            self._rt,
+                            sandbox._record,
+                            target,
+                            alias,
+                            network=net.name,
+                            source_creating=True,
+                        ),
+                    )
+                done = steps.run("mark it ready", lambda: mark_ready(self._rt, sandbox._record))
+            return Sandbox(self._rt, done)
 
     def sandboxes(self) -> list[Sandbox]:
         """Every sandbox, in name order."""

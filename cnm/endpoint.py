@@ -134,9 +134,14 @@ def create_endpoint(
     ports: Sequence[PortBinding] = (),
     ip: str | ipaddress.IPv4Address | None = None,
     owned_by_sandbox: bool = False,
+    owner_sandbox_id: str | None = None,
     exposed: Sequence[object] = (),
 ) -> Endpoint:
-    """Create an endpoint: reserve its name, address and host ports, then tell the driver."""
+    """Create an endpoint: reserve its name, address and host ports, then tell the driver.
+
+    ``owner_sandbox_id`` names the sandbox that creates it for itself; it is
+    deleted with that sandbox, joined or not.
+    """
     from cnm.links import parse_exposed
 
     validate_name(name, "endpoint")
@@ -156,7 +161,8 @@ def create_endpoint(
             name=name,
             network_id=network.id,
             requested_ports=rec.ports_to_json(list(ports)),
-            owned_by_sandbox=owned_by_sandbox,
+            owned_by_sandbox=owned_by_sandbox or owner_sandbox_id is not None,
+            owner_sandbox_id=owner_sandbox_id,
             exposed=exposed_ports,
             created=now(),
             status=rec.CREATING,
@@ -232,8 +238,12 @@ def _next_ifname(rt: Runtime, sandbox: rec.SandboxRecord) -> str:
     return f"eth{max(used, default=-1) + 1}"
 
 
-def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) -> None:
-    """Join ``endpoint`` to ``sandbox``: driver join, address, routes, published ports, hosts file."""
+def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, *, ifname: str | None = None) -> None:
+    """Join ``endpoint`` to ``sandbox``: driver join, address, routes, published ports, hosts file.
+
+    ``ifname`` is the interface name to use, for a rejoin that keeps the one
+    the endpoint had; the next free ethN by default.
+    """
     from cnm.sandbox import check_join, refresh_files, update_gateway
 
     with rt.locks.operation(sandboxes=[sandbox.id], networks=[endpoint.network_id]):
@@ -254,7 +264,7 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) 
             )
         drv = rt.driver(network)
         check_join(rt, sandbox, network, host_stack=not drv.capabilities.needs_sandbox_netns)
-        ifname = _next_ifname(rt, sandbox)
+        ifname = ifname or _next_ifname(rt, sandbox)
         seq = sandbox.join_counter + 1
         with (
             Rollback(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo,
@@ -339,11 +349,13 @@ def _lock_endpoint(rt: Runtime, endpoint: rec.EndpointRecord, held: contextlib.E
         attempt.close()
 
 
-def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False) -> None:
+def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False, refresh: bool = True) -> None:
     """Leave the endpoint's sandbox: drop its links there, withdraw ports, driver leave, move the route, update files.
 
     ``keep_links`` keeps the sandbox's links on the network, for a leave that
     is followed at once by a join of the same endpoint (same address).
+    ``refresh=False`` leaves the sandbox's default route and files as they
+    are, for a leave whose join follows at once and redoes both.
     """
     from cnm.links import drop_links
     from cnm.sandbox import refresh_files, update_gateway
@@ -380,7 +392,7 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
             elif unpublish_error is not None:
                 raise unpublish_error
         _save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
-        if not sb_info.closing:
+        if refresh and not sb_info.closing:
             # A closing sandbox's routes and files go with its namespace and directory.
             update_gateway(rt, sandbox)
             refresh_files(rt, sandbox)

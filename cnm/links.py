@@ -319,8 +319,8 @@ def _addressed(rt: Runtime, sandbox: rec.SandboxRecord) -> dict[str, rec.Endpoin
     return {e.network_id: e for e in joined_endpoints(rt, sandbox.id) if e.address and e.status == rec.READY}
 
 
-def _check_linkable(rt: Runtime, sandbox: rec.SandboxRecord, role: str) -> None:
-    if sandbox.status != rec.READY:
+def _check_linkable(rt: Runtime, sandbox: rec.SandboxRecord, role: str, *, creating: bool = False) -> None:
+    if sandbox.status != rec.READY and not (creating and sandbox.status == rec.CREATING):
         raise Conflict(f"sandbox {sandbox.name!r} is {sandbox.status}; it cannot be {role} a link")
     if sandbox.mode == rec.CONTAINER:
         owner = rt.sandbox_record(sandbox.shares or "").name
@@ -384,12 +384,24 @@ def _refresh_hosts(rt: Runtime, sandbox_id: str) -> None:
         refresh_files(rt, rt.sandbox_record(sandbox_id))
 
 
-def create_link(rt: Runtime, source: rec.SandboxRecord, target: str, alias: str, *, network: str | None = None) -> Link:
-    """Link ``source`` to the sandbox ``target`` under ``alias``: record, rules, hosts line."""
+def create_link(
+    rt: Runtime,
+    source: rec.SandboxRecord,
+    target: str,
+    alias: str,
+    *,
+    network: str | None = None,
+    source_creating: bool = False,
+) -> Link:
+    """Link ``source`` to the sandbox ``target`` under ``alias``: record, rules, hosts line.
+
+    ``source_creating`` lets the source still be ``creating``: the links of
+    ``create_sandbox(links=...)`` are part of the sandbox's own creation.
+    """
     validate_name(alias, "link alias")
     with rt.locks.operation(sandboxes=[source.id, rt.sandbox_record(target).id]):
         source = rt.reload(source)
-        _check_linkable(rt, source, "the source of")
+        _check_linkable(rt, source, "the source of", creating=source_creating)
         target_record = rt.sandbox_record(target)
         if target_record.id == source.id:
             raise InvalidConfig(f"sandbox {source.name!r} cannot link to itself; name another sandbox")

@@ -8,11 +8,15 @@ idempotent, so an interrupted operation can always be finished or undone:
   an ``ip netns add`` on a fresh machine) are brought back, stacked mounts
   of it removed;
 * records still ``creating`` are rolled back, records ``deleting`` are finished;
+  a sandbox is ``creating`` until all of ``create_sandbox(network=, ports=,
+  links=)`` is done, so a crash anywhere in that call rolls all of it back;
+* endpoints a sandbox made for itself are deleted once that sandbox is gone;
 * sandboxes whose namespace is gone (a reboot) are marked ``dead``: their
   endpoints leave, the endpoints they own are deleted, their addresses and
   host ports are released;
 * networks whose host objects are gone are re-created by their driver;
-* joined endpoints whose interfaces vanished are joined again;
+* joined endpoints whose interfaces vanished are joined again, under the
+  interface names they had;
 * kernel objects that are recognisably cnm's but unknown to the store are
   removed, and so are allocations nobody owns;
 * legacy links half made or half removed are removed, and so are links whose
@@ -180,7 +184,9 @@ def _settle_sandboxes(rt: Runtime, out: _Log) -> None:
             out.repair(f"settle sandbox {sandbox.name}", f"{verb} sandbox {sandbox.name}", delete_sandbox, rt, sandbox)
         elif sandbox.status == rec.READY and not NetNS(sandbox.netns_path).exists():
             released = True
-            for endpoint in joined_endpoints(rt, sandbox.id):
+            joined = joined_endpoints(rt, sandbox.id)
+            unjoined = [e for e in rt.endpoints_owned_by(sandbox.id) if e.id not in {j.id for j in joined}]
+            for endpoint in [*joined, *unjoined]:
                 action = delete_endpoint if endpoint.owned_by_sandbox else leave
                 released &= out.attempt(f"release endpoint {endpoint.name}", action, rt, endpoint).ok
             with rt.store.transaction() as txn:
@@ -192,7 +198,18 @@ def _settle_sandboxes(rt: Runtime, out: _Log) -> None:
 def _settle_endpoints(rt: Runtime, out: _Log) -> None:
     from cnm.endpoint import _free_endpoint, delete_endpoint, leave
 
+    sandboxes = {s.id for s in rt.list_records("sandbox", rec.SandboxRecord)}
     for endpoint in rt.list_records("endpoint", rec.EndpointRecord):
+        if endpoint.owner_sandbox_id is not None and endpoint.owner_sandbox_id not in sandboxes:
+            # Made by a sandbox for itself, and that sandbox is gone: it goes too.
+            out.repair(
+                f"delete endpoint {endpoint.name}",
+                f"deleted endpoint {endpoint.name}, whose sandbox is gone",
+                delete_endpoint,
+                rt,
+                endpoint,
+            )
+            continue
         if endpoint.status == rec.READY:
             continue
         try:
@@ -243,6 +260,7 @@ def _interface_present(sandbox: rec.SandboxRecord, ifname: str | None) -> bool:
 def _repair_joins(rt: Runtime, out: _Log) -> None:
     from cnm.endpoint import join, leave
 
+    broken: dict[str, list[rec.EndpointRecord]] = {}
     for endpoint in rt.list_records("endpoint", rec.EndpointRecord):
         if endpoint.sandbox_id is None or endpoint.status != rec.READY:
             continue
@@ -255,17 +273,33 @@ def _repair_joins(rt: Runtime, out: _Log) -> None:
             rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
         ) and _interface_present(sandbox, endpoint.ifname)
         if not intact:
-
-            def rejoin(e: rec.EndpointRecord = endpoint, s: rec.SandboxRecord = sandbox) -> None:
-                # The address stays the same across the rejoin, so the sandbox's links stay valid.
-                leave(rt, e, keep_links=True)
-                join(rt, rt.reload(e), rt.reload(s))
-
+            broken.setdefault(sandbox.id, []).append(endpoint)
+    for sandbox_id, endpoints in broken.items():
+        # All of a sandbox's broken endpoints leave before any joins again, and they join in their
+        # old order under their old names: a route or a program naming eth0 finds it again, and no
+        # step points the default route at an interface that is still missing.
+        endpoints.sort(key=lambda e: e.join_seq)
+        sandbox = rt.sandbox_record(sandbox_id)
+        left = [e for e in endpoints if out.attempt(f"rejoin endpoint {e.name}", _leave_for_rejoin, leave, rt, e).ok]
+        for e in left:
+            # The address stays the same across the rejoin, so the sandbox's links stay valid.
             out.repair(
-                f"rejoin endpoint {endpoint.name}",
-                f"endpoint {endpoint.name} had lost its interface: joined sandbox {sandbox.name} again",
-                rejoin,
+                f"rejoin endpoint {e.name}",
+                f"endpoint {e.name} had lost its interface: joined sandbox {sandbox.name} again as {e.ifname}",
+                _join_as,
+                join,
+                rt,
+                e,
+                sandbox,
             )
+
+
+def _leave_for_rejoin(leave: Callable[..., None], rt: Runtime, endpoint: rec.EndpointRecord) -> None:
+    leave(rt, endpoint, keep_links=True, refresh=False)
+
+
+def _join_as(join: Callable[..., None], rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) -> None:
+    join(rt, rt.reload(endpoint), rt.reload(sandbox), ifname=endpoint.ifname)
 
 
 def _collect_garbage(rt: Runtime, out: _Log) -> None:

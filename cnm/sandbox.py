@@ -223,7 +223,8 @@ class Sandbox(Handle[rec.SandboxRecord]):
     def delete(self) -> None:
         """Delete the sandbox: leave every joined endpoint, then remove the namespace and files.
 
-        Endpoints it joined stay (unless it created them itself); deleting what is
+        Endpoints it joined stay; those it created itself (``network=``) are
+        deleted, joined or not, with their addresses and host ports. Deleting what is
         already gone succeeds. A host-mode sandbox never removes the host's
         namespace; a container-mode sandbox removes nothing of its owner's.
 
@@ -326,6 +327,7 @@ def create_sandbox(
     share: str | None = None,
     network_mode: str = "",
     exposed: Sequence[object] = (),
+    ready: bool = True,
 ) -> Sandbox:
     """Create a sandbox in ``mode``, with its files.
 
@@ -339,6 +341,10 @@ def create_sandbox(
         share: in container mode, the sandbox to share (name or id).
         network_mode: what the caller asked for, kept for :meth:`Sandbox.inspect`.
         exposed: ports the sandbox exposes (``"3306/tcp"``), for legacy links.
+        ready: mark the record ready at the end. False leaves it ``creating``
+            for a caller that does more (joins, links) before the sandbox is
+            done and marks it so with :func:`mark_ready`: a crash before then
+            is rolled back by reconcile as a whole.
     """
     validate_name(name, "sandbox")
     exposed_ports = _links.parse_exposed(exposed)
@@ -400,11 +406,20 @@ def create_sandbox(
             os.makedirs(record.files_dir, exist_ok=True)
             undo.done("files", lambda: shutil.rmtree(record.files_dir, ignore_errors=True))
             write_files(rt, record)
-        record = attrs.evolve(record, status=rec.READY)
-        with rt.store.transaction() as txn:
-            txn.put("sandbox", sandbox_id, rec.to_json(record))
+        record = mark_ready(rt, record) if ready else record
     log.info("created sandbox %s (%s, %s mode)", name, sandbox_id[:12], mode)
     return Sandbox(rt, record)
+
+
+def mark_ready(rt: Runtime, record: rec.SandboxRecord) -> rec.SandboxRecord:
+    """Mark a sandbox created with ``ready=False`` as done; the record as stored."""
+    with rt.store.transaction() as txn:
+        current = txn.get("sandbox", record.id)
+        if current is None:
+            raise NotFound(f"sandbox {record.name!r} vanished while it was being created; create it again")
+        record = attrs.evolve(rec.from_json(rec.SandboxRecord, current), status=rec.READY)
+        txn.put("sandbox", record.id, rec.to_json(record))
+    return record
 
 
 def _forget(rt: Runtime, record: rec.SandboxRecord) -> None:
@@ -544,8 +559,11 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
         # The namespace and files stay until every endpoint is out: a retry or reconcile finishes the job.
         with Teardown(f"delete sandbox {sandbox.name}") as teardown:
             teardown.run("drop legacy links", lambda: _links.drop_links(rt, sandbox.id))
-            for endpoint in reversed(joined_endpoints(rt, sandbox.id)):
-                if endpoint.owned_by_sandbox:
+            joined = joined_endpoints(rt, sandbox.id)
+            # Owned but no longer joined (left, or a crash before the join): deleted all the same.
+            unjoined = [e for e in rt.endpoints_owned_by(sandbox.id) if e.id not in {j.id for j in joined}]
+            for endpoint in [*reversed(joined), *unjoined]:
+                if endpoint.owned_by_sandbox and endpoint.owner_sandbox_id in (None, sandbox.id):
                     teardown.run(f"delete endpoint {endpoint.name}", functools.partial(delete_endpoint, rt, endpoint))
                 else:
                     teardown.run(f"leave endpoint {endpoint.name}", functools.partial(leave, rt, endpoint))

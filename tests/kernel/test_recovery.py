@@ -68,6 +68,8 @@ def check_common_invariants(ctl: Controller) -> None:
     sandboxes = rt.list_records("sandbox", rec.SandboxRecord)
     assert all(r.status == rec.READY for r in networks + endpoints), "an operation was left in flight"
     assert all(s.status in (rec.READY, "dead") for s in sandboxes)
+    owners = {s.id for s in sandboxes}
+    assert all(e.owner_sandbox_id in owners for e in endpoints if e.owner_sandbox_id), "an owned endpoint outlived"
     # Sandbox namespaces: one live mount per live sandbox, nothing else.
     netns_dir = os.path.join(ctl.state_dir, "netns")
     files = set(os.listdir(netns_dir)) if os.path.isdir(netns_dir) else set()
@@ -220,8 +222,36 @@ def scenario_teardown(ctl: Controller) -> None:
     ctl.network("n2").delete()
 
 
+def scenario_compound(ctl: Controller) -> None:
+    ctl.create_sandbox("c1", network="n1", ports=[PortBinding(container_port=80, host_port=8081)], links=[("t1", "db")])
+
+
+def check_compound(ctl: Controller) -> None:
+    """The compound ``create_sandbox("c1", ...)`` is all there and working, or not there at all."""
+    held = ctl._rt.ports.held()
+    names = {s.name for s in ctl.sandboxes()}
+    if "c1" in names:
+        c1 = ctl.sandbox("c1")
+        assert c1._record.status == rec.READY
+        assert [(e.name, e.ifname) for e in c1.endpoints()] == [("c1", "eth0")]
+        assert [int(str(p.host_port)) for p in c1.endpoints()[0].ports] == [8081]
+        assert [lk.alias for lk in c1.links()] == ["db"]
+        assert ping(c1, "db")
+    else:
+        assert "c1" not in {e.name for e in ctl.network("n1").endpoints()}, "the killed call left its endpoint"
+        assert not any("/8081/" in key for key in held), "the killed call left its host port"
+    assert not ctl.reconcile(), "a second reconcile still found something to repair"
+
+
+SCENARIOS: dict[str, Callable[[Controller], None]] = {
+    "create_join": scenario_create_join,
+    "teardown": scenario_teardown,
+    "compound": scenario_compound,
+}
+
+
 @pytest.mark.parametrize("firewall", ["iptables", "nftables"])
-@pytest.mark.parametrize("scenario", ["create_join", "teardown"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_kill_between_every_pair_of_steps(
     host_netns: NetNS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str, firewall: str
 ) -> None:
@@ -232,18 +262,22 @@ def test_kill_between_every_pair_of_steps(
     while True:
         with reopen(state, host_netns, firewall) as ctl:
             check_invariants(ctl)
+            if scenario == "compound":
+                check_compound(ctl)
             # Bring the state back to the scenario's start before each kill.
             clear(ctl, "n1")
             with contextlib.suppress(errors.NetworkNotFound):
                 ctl.network("n2").delete()
             if scenario == "teardown":
                 scenario_create_join(ctl)
+            if scenario == "compound":
+                ctl.create_sandbox("t1", network="n1")
         switch = KillSwitch(kill_at)
 
         def work(switch: KillSwitch = switch) -> None:
             switch.install(monkeypatch)
             with Controller(state_dir=state, host_netns=host_netns, reconcile=False, firewall=firewall) as child:
-                (scenario_create_join if scenario == "create_join" else scenario_teardown)(child)
+                SCENARIOS[scenario](child)
 
         finished = run_child(work)
         if finished:
@@ -252,6 +286,9 @@ def test_kill_between_every_pair_of_steps(
         assert kill_at < 400, "the scenario never finished"
     with reopen(state, host_netns, firewall) as ctl:
         check_invariants(ctl)
+        if scenario == "compound":
+            check_compound(ctl)
+            assert "c1" in {s.name for s in ctl.sandboxes()}
         clear(ctl, "n1")
         ctl.network("n1").delete()
         check_invariants(ctl)
@@ -358,3 +395,58 @@ def test_reapply_after_a_flushed_firewall(
     assert probe(web, "tcp", str(outside.address), 7000) == str(outside.host_address)
     web.delete()
     controller.network("fl").delete()
+
+
+def test_an_owned_endpoint_goes_with_its_sandbox_even_after_a_leave(controller: Controller) -> None:
+    net = controller.create_network("own", ipam=IPAMConfig(subnet="10.16.0.0/24"))
+    sb = controller.create_sandbox("a", network="own", ports=[PortBinding(container_port=80, host_port=8082)])
+    (ep,) = sb.endpoints()
+    address = ep.ip
+    ep.leave()
+    sb.delete()
+    assert net.endpoints() == []
+    assert controller._rt.ports.held() == {}
+    assert address not in set(controller._rt.ipam.allocated(net._record.pool_id or ""))
+    assert not controller.reconcile()
+    net.delete()
+
+
+def test_reconcile_deletes_an_owned_endpoint_whose_sandbox_is_gone(controller: Controller) -> None:
+    from cnm.kernel import netns
+    from cnm.sandbox import _forget
+
+    net = controller.create_network("orph", ipam=IPAMConfig(subnet="10.17.0.0/24"))
+    sb = controller.create_sandbox("a", network="orph", ports=[PortBinding(container_port=80, host_port=8083)])
+    sb.endpoints()[0].leave()
+    # What an older cnm's delete left: the sandbox gone, the endpoint it made still there.
+    netns.remove(sb.netns_path)
+    _forget(controller._rt, sb._record)
+    report = controller.reconcile()
+    assert "deleted endpoint a, whose sandbox is gone" in report.actions
+    assert net.endpoints() == []
+    assert controller._rt.ports.held() == {}
+    net.delete()
+
+
+def test_a_rejoin_keeps_the_interface_names(controller: Controller) -> None:
+    controller.create_network("if1", ipam=IPAMConfig(subnet="10.18.0.0/24"))
+    second = controller.create_network("if2", ipam=IPAMConfig(subnet="10.19.0.0/24"))
+    sb = controller.create_sandbox("a", network="if1")
+    second.create_endpoint("b").join(sb)
+    before = {e.name: e.ifname for e in sb.endpoints()}
+    assert sorted(before.values()) == ["eth0", "eth1"]
+    # The sandbox's interfaces are lost (its namespace kept): reconcile joins both again.
+    with sb.netns.netlink() as nl:
+        for ifname in before.values():
+            links.delete_link(nl, ifname)
+    report = controller.reconcile()
+    assert len([a for a in report.actions if "joined sandbox a again" in a]) == 2
+    assert {e.name: e.ifname for e in sb.endpoints()} == before
+    with sb.netns.netlink() as nl:
+        assert all(links.get_link(nl, ifname) is not None for ifname in before.values())
+    sb.delete()
+    for net in controller.networks():
+        if net.name in ("if1", "if2"):
+            for ep in net.endpoints():
+                ep.delete()
+            net.delete()
