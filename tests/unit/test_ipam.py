@@ -6,7 +6,6 @@ import ipaddress
 import multiprocessing
 import random
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -399,28 +398,18 @@ def test_processes_never_get_the_same_address(tmp_path: Path) -> None:
     store.close()
 
 
-def test_allocation_stays_cheap_with_a_thousand_addresses_allocated(tmp_path: Path) -> None:
+def test_allocation_goes_on_past_a_thousand_addresses_and_explicit_ones_ahead(tmp_path: Path) -> None:
+    # Its cost at this size is measured by benchmarks/bench_cnm.py (ADD at k=1000), not asserted here.
     store = SqliteStore(str(tmp_path / "state.db"))
     ipam = LocalIpam(store)
     pool = ipam.request_pool(subnet=net("10.30.0.0/16"))
-    with store.transaction():
-        for _ in range(1000):
-            ipam.request_address(pool.id)
-    rounds = 50
-    start = time.perf_counter()
-    for _ in range(rounds):
-        ipam.request_address(pool.id)
-    per_call = (time.perf_counter() - start) / rounds
-    # Generous bound for loaded CI machines; typically well under a millisecond.
-    assert per_call < 0.01, f"{per_call * 1000:.2f} ms per request_address"
-
-    # Explicit addresses piled up ahead of the frontier (out of order, so it cannot follow them) make
-    # one request read the pool's allocation set; that stays bounded too.
     base = int(addr("10.30.0.0"))
     with store.transaction():
-        for i in range(2100, 1050, -1):
+        got = [ipam.request_address(pool.id) for _ in range(1000)]
+    assert len(set(got)) == 1000
+    # Explicit addresses piled up ahead of the frontier, out of order, are skipped by the next request.
+    with store.transaction():
+        for i in range(2100, 1000, -1):
             ipam.request_address(pool.id, ipaddress.ip_address(base + i))
-    start = time.perf_counter()
     assert ipam.request_address(pool.id) == ipaddress.ip_address(base + 2101)
-    assert time.perf_counter() - start < 0.05
     store.close()
