@@ -5,25 +5,27 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 
 from cnm import _records as rec
 from cnm._locks import StateLocks
 from cnm._runtime import Runtime, validate_name
-from cnm.driverapi import DriverContext
+from cnm.driverapi import DriverContext, owner_mark
 from cnm.errors import InvalidConfig, NotFound
 from cnm.firewall import ClosableFirewall, Firewall, open_firewall
 from cnm.ipam import LocalIpam
+from cnm.kernel import links
 from cnm.kernel.netns import NetNS
 from cnm.network import Network, create_network
 from cnm.portmapper import PortAllocator, read_ephemeral_range
 from cnm.reconcile import ReconcileReport, reapply_firewall, reconcile
 from cnm.registry import DriverRegistry
 from cnm.sandbox import Sandbox, create_sandbox, delete_sandbox, mark_ready
-from cnm.store import SqliteStore
+from cnm.store import KeyTaken, SqliteStore, Store
 from cnm.types import IPAMConfig, PortBinding, PortRange
 
-__all__ = ["DEFAULT_BRIDGE", "Controller"]
+__all__ = ["DEFAULT_BRIDGE", "Controller", "default_bridge_name"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,26 @@ DEFAULT_BRIDGE_OPTIONS: Mapping[str, object] = {
 }
 """The options the predefined ``bridge`` is created with: the list dockerd passes for docker0,
 which is what ``docker network inspect bridge`` shows."""
+
+
+def default_bridge_name(owner: str, taken_by_other: bool) -> str:
+    """The predefined ``bridge`` network's device: ``cnm0``, or ``cnm0-<owner[:10]>`` if another controller has it."""
+    return f"{DEFAULT_BRIDGE}-{owner[:10]}" if taken_by_other else DEFAULT_BRIDGE
+
+
+def _owner_id(store: Store) -> str:
+    """The state_dir's owner id: made at its first open, read back on every later one."""
+    while True:
+        with store.transaction() as tx:
+            found = tx.get("controller", "owner")
+        if found is not None:
+            return str(found["id"])
+        try:
+            with store.transaction() as tx:
+                # Insert-if-absent: of two processes opening a fresh state_dir at once, one id wins for both.
+                tx.insert("controller", "owner", {"id": secrets.token_hex(6)})
+        except KeyTaken:
+            pass
 
 
 class Controller:
@@ -62,6 +84,13 @@ class Controller:
             ``"49153-65535"``; by default the host namespace's
             ``net.ipv4.ip_local_port_range``, as Docker does.
         reconcile: run :meth:`reconcile` when opening.
+
+    Attributes:
+        owner_id: this state_dir's identity, 12 hex digits made at its first
+            open and kept in its store. Every bridge, veth, OVS row and
+            firewall rule the controller makes carries it, and reconcile,
+            garbage collection and cleanup touch only what carries it, so
+            controllers with different state_dirs can share a host namespace.
     """
 
     def __init__(
@@ -86,12 +115,13 @@ class Controller:
         self.state_dir = os.path.abspath(state_dir)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.host_netns = host
+        store = SqliteStore(os.path.join(self.state_dir, "cnm.db"))
+        self.owner_id: str = _owner_id(store)
         # A firewall this controller made is this controller's to close (it runs a worker process).
         self._own_firewall: ClosableFirewall | None = None
         if firewall is None or isinstance(firewall, str):
-            firewall = self._own_firewall = open_firewall(firewall or "iptables", host)
+            firewall = self._own_firewall = open_firewall(firewall or "iptables", host, owner=self.owner_id)
         self.firewall: Firewall = firewall
-        store = SqliteStore(os.path.join(self.state_dir, "cnm.db"))
         self.registry = registry or DriverRegistry(self._driver_context)
         self._rt = Runtime(
             state_dir=self.state_dir,
@@ -114,13 +144,13 @@ class Controller:
     def _driver_context(self, name: str) -> DriverContext:
         path = os.path.join(self.state_dir, "drivers", name)
         os.makedirs(path, exist_ok=True)
-        return DriverContext(host_netns=self.host_netns, firewall=self.firewall, state_dir=path)
+        return DriverContext(host_netns=self.host_netns, firewall=self.firewall, state_dir=path, owner=self.owner_id)
 
     def _ensure_predefined(self) -> None:
         wanted: list[tuple[str, str, Mapping[str, object]]] = [
             ("none", "null", {}),
             ("host", "host", {}),
-            ("bridge", "bridge", DEFAULT_BRIDGE_OPTIONS),
+            ("bridge", "bridge", self._default_bridge_options()),
         ]
         installed = self.registry.names()
         if all(n in self._network_names() for n, d, _ in wanted if d in installed):
@@ -140,6 +170,16 @@ class Controller:
                         labels=None,
                         predefined=True,
                     )
+
+    def _default_bridge_options(self) -> Mapping[str, object]:
+        # cnm0 unless another controller on this host namespace has it: then a device named from our owner id.
+        with self.host_netns.netlink() as nl:
+            found = links.get_link(nl, DEFAULT_BRIDGE)
+        taken = found is not None and found.alias != owner_mark(self.owner_id)
+        name = default_bridge_name(self.owner_id, taken)
+        if taken:
+            log.info("%s belongs to another controller; the predefined bridge network uses %s", DEFAULT_BRIDGE, name)
+        return {**DEFAULT_BRIDGE_OPTIONS, "com.docker.network.bridge.name": name}
 
     def _network_names(self) -> set[str]:
         return {n.name for n in self._rt.list_records("network", rec.NetworkRecord)}

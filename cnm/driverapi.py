@@ -57,7 +57,13 @@ __all__ = [
     "Reconciler",
     "SandboxInfo",
     "StaticRoute",
+    "owner_mark",
 ]
+
+
+def owner_mark(owner: str) -> str:
+    """The mark of a controller's kernel objects, e.g. a link's alias: ``cnm:<owner>``."""
+    return f"cnm:{owner}"
 
 
 @attrs.frozen(kw_only=True)
@@ -86,11 +92,16 @@ class DriverContext:
             kernel object of the driver goes there.
         firewall: the firewall backend bound to ``host_netns``.
         state_dir: a directory private to this driver, for files it must keep.
+        owner: the controller's owner id (12 hex digits, see ``Controller.owner_id``).
+            Several controllers may share one host namespace: mark every kernel
+            object, OVS row and rule you make with it; garbage-collect only
+            objects carrying it.
     """
 
     host_netns: NetNS
     firewall: Firewall
     state_dir: str
+    owner: str = ""
 
 
 @attrs.frozen(kw_only=True)

@@ -8,8 +8,11 @@ backend (:mod:`cnm.firewall.nftables`) keeps the same behaviour in one table
 per controller; :class:`NoFirewall` writes nothing. :func:`open_firewall`
 picks one by name.
 
-Every rule a backend writes is tagged as cnm's, so :meth:`Firewall.cleanup`
-finds exactly cnm's rules and nothing else.
+Every rule a backend writes is tagged as cnm's and as its controller's: a
+backend is constructed per owner (the controller's ``owner_id``), and
+:meth:`Firewall.cleanup` and :meth:`Firewall.reapply` find exactly that
+owner's rules, leaving other controllers' rules on the same host namespace
+and everything not cnm's alone.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class FirewallNetwork:
         icc: whether endpoints on this network may talk to each other.
         masquerade: whether traffic leaving the host from this subnet is masqueraded.
         internal: whether traffic may not leave the network at all.
+        owner: the owner id of the controller whose network it is; drivers
+            leave it empty and the backend fills in its own.
     """
 
     id: str
@@ -60,11 +65,12 @@ class FirewallNetwork:
     icc: bool = True
     masquerade: bool = True
     internal: bool = False
+    owner: str = ""
 
     @property
     def tag(self) -> str:
-        """The tag carried by every rule of this network."""
-        return f"cnm:{self.id[:12]}"
+        """The tag every rule of this network carries: ``cnm:<owner>:<id[:12]>`` (``cnm:<id[:12]>`` if no owner)."""
+        return f"cnm:{self.owner}:{self.id[:12]}" if self.owner else f"cnm:{self.id[:12]}"
 
 
 @attrs.frozen(kw_only=True, order=True)
@@ -131,7 +137,12 @@ class NetworkRules:
 
 @runtime_checkable
 class Firewall(Protocol):
-    """A packet-filter backend bound to one host namespace.
+    """A packet-filter backend bound to one host namespace and one owner (a controller's ``owner_id``).
+
+    Several controllers may share a host namespace, each with its own backend
+    instance; a backend touches only its owner's rules, and removes what the
+    owners share (chains, jumps from builtin chains) only when no owner's
+    rules remain.
 
     Every method is one atomic change (one commit per table); adding what is
     already there and removing what is already gone both succeed.
@@ -159,9 +170,9 @@ class Firewall(Protocol):
         """Rebuild every cnm rule from this description, dropping any other cnm rule."""
 
     def cleanup(self, keep: Collection[str] = ()) -> int:
-        """Remove every cnm rule whose network id is not in ``keep``; return how many.
+        """Remove every rule of this owner whose network id is not in ``keep``; return how many.
 
-        With ``keep`` empty, cnm's chains go too.
+        With ``keep`` empty and no other owner's rules left, cnm's chains go too.
         """
 
 
@@ -219,8 +230,9 @@ BACKENDS: tuple[BackendName, ...] = ("iptables", "nftables", "none")
 def open_firewall(name: str, host_netns: NetNS, *, owner: str = "default") -> ClosableFirewall:
     """The firewall backend called ``name`` ("iptables", "nftables" or "none") for ``host_netns``.
 
-    ``owner`` names the nftables backend's table (``inet cnm_<owner>``); the
-    iptables backend has one layout per namespace and ignores it.
+    ``owner`` is the controller's owner id: it names the nftables backend's
+    table (``inet cnm_<owner>``) and is in the iptables backend's rule tags
+    (``cnm:<owner>:<network>``); each backend touches only its owner's rules.
 
     Raises:
         InvalidConfig: an unknown name, or an owner nftables cannot take.
@@ -228,7 +240,7 @@ def open_firewall(name: str, host_netns: NetNS, *, owner: str = "default") -> Cl
     if name == "iptables":
         from cnm.firewall.iptables import IptablesFirewall  # backends import this module: import them late
 
-        return IptablesFirewall(host_netns)
+        return IptablesFirewall(host_netns, owner=owner)
     if name == "nftables":
         from cnm.firewall.nftables import NftablesFirewall
 

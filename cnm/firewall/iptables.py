@@ -472,7 +472,7 @@ class _Session:
                     table.delete(spec)
 
     def remove_network_chains(self, doomed: Callable[[str], bool]) -> int:
-        """Flush and delete the networks' own chains whose network's tag satisfies ``doomed``; count the rules.
+        """Flush and delete the networks' own chains whose network's id[:12] satisfies ``doomed``; count the rules.
 
         Run after the jumps into them are gone (they are tagged rules of the same network).
         """
@@ -480,9 +480,24 @@ class _Session:
         for name in _TABLES:
             table = self.existing(name)
             if table is not None:
-                chains = [c for c in table.chain_names() if (tag := network_chain_tag(c)) is not None and doomed(tag)]
+                chains = [c for c in table.chain_names() if (key := _chain_key(c)) is not None and doomed(key)]
                 removed += table.flush_and_delete(chains)
         return removed
+
+    def tagged_keys(self, prefix: str) -> set[str]:
+        """The network ids[:12] that rules tagged ``<prefix><id[:12]>`` name, in any chain cnm writes to."""
+        keys = set()
+        for name in _TABLES:
+            table = self.existing(name)
+            if table is not None:
+                for chain in CHAINS[name] + _BUILTIN_CHAINS[name]:
+                    if table.has_chain(chain):
+                        keys |= {c.removeprefix(prefix) for c in table.comments(chain) if c and c.startswith(prefix)}
+        return keys
+
+    def any_network_rule(self) -> bool:
+        """True if any owner's network rule is left in cnm's chains or the builtin ones."""
+        return bool(self.tagged_keys(TAG_PREFIX))
 
     def remove_tagged(self, doomed: Callable[[str | None], bool], *, builtin: bool) -> int:
         """Delete the rules whose comment satisfies ``doomed`` from cnm's chains (and the builtin ones)."""
@@ -501,8 +516,14 @@ def _port_rules(network: FirewallNetwork, ports: Iterable[PortMapping]) -> list[
     return [rules for rules in (port_rules(network, port) for port in ports) if rules is not None]
 
 
-def _is_network_rule(comment: str | None) -> bool:
-    return comment is not None and comment.startswith(TAG_PREFIX)
+def _chain_key(chain: str) -> str | None:
+    tag = network_chain_tag(chain)
+    return None if tag is None else tag.removeprefix(TAG_PREFIX)
+
+
+def _owner_prefix(owner: str) -> str:
+    # The start of every tag of this owner's rules (see FirewallNetwork.tag).
+    return f"{TAG_PREFIX}{owner}:" if owner else TAG_PREFIX
 
 
 # -- the operations, as the worker runs them ------------------------------------------------------
@@ -511,9 +532,9 @@ def _setup_network(session: _Session, network: FirewallNetwork) -> None:
 
 
 def _teardown_network(session: _Session, network: FirewallNetwork) -> None:
-    tag = network.tag
+    tag, key = network.tag, network.id[:12]
     session.remove_tagged(lambda comment: comment == tag, builtin=False)
-    session.remove_network_chains(lambda chain_tag: chain_tag == tag)
+    session.remove_network_chains(lambda chain_key: chain_key == key)
 
 
 def _add_ports(session: _Session, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
@@ -532,9 +553,12 @@ def _remove_link(session: _Session, network: FirewallNetwork, link: LinkRule) ->
     session.remove(link_blocks(network, link))
 
 
-def _reapply(session: _Session, networks: Sequence[NetworkRules]) -> None:
-    session.remove_tagged(_is_network_rule, builtin=True)
-    session.remove_network_chains(lambda chain_tag: True)  # rebuilt below, in the same commit
+def _reapply(session: _Session, owner: str, networks: Sequence[NetworkRules]) -> None:
+    prefix = _owner_prefix(owner)
+    # A network's chains are this owner's if its tagged rules are: the chain names carry no owner.
+    owned = session.tagged_keys(prefix) | {item.network.id[:12] for item in networks}
+    session.remove_tagged(lambda comment: comment is not None and comment.startswith(prefix), builtin=True)
+    session.remove_network_chains(lambda key: key in owned)  # rebuilt below, in the same commit
     for name in _TABLES:
         # Repair the shared jumps of a table cnm already uses, even if no network needs it now.
         table = session.existing(name)
@@ -546,13 +570,17 @@ def _reapply(session: _Session, networks: Sequence[NetworkRules]) -> None:
         session.place(block for link in item.links for block in link_blocks(item.network, link))
 
 
-def _cleanup(session: _Session, kept: frozenset[str]) -> int:
-    def doomed(comment: str | None) -> bool:
-        return _is_network_rule(comment) and comment not in kept
+def _cleanup(session: _Session, owner: str, kept: frozenset[str]) -> int:
+    prefix = _owner_prefix(owner)
 
+    def doomed(comment: str | None) -> bool:
+        return comment is not None and comment.startswith(prefix) and comment.removeprefix(prefix) not in kept
+
+    owned = session.tagged_keys(prefix) - kept
     removed = session.remove_tagged(doomed, builtin=True)
-    removed += session.remove_network_chains(doomed)
-    if not kept:
+    removed += session.remove_network_chains(lambda key: key in owned)
+    # The shared chains and jumps serve every owner: they go with the last one's rules.
+    if not kept and not session.any_network_rule():
         removed += session.remove_tagged(lambda comment: comment == SHARED_TAG, builtin=True)
         for name in _TABLES:
             table = session.existing(name)
@@ -615,6 +643,9 @@ class IptablesFirewall:
 
     Args:
         netns: the namespace whose iptables (legacy xtables) cnm manages.
+        owner: the controller's owner id; every rule is tagged
+            ``cnm:<owner>:<network id[:12]>``, and reapply and cleanup touch
+            only rules of this owner.
         lock_path: the xtables lock file; defaults to ``$XTABLES_LOCKFILE`` or
             ``/run/xtables.lock``, the lock ``iptables -w`` takes.
         lock_timeout: seconds to wait for that lock before raising KernelError.
@@ -633,11 +664,13 @@ class IptablesFirewall:
         self,
         netns: NetNS,
         *,
+        owner: str = "",
         lock_path: str | None = None,
         lock_timeout: float = LOCK_TIMEOUT,
         reply_timeout: float | None = None,
     ) -> None:
         self._netns = netns
+        self._owner = owner
         self._lock_path = lock_path or os.environ.get("XTABLES_LOCKFILE") or DEFAULT_LOCK_PATH
         self._lock_timeout = lock_timeout
         self._worker = Worker(
@@ -657,8 +690,16 @@ class IptablesFirewall:
         # For tests: the PID of the worker serving this firewall now, None if none runs.
         return self._worker.pid
 
+    @property
+    def owner(self) -> str:
+        """The owner id whose rules this firewall writes and removes."""
+        return self._owner
+
     def __repr__(self) -> str:
-        return f"IptablesFirewall(netns={self._netns.path!r})"
+        return f"IptablesFirewall(netns={self._netns.path!r}, owner={self._owner!r})"
+
+    def _own(self, network: FirewallNetwork) -> FirewallNetwork:
+        return attrs.evolve(network, owner=self._owner)
 
     def close(self) -> None:
         """End the worker process (by PID); a later call starts a new one. Rules stay as they are."""
@@ -676,32 +717,38 @@ class IptablesFirewall:
 
     def setup_network(self, network: FirewallNetwork) -> None:
         """Install the network-level rules: forwarding, isolation, NAT, icc, internal."""
+        network = self._own(network)
         self._run(f"set up firewall for network {network.id[:12]}", "setup_network", network)
 
     def teardown_network(self, network: FirewallNetwork) -> None:
         """Remove every rule of the network, its ports and links included."""
+        network = self._own(network)
         self._run(f"tear down firewall for network {network.id[:12]}", "teardown_network", network)
 
     def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
         """Publish ports (DNAT and hairpin masquerade; the network's conntrack ACCEPT lets them in)."""
+        network = self._own(network)
         if ports and network_chains(network):  # nothing to publish (none, or an internal network): no round trip
             what = f"publish {_describe(ports)} on network {network.id[:12]}"
             self._run(what, "add_ports", network, tuple(ports))
 
     def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
         """Withdraw published ports."""
+        network = self._own(network)
         if ports and network_chains(network):
             what = f"withdraw {_describe(ports)} on network {network.id[:12]}"
             self._run(what, "remove_ports", network, tuple(ports))
 
     def add_link(self, network: FirewallNetwork, link: LinkRule) -> None:
         """Allow a legacy link's ports through on an icc=false network."""
+        network = self._own(network)
         if link_blocks(network, link):
             what = f"link {link.source_ip} -> {link.target_ip} on network {network.id[:12]}"
             self._run(f"allow {what}", "add_link", network, link)
 
     def remove_link(self, network: FirewallNetwork, link: LinkRule) -> None:
         """Withdraw a legacy link's rules."""
+        network = self._own(network)
         if link_blocks(network, link):
             what = f"link {link.source_ip} -> {link.target_ip} on network {network.id[:12]}"
             self._run(f"withdraw {what}", "remove_link", network, link)
@@ -714,16 +761,17 @@ class IptablesFirewall:
         table, so there is no moment without rules; rules that are not cnm's
         are left where they are.
         """
-        self._run(f"reapply firewall rules of {len(networks)} networks", "reapply", tuple(networks))
+        owned = tuple(attrs.evolve(item, network=self._own(item.network)) for item in networks)
+        self._run(f"reapply firewall rules of {len(networks)} networks", "reapply", self._owner, owned)
 
     def cleanup(self, keep: Collection[str] = ()) -> int:
-        """Remove every cnm rule whose network id is not in ``keep``; return how many.
+        """Remove every rule of this owner whose network id is not in ``keep``; return how many.
 
-        With ``keep`` empty, cnm's chains and shared jumps go too, leaving the
-        tables as they were before cnm came.
+        With ``keep`` empty and no other owner's rules left, cnm's chains and
+        shared jumps go too, leaving the tables as they were before cnm came.
         """
-        kept = frozenset(TAG_PREFIX + network_id[:12] for network_id in keep)
-        removed = cast(int, self._run("clean up cnm firewall rules", "cleanup", kept))
+        kept = frozenset(network_id[:12] for network_id in keep)
+        removed = cast(int, self._run("clean up cnm firewall rules", "cleanup", self._owner, kept))
         log.info("removed %d cnm firewall rules from %s", removed, self._netns.name)
         return removed
 

@@ -35,6 +35,7 @@ __all__ = [
     "link_index",
     "list_links",
     "require_index",
+    "set_alias",
     "set_down_if_exists",
     "set_hairpin",
     "set_link",
@@ -67,6 +68,8 @@ class Link:
     mac: str | None
     up: bool
     master: int | None
+    alias: str | None = None
+    """The link's alias (IFLA_IFALIAS); cnm marks its links with their owner there."""
 
 
 def _link_from_msg(msg: Any) -> Link:
@@ -80,6 +83,7 @@ def _link_from_msg(msg: Any) -> Link:
         mac=msg.get_attr("IFLA_ADDRESS"),
         up=bool(msg["flags"] & 1),
         master=msg.get_attr("IFLA_MASTER"),
+        alias=msg.get_attr("IFLA_IFALIAS") or None,
     )
 
 
@@ -267,6 +271,12 @@ def set_link(
         spec["master"] = require_index(nl, master)
     with map_netlink_errors(f"set link {name} in {nl.netns.name}"):
         nl.ipr.link("set", **spec)
+
+
+def set_alias(nl: Netlink, name: str, alias: str) -> None:
+    """Set link ``name``'s alias (IFLA_IFALIAS), e.g. the mark of the controller that owns it."""
+    with map_netlink_errors(f"set the alias of link {name} in {nl.netns.name}"):
+        nl.ipr.link("set", index=require_index(nl, name), ifalias=alias)
 
 
 def set_down_if_exists(nl: Netlink, name: str) -> bool:

@@ -21,6 +21,7 @@ from cnm.driverapi import (
     PortPublisher,
     Reconciler,
     SandboxInfo,
+    owner_mark,
 )
 from cnm.errors import InvalidConfig
 from cnm.firewall import FirewallNetwork, LinkRule, NetworkRules, PortMapping, port_mappings
@@ -53,6 +54,8 @@ class BridgeDriver:
     def __init__(self, context: DriverContext) -> None:
         self._host = context.host_netns
         self._firewall = context.firewall
+        self._mark = owner_mark(context.owner)
+        self._warned_unmarked: set[str] = set()
 
     # --- helpers ---------------------------------------------------------------
     @staticmethod
@@ -96,6 +99,7 @@ class BridgeDriver:
             mtu=self.options(network).mtu,
             gateway=network.ipv4[0].gateway,
             fw_network=self.firewall_network(network),
+            mark=self._mark,
         )
         log.info("bridge network %s ready on %s", network.name, self.bridge_name(network))
 
@@ -131,6 +135,7 @@ class BridgeDriver:
             bridge=self.bridge_name(network),
             mac=endpoint.mac,
             mtu=self.options(network).mtu,
+            mark=self._mark,
         )
         gateway = network.ipv4[0].gateway
         return JoinResult(
@@ -193,7 +198,9 @@ class BridgeDriver:
         with self._host.netlink() as nl:
             if links.get_link(nl, bridge) is not None:
                 return False
-        setup.restore_bridge(self._host, bridge=bridge, mtu=self.options(network).mtu, gateway=network.ipv4[0].gateway)
+        setup.restore_bridge(
+            self._host, bridge=bridge, mtu=self.options(network).mtu, gateway=network.ipv4[0].gateway, mark=self._mark
+        )
         log.info("re-created bridge %s of network %s", bridge, network.name)
         return True
 
@@ -210,16 +217,29 @@ class BridgeDriver:
         return veth is not None and bridge is not None and veth.master == bridge.index
 
     def collect_garbage(self, networks: Sequence[NetworkInfo], joined: Sequence[EndpointInfo]) -> list[str]:
-        """Delete bridges and veths named as this driver names them that no known object owns."""
+        """Delete bridges and veths this controller made (their alias is its mark) that no known object owns.
+
+        Links of other controllers on the same host namespace carry another
+        mark and are left alone; so are links named as this driver names them
+        but without a mark (made by an older cnm): their owner is unknown.
+        """
         keep = {self.bridge_name(n) for n in networks} | {host_veth_name(e.id) for e in joined}
         removed = []
         with self._host.netlink() as nl:
             for link in links.list_links(nl):
-                own = (link.kind == "bridge" and _OWN_BRIDGE.match(link.name)) or (
+                if link.name in keep:
+                    continue
+                named = (link.kind == "bridge" and _OWN_BRIDGE.match(link.name)) or (
                     link.kind == "veth" and _OWN_VETH.match(link.name)
                 )
-                if own and link.name not in keep and links.delete_link(nl, link.name):
-                    removed.append(f"deleted orphaned {link.kind} {link.name}")
+                if not named:
+                    continue  # other drivers of this controller carry the same mark
+                if link.alias == self._mark:
+                    if links.delete_link(nl, link.name):
+                        removed.append(f"deleted orphaned {link.kind} {link.name}")
+                elif link.alias is None and link.name not in self._warned_unmarked:
+                    self._warned_unmarked.add(link.name)
+                    log.info("left %s %s alone: it carries no owner mark (an older cnm made it)", link.kind, link.name)
         return removed
 
 

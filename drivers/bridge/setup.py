@@ -23,13 +23,15 @@ def create_network(
     mtu: int,
     gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
     fw_network: FirewallNetwork,
+    mark: str,
 ) -> None:
-    """Bridge, gateway address, sysctls, firewall rules; on failure undo what was done."""
+    """Bridge marked ``mark``, gateway address, sysctls, firewall rules; on failure undo what was done."""
     with host.netlink() as nl:
         if links.get_link(nl, bridge) is not None:
             raise AlreadyExists(f"a link named {bridge} already exists in the host namespace; pick another bridge_name")
         links.ensure_bridge(nl, bridge, mtu=mtu, up=False)
         try:
+            links.set_alias(nl, bridge, mark)
             if gateway is not None:
                 addresses.add_address(nl, bridge, gateway)
             enable_forwarding(host, bridge)
@@ -41,11 +43,17 @@ def create_network(
 
 
 def restore_bridge(
-    host: NetNS, *, bridge: str, mtu: int, gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
+    host: NetNS,
+    *,
+    bridge: str,
+    mtu: int,
+    gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
+    mark: str,
 ) -> None:
-    """The bridge, its gateway address and sysctls, without rules (the controller re-applies those)."""
+    """The bridge marked ``mark``, its gateway address and sysctls, without rules (the controller re-applies those)."""
     with host.netlink() as nl:
         links.ensure_bridge(nl, bridge, mtu=mtu, up=False)
+        links.set_alias(nl, bridge, mark)
         if gateway is not None:
             addresses.add_address(nl, bridge, gateway)
         enable_forwarding(host, bridge)
@@ -65,12 +73,21 @@ def enable_forwarding(host: NetNS, bridge: str) -> None:
 
 
 def attach_veth(
-    host: NetNS, sandbox: NetNS, *, host_name: str, ifname: str, bridge: str, mac: str | None, mtu: int
+    host: NetNS,
+    sandbox: NetNS,
+    *,
+    host_name: str,
+    ifname: str,
+    bridge: str,
+    mac: str | None,
+    mtu: int,
+    mark: str,
 ) -> None:
-    """A veth whose peer is born in the sandbox, the host end enslaved to the bridge with hairpin on."""
+    """A veth whose peer is born in the sandbox, the host end marked ``mark`` and enslaved to the bridge."""
     with host.netlink() as nl:
         links.add_veth(nl, host_name, ifname, sandbox, peer_mac=mac, mtu=mtu, master=bridge)
         try:
+            links.set_alias(nl, host_name, mark)
             # Hairpin lets a sandbox reach its own published port through the host address.
             links.set_hairpin(nl, host_name, True)
         except CNMError:

@@ -37,6 +37,7 @@ from cnm.driverapi import (
     PortPublisher,
     Reconciler,
     SandboxInfo,
+    owner_mark,
 )
 from cnm.errors import InvalidConfig, KernelError
 from cnm.firewall import FirewallNetwork, NetworkRules, PortMapping, port_mappings
@@ -46,7 +47,7 @@ from cnm.steps import Steps
 
 from . import recovery, setup, tunnels
 from .config import OvsOptions
-from .setup import ENDPOINT_ID, NETWORK_ID, SHARED, bridge_name, gateway_interface, host_veth_name
+from .setup import ENDPOINT_ID, NETWORK_ID, OWNER, SHARED, bridge_name, gateway_interface, host_veth_name
 
 __all__ = ["OvsDriver", "gateway_interface", "host_veth_name"]
 
@@ -65,6 +66,7 @@ class OvsDriver:
     def __init__(self, context: DriverContext) -> None:
         self._host = context.host_netns
         self._firewall = context.firewall
+        self._owner = context.owner
         self._remotes = recovery.RemoteBook(os.path.join(context.state_dir, REMOTES_FILE))
 
     # --- helpers -----------------------------------------------------------------
@@ -124,7 +126,7 @@ class OvsDriver:
         db = self._db(options)
         bridge = bridge_name(network, options)
         gateway_if = gateway_interface(network, options)
-        ids = {NETWORK_ID: network.id}
+        ids = {NETWORK_ID: network.id, OWNER: self._owner}
         # Written down first, so that garbage collection finds this server even if we crash now.
         self._remotes.add(options.ovsdb)
         with Steps(f"create ovs network {network.name}") as undo:
@@ -186,7 +188,8 @@ class OvsDriver:
         with Steps(f"join endpoint {endpoint.name} to ovs network {network.name}") as undo:
             with self._host.netlink() as nl:
                 links.add_veth(nl, host_name, ifname, sandbox.netns, peer_mac=endpoint.mac, mtu=self._mtu(options))
-            undo.done("create veth", lambda: setup.delete_link(self._host, host_name))
+                undo.done("create veth", lambda: setup.delete_link(self._host, host_name))
+                links.set_alias(nl, host_name, owner_mark(self._owner))
             setup.silence_host_end(self._host, host_name)
             if options.datapath == "netdev":
                 # The userspace datapath forwards the partial checksums of offloaded packets
@@ -197,7 +200,7 @@ class OvsDriver:
                 PortSpec(
                     name=host_name,
                     tag=options.vlan,
-                    external_ids={NETWORK_ID: network.id, ENDPOINT_ID: endpoint.id},
+                    external_ids={NETWORK_ID: network.id, ENDPOINT_ID: endpoint.id, OWNER: self._owner},
                 ),
             )
         gateway = network.ipv4[0].gateway if network.ipv4 else None
@@ -243,7 +246,9 @@ class OvsDriver:
         """
         options = self.options(network)
         self._remotes.add(options.ovsdb)  # networks made before the list existed
-        done = setup.restore_network(self._host, self._db(options), network, options, mtu=self._mtu(options))
+        done = setup.restore_network(
+            self._host, self._db(options), network, options, mtu=self._mtu(options), owner=self._owner
+        )
         if done:
             log.info("network %s: re-created %s", network.name, "; ".join(done))
         return bool(done)
@@ -282,6 +287,7 @@ class OvsDriver:
         return recovery.collect_garbage(
             self._host,
             self._remotes,
+            owner=self._owner,
             in_use=in_use,
             networks={n.id for n in networks},
             endpoints={e.id for e in joined},

@@ -4,8 +4,11 @@ A network names its OVSDB server in its options, so once the network is gone
 nothing in the store says which servers hold cnm's rows. The driver therefore
 writes down every server it has used (:class:`RemoteBook`, a file in its
 state directory) and collects garbage in each until that server holds nothing
-of cnm's any more. Only rows whose ``external_ids`` name a cnm network (and
-veths named as the driver names them) are ever removed.
+of cnm's any more. Only rows whose ``external_ids`` name a cnm network and
+this controller as owner (``cnm-owner``), and veths whose alias is this
+controller's mark, are ever removed: other controllers on the same OVSDB and
+host namespace keep theirs, and rows of an older cnm without an owner are
+left alone.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import os
 import re
 from collections.abc import Collection, Iterable, Mapping
 
+from cnm.driverapi import owner_mark
 from cnm.errors import KernelError
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
 from cnm.ovsdb import DEFAULT_TIMEOUT, Ovsdb
 
-from .setup import ENDPOINT_ID, NETWORK_ID, SHARED
+from .setup import ENDPOINT_ID, NETWORK_ID, OWNER, SHARED
 
 __all__ = ["RemoteBook", "collect_garbage", "collect_ovsdb", "collect_veths"]
 
@@ -83,9 +87,9 @@ class RemoteBook:
 
 
 def collect_ovsdb(
-    db: Ovsdb, networks: Collection[str], endpoints: Collection[str], bridges: Collection[str]
+    db: Ovsdb, owner: str, networks: Collection[str], endpoints: Collection[str], bridges: Collection[str]
 ) -> tuple[list[str], bool]:
-    """Delete cnm's rows in ``db`` that belong to none of ``networks`` and ``endpoints`` (ids).
+    """Delete ``owner``'s rows in ``db`` that belong to none of ``networks`` and ``endpoints`` (ids).
 
     Orphaned bridges go first (with their ports), then orphaned ports on the
     bridges that remain, then a shared VLAN bridge that none of ``bridges``
@@ -93,24 +97,28 @@ def collect_ovsdb(
     own port. Interfaces are not a root table: each goes with its port.
 
     Returns:
-        What was removed, and whether ``db`` still holds any row of cnm's.
+        What was removed, and whether ``db`` still holds any row of cnm's (any owner's).
     """
     removed: list[str] = []
-    for bridge in db.bridges():
-        owner = bridge.external_ids.get(NETWORK_ID)
-        if owner is not None and owner not in networks and db.delete_bridge(bridge.name):
-            removed.append(f"deleted orphaned OVS bridge {bridge.name} of network {owner[:12]} ({db.remote})")
-    local_ports = {b.name for b in db.bridges()}  # a bridge's own port goes only with the bridge
     remaining = False
+    for bridge in db.bridges():
+        network = bridge.external_ids.get(NETWORK_ID)
+        if network is not None and bridge.external_ids.get(OWNER) != owner:
+            remaining = True
+        elif network is not None and network not in networks and db.delete_bridge(bridge.name):
+            removed.append(f"deleted orphaned OVS bridge {bridge.name} of network {network[:12]} ({db.remote})")
+    local_ports = {b.name for b in db.bridges()}  # a bridge's own port goes only with the bridge
     for port in db.ports():
-        owner = port.external_ids.get(NETWORK_ID)
-        if owner is None or port.name in local_ports:
+        network = port.external_ids.get(NETWORK_ID)
+        if network is None or port.name in local_ports:
             continue
         endpoint = port.external_ids.get(ENDPOINT_ID)
-        if owner in networks and (endpoint is None or endpoint in endpoints):
+        if port.external_ids.get(OWNER) != owner or (
+            network in networks and (endpoint is None or endpoint in endpoints)
+        ):
             remaining = True
         elif db.delete_port(port.name):
-            removed.append(f"deleted orphaned OVS port {port.name} of network {owner[:12]} ({db.remote})")
+            removed.append(f"deleted orphaned OVS port {port.name} of network {network[:12]} ({db.remote})")
     for bridge in db.bridges():
         if bridge.external_ids.get(SHARED) == "true":
             if bridge.name not in bridges and len(bridge.ports) <= 1 and db.delete_bridge(bridge.name):
@@ -122,14 +130,15 @@ def collect_ovsdb(
     return removed, remaining
 
 
-def collect_veths(host: NetNS, keep: Collection[str]) -> list[str]:
-    """Delete veths named as the driver names endpoints' host ends, unless named in ``keep``."""
+def collect_veths(host: NetNS, owner: str, keep: Collection[str]) -> list[str]:
+    """Delete ``owner``'s veths named as the driver names endpoints' host ends, unless named in ``keep``."""
     removed = []
     with host.netlink() as nl:
         for link in links.list_links(nl):
             if (
                 link.kind == "veth"
                 and _OWN_VETH.match(link.name)
+                and link.alias == owner_mark(owner)
                 and link.name not in keep
                 and links.delete_link(nl, link.name)
             ):
@@ -141,6 +150,7 @@ def collect_garbage(
     host: NetNS,
     book: RemoteBook,
     *,
+    owner: str,
     in_use: Mapping[str, float],
     networks: Collection[str],
     endpoints: Collection[str],
@@ -149,8 +159,9 @@ def collect_garbage(
 ) -> list[str]:
     """Collect garbage on every OVSDB server in use (``in_use``: remote -> timeout) or written down.
 
-    ``networks`` and ``endpoints`` are the ids to keep, ``bridges`` the known
-    networks' bridges, ``keep_veths`` the host ends of joined endpoints.
+    Only ``owner``'s rows and veths are removed. ``networks`` and ``endpoints``
+    are the ids to keep, ``bridges`` the known networks' bridges,
+    ``keep_veths`` the host ends of joined endpoints.
 
     A server no network uses is struck off once it holds nothing of cnm's;
     while it cannot be reached it stays written down and is skipped, since
@@ -165,7 +176,7 @@ def collect_garbage(
     for remote in sorted(book.known() | set(in_use)):
         db = Ovsdb(remote, timeout=in_use.get(remote, DEFAULT_TIMEOUT))
         try:
-            done, remaining = collect_ovsdb(db, networks, endpoints, bridges)
+            done, remaining = collect_ovsdb(db, owner, networks, endpoints, bridges)
         except KernelError as exc:
             if remote in in_use:
                 failed.append(str(exc))
@@ -176,7 +187,7 @@ def collect_garbage(
         if not remaining and remote not in in_use:
             with contextlib.suppress(KernelError):
                 book.forget(remote)
-    removed += collect_veths(host, keep_veths)
+    removed += collect_veths(host, owner, keep_veths)
     for line in removed:
         log.info("%s", line)
     if failed:

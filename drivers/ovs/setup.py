@@ -42,6 +42,8 @@ NETWORK_ID = "cnm-network"
 """external_ids key naming the network a bridge, port or interface belongs to."""
 ENDPOINT_ID = "cnm-endpoint"
 """external_ids key naming the endpoint an endpoint's port belongs to."""
+OWNER = "cnm-owner"
+"""external_ids key naming the controller (its owner id) that made a row; garbage collection keeps to its own."""
 SHARED = "cnm-shared-bridge"
 """external_ids key (value ``true``) of the bridge that VLAN networks share."""
 
@@ -146,7 +148,9 @@ def delete_link(host: NetNS, name: str) -> None:
         links.delete_link(nl, name)
 
 
-def restore_network(host: NetNS, db: Ovsdb, network: NetworkInfo, options: OvsOptions, *, mtu: int) -> list[str]:
+def restore_network(
+    host: NetNS, db: Ovsdb, network: NetworkInfo, options: OvsOptions, *, mtu: int, owner: str
+) -> list[str]:
     """Re-create what is missing of a network: bridge, gateway port, gateway address and sysctls, tunnels.
 
     Rows and settings that are there are left as they are, so this may run
@@ -162,7 +166,7 @@ def restore_network(host: NetNS, db: Ovsdb, network: NetworkInfo, options: OvsOp
     done: list[str] = []
     bridge = bridge_name(network, options)
     gateway_if = gateway_interface(network, options)
-    ids = {NETWORK_ID: network.id}
+    ids = {NETWORK_ID: network.id, OWNER: owner}
     if options.vlan is None:
         found = db.bridge(bridge)
         if found is None:

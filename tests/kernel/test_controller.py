@@ -45,6 +45,7 @@ def snapshot(ctl: Controller) -> tuple[list[str], str, list[tuple[str, str]], li
 
 def normalise(text: str, ctl: Controller) -> str:
     """Replace ids and generated names by stable placeholders for golden files."""
+    text = text.replace(ctl.owner_id, "<owner>")
     for net in ctl.networks():
         text = text.replace(net.id[:12], f"<{net.name}-id>").replace(net.id[:11], f"<{net.name}-id>")
     # iptables-save lists user chains by name, and a network's own chains are named by its id: sort them again.
@@ -184,6 +185,64 @@ def test_two_controllers_in_one_process_never_see_each_other(
             s.delete()
         net.delete()
         net_b.delete()
+
+
+def owned_lines(ns: NetNS, owner: str) -> list[str]:
+    """The rules tagged as ``owner``'s."""
+    return [line for line in iptables_save(ns).splitlines() if f"cnm:{owner}:" in line]
+
+
+def owned_links(ns: NetNS, owner: str) -> list[str]:
+    with ns.netlink() as nl:
+        return sorted(link.name for link in links.list_links(nl) if link.alias == f"cnm:{owner}")
+
+
+def test_two_state_dirs_on_one_host_namespace_leave_each_other_alone(
+    host_netns: NetNS,
+    outside: Outside,
+    tmp_path: Path,
+    processes: Callable[[subprocess.Popen[Any]], subprocess.Popen[Any]],
+) -> None:
+    state_a, state_b = str(tmp_path / "a"), str(tmp_path / "b")
+    with Controller(state_dir=state_a, host_netns=host_netns) as a:
+        net_a = a.create_network("app", ipam=IPAMConfig(subnet="10.71.0.0/24"))
+        web = a.create_sandbox("web", network="app", ports=[PortBinding(container_port=80, host_port=8080)])
+        db = a.create_sandbox("db", network="app")
+        server = processes(serve(web, "tcp", 80))
+        links_a, rules_a = owned_links(host_netns, a.owner_id), owned_lines(host_netns, a.owner_id)
+        assert {"cnm0", f"cnm-{net_a.id[:11]}"} < set(links_a)
+        assert len(links_a) == 4  # 2 bridges, 2 veths
+        # The second controller opens (predefined networks too) and reconciles: the first's objects stay.
+        with Controller(state_dir=state_b, host_netns=host_netns) as b:
+            assert b.owner_id != a.owner_id
+            bridge_b = b.network("bridge")
+            assert bridge_b.options["bridge_name"] == "cnm0-" + b.owner_id[:10]
+            assert bridge_b.subnet != a.network("bridge").subnet
+            net_b = b.create_network("other", ipam=IPAMConfig(subnet="10.72.0.0/24"))
+            sb_b = b.create_sandbox("b1", network="other", ports=[PortBinding(container_port=80, host_port=8081)])
+            links_b, rules_b = owned_links(host_netns, b.owner_id), owned_lines(host_netns, b.owner_id)
+            assert len(links_b) == 3  # 2 bridges, 1 veth
+            assert rules_b
+            for ctl in (b, a, b):
+                assert not ctl.reconcile().actions
+            assert owned_links(host_netns, a.owner_id) == links_a
+            assert owned_lines(host_netns, a.owner_id) == rules_a
+            assert owned_links(host_netns, b.owner_id) == links_b
+            assert owned_lines(host_netns, b.owner_id) == rules_b
+            assert ping(db, str(net_a.endpoint("web").ip))
+            assert probe(outside, "tcp", str(outside.host_address), 8080) is not None
+            # Deleting one controller's networks and cleaning up all its rules leaves the other's.
+            sb_b.delete()
+            net_b.delete()
+            b.firewall.cleanup()
+            assert owned_lines(host_netns, b.owner_id) == []
+            assert owned_lines(host_netns, a.owner_id) == rules_a
+        assert probe(outside, "tcp", str(outside.host_address), 8080) is not None
+        server.terminate()
+        server.wait()
+        for sb in (web, db):
+            sb.delete()
+        net_a.delete()
 
 
 def test_deleting_everything_leaves_nothing(

@@ -81,19 +81,20 @@ def test_quickstart_walkthrough_runs(netns_factory: Callable[[str], NetNS], tmp_
         page.cleanup(state_dir)
 
 
-def _saved_rules(host: NetNS, network_id: str) -> str:
-    """iptables-legacy-save in ``host``, without its comment lines, with the page's network id."""
+def _saved_rules(host: NetNS, network_id: str, owner: str) -> str:
+    """iptables-legacy-save in ``host``, without its comment lines, with the page's network and owner ids."""
     out = subprocess.run(
         ["nsenter", f"--net={host.path}", "iptables-legacy-save"], capture_output=True, text=True, check=True
     ).stdout
     lines = [line for line in out.splitlines() if not line.startswith("#")]
     # Counters are traffic, not rules: the host's own IGMP reports land in OUTPUT at their own pace.
-    text = re.sub(r"\[\d+:\d+\]", "[0:0]", "\n".join(lines) + "\n")
+    text = re.sub(r"\[\d+:\d+\]", "[0:0]", "\n".join(lines) + "\n").replace(f"cnm:{owner}:", f"cnm:{DOC_OWNER}:")
     # The id is in comments, in bridge names (11 digits) and in the network's own chain names.
     return text.replace(network_id[:12], DOC_NETWORK_ID).replace(f"cnm-{network_id[:11]}", "cnm-" + DOC_NETWORK_ID[:11])
 
 
 DOC_NETWORK_ID = "f409b072a83c"
+DOC_OWNER = "5e3b0c9d1a27"
 
 
 def test_firewall_page_shows_the_real_rules(netns_factory: Callable[[str], NetNS], tmp_path: Path) -> None:
@@ -105,11 +106,11 @@ def test_firewall_page_shows_the_real_rules(netns_factory: Callable[[str], NetNS
     assert len(listings) == 2
     try:
         page.run(0)  # a network with a published port
-        assert _saved_rules(host, page.scope["net"].id) == listings[0]
+        assert _saved_rules(host, page.scope["net"].id, page.scope["ctl"].owner_id) == listings[0]
         page.run(1)  # the sandbox and the network deleted
-        assert _saved_rules(host, page.scope["net"].id) == listings[1]
+        assert _saved_rules(host, page.scope["net"].id, page.scope["ctl"].owner_id) == listings[1]
         page.run(2)  # cleanup
-        assert "CNM" not in _saved_rules(host, page.scope["net"].id)
+        assert "CNM" not in _saved_rules(host, page.scope["net"].id, page.scope["ctl"].owner_id)
     finally:
         page.cleanup(state_dir)
 

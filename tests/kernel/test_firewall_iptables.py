@@ -29,6 +29,7 @@ from cnm.types import PortRange
 pytestmark = pytest.mark.kernel
 
 GOLDEN = Path(__file__).parent / "golden" / "firewall"
+OWNER = "0123456789ab"  # a fixed owner id, so that rule tags are stable in the golden files
 FOREIGN_RULE = "-A FORWARD -s 10.9.9.9/32 -j ACCEPT"
 
 NET_A = FirewallNetwork(id="a1" * 32, interface="br-a1a1a1a1a1a1", subnet=ipaddress.IPv4Network("172.28.0.0/16"))
@@ -108,7 +109,7 @@ def host(netns_factory: Callable[[str], NetNS]) -> NetNS:
 
 @pytest.fixture
 def fw(host: NetNS) -> Iterator[IptablesFirewall]:
-    firewall = IptablesFirewall(host)
+    firewall = IptablesFirewall(host, owner=OWNER)
     yield firewall
     firewall.close()
 
@@ -298,7 +299,7 @@ def test_reapply_nothing_leaves_only_the_shared_rules(host: NetNS, fw: IptablesF
 
 def test_a_held_lock_times_out_with_a_message_naming_it(host: NetNS, tmp_path: Path) -> None:
     lock = tmp_path / "xtables.lock"
-    fw = IptablesFirewall(host, lock_path=str(lock), lock_timeout=0.3)
+    fw = IptablesFirewall(host, owner=OWNER, lock_path=str(lock), lock_timeout=0.3)
     try:
         with lock.open("w") as held:
             fcntl.flock(held.fileno(), fcntl.LOCK_EX)
@@ -374,7 +375,7 @@ def test_a_killed_worker_is_replaced_on_the_next_call(host: NetNS, fw: IptablesF
 
 def test_a_worker_that_stops_answering_fails_its_call_and_is_replaced(host: NetNS) -> None:
     # Long enough for a new worker's hello on a loaded machine; the wedged one never answers.
-    fw = IptablesFirewall(host, reply_timeout=3.0)
+    fw = IptablesFirewall(host, owner=OWNER, reply_timeout=3.0)
     try:
         fw.setup_network(NET_A)
         pid = _worker_pid(fw)
@@ -392,7 +393,7 @@ def test_a_worker_that_stops_answering_fails_its_call_and_is_replaced(host: NetN
 
 def test_a_worker_that_dies_during_a_call_fails_that_call_only(host: NetNS, tmp_path: Path) -> None:
     lock = tmp_path / "xtables.lock"
-    fw = IptablesFirewall(host, lock_path=str(lock))
+    fw = IptablesFirewall(host, owner=OWNER, lock_path=str(lock))
     try:
         fw.setup_network(NET_A)
         pid = _worker_pid(fw)

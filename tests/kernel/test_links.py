@@ -43,7 +43,7 @@ with socket.create_connection((addr, port), timeout=3) as s:
 
 def rules(ctl: Controller) -> str:
     """The host's rules with network ids replaced by ``<name-id>`` placeholders."""
-    text = iptables_save(ctl.host_netns)
+    text = iptables_save(ctl.host_netns).replace(ctl.owner_id, "<owner>")
     for net in ctl.networks():
         text = text.replace(net.id[:12], f"<{net.name}-id>").replace(net.id[:11], f"<{net.name}-id>")
     return text

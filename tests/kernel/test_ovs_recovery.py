@@ -53,6 +53,12 @@ def cnm_rows(db: Ovsdb) -> list[str]:
     return rows + [f"port {p.name}" for p in db.ports() if "cnm-network" in p.external_ids]
 
 
+def owned_rows(db: Ovsdb, owner: str) -> list[str]:
+    """The bridge and port rows that carry ``owner``'s id."""
+    rows = [f"bridge {b.name}" for b in db.bridges() if b.external_ids.get("cnm-owner") == owner]
+    return sorted(rows + [f"port {p.name}" for p in db.ports() if p.external_ids.get("cnm-owner") == owner])
+
+
 def check_ovs_invariants(ctl: Controller, db: Ovsdb) -> None:
     """The store, the kernel and OVSDB agree after a reconcile; nothing is held twice or leaked."""
     rt = ctl._rt
@@ -234,8 +240,10 @@ def test_garbage_is_collected_and_foreign_rows_are_kept(host_netns: NetNS, state
     with Controller(state_dir=state, host_netns=host_netns) as ctl:
         ctl.create_network("gone", driver="ovs", ipam=IPAMConfig(subnet="10.85.0.0/24"), options={"ovsdb": ovs.remote})
         ctl.network("gone").delete()
+        owner = ctl.owner_id
+    mine = {"cnm-network": orphan_net, "cnm-owner": owner}
     # With no OVS network left, the server is still known from the driver's list.
-    ovs.db.add_bridge(orphan_bridge, datapath_type="netdev", external_ids={"cnm-network": orphan_net})
+    ovs.db.add_bridge(orphan_bridge, datapath_type="netdev", external_ids=mine)
     ovs.db.add_bridge("user0", datapath_type="netdev")
     with Controller(state_dir=state, host_netns=host_netns) as ctl:
         assert [b.name for b in ovs.db.bridges()] == ["user0"]
@@ -249,13 +257,17 @@ def test_garbage_is_collected_and_foreign_rows_are_kept(host_netns: NetNS, state
         # An endpoint's port and veth that no joined endpoint owns, next to a foreign port and veth.
         with host_netns.netlink() as nl:
             links.add_veth(nl, "cno" + orphan_ep[:12], "orphanpeer", host_netns)
+            links.set_alias(nl, "cno" + orphan_ep[:12], f"cnm:{owner}")
             links.add_veth(nl, "userveth0", "userveth1", host_netns)
         ovs.db.add_port(
             bridge,
-            PortSpec(name="cno" + orphan_ep[:12], external_ids={"cnm-network": net.id, "cnm-endpoint": orphan_ep}),
+            PortSpec(
+                name="cno" + orphan_ep[:12],
+                external_ids={"cnm-network": net.id, "cnm-endpoint": orphan_ep, "cnm-owner": owner},
+            ),
         )
         ovs.db.add_port(bridge, PortSpec(name="userveth0"))
-        ovs.db.add_bridge(orphan_bridge, datapath_type="netdev", external_ids={"cnm-network": orphan_net})
+        ovs.db.add_bridge(orphan_bridge, datapath_type="netdev", external_ids=mine)
         # And the gateway lost its address (as after a reboot that kept the database).
         with host_netns.netlink() as nl:
             assert addresses.delete_address(nl, bridge, net._record.gateway_interface)
@@ -279,4 +291,33 @@ def test_garbage_is_collected_and_foreign_rows_are_kept(host_netns: NetNS, state
         assert not ctl.reconcile(), "a second reconcile found more to do"
         box.delete()
         net.delete()
+    assert cnm_rows(ovs.db) == []
+
+
+def test_two_controllers_on_one_ovsdb_collect_only_their_own_rows(
+    host_netns: NetNS, tmp_path: Path, ovs_factory: OvsFactory
+) -> None:
+    ovs = ovs_factory(host_netns)
+    opts = {"ovsdb": ovs.remote}
+    with (
+        Controller(state_dir=str(tmp_path / "a"), host_netns=host_netns, predefined=False) as a,
+        Controller(state_dir=str(tmp_path / "b"), host_netns=host_netns, predefined=False) as b,
+    ):
+        net_a = a.create_network("oa", driver="ovs", ipam=IPAMConfig(subnet="10.87.0.0/24"), options=opts)
+        box_a = a.create_sandbox("sa", network="oa")
+        net_b = b.create_network("ob", driver="ovs", ipam=IPAMConfig(subnet="10.88.0.0/24"), options=opts)
+        box_b = b.create_sandbox("sb", network="ob")
+        rows_a, rows_b = owned_rows(ovs.db, a.owner_id), owned_rows(ovs.db, b.owner_id)
+        assert f"bridge cno-{net_a.id[:11]}" in rows_a
+        assert f"bridge cno-{net_b.id[:11]}" in rows_b
+        assert len(rows_a) == len(rows_b) >= 3  # each: its bridge, a gateway port or bridge port, an endpoint's port
+        assert sorted(cnm_rows(ovs.db)) == sorted(rows_a + rows_b)
+        for ctl in (b, a, b):
+            assert not ctl.reconcile(), f"reconcile of {ctl.state_dir} found something to do"
+        assert owned_rows(ovs.db, a.owner_id) == rows_a
+        assert owned_rows(ovs.db, b.owner_id) == rows_b
+        assert ping(box_a, str(net_a.gateway))
+        for box, net in ((box_b, net_b), (box_a, net_a)):
+            box.delete()
+            net.delete()
     assert cnm_rows(ovs.db) == []
