@@ -76,7 +76,9 @@ class Controller:
             and its drivers lives there.
         firewall: the firewall backend: a :class:`~cnm.firewall.Firewall`, or the name of one
             (``"iptables"``, the default; ``"nftables"``; ``"none"``, which writes no rules),
-            opened in ``host_netns`` (:func:`cnm.firewall.open_firewall`).
+            opened in ``host_netns`` for this controller's ``owner_id``
+            (:func:`cnm.firewall.open_firewall`). A backend object given here should be
+            constructed for that owner (open once to learn it).
         registry: the driver registry; by default drivers come from the
             ``cnm.drivers`` entry points.
         predefined: create Docker's predefined networks ``bridge``, ``none`` and ``host``.
@@ -384,16 +386,16 @@ class Controller:
 
         Finishes or undoes interrupted operations; marks sandboxes whose
         namespace is gone as dead and releases their endpoints; re-creates
-        networks whose host objects vanished; removes kernel objects that are
-        cnm's but unknown to the store; releases allocations nobody owns; and
+        networks whose host objects vanished; removes kernel objects that carry
+        this controller's owner id but are unknown to the store; releases allocations nobody owns; and
         rebuilds the firewall. Runs when a Controller opens, unless
         ``reconcile=False``. Safe to run at any time.
         """
         return reconcile(self._rt, self.firewall)
 
     def reapply_firewall(self) -> None:
-        """Rebuild every cnm firewall rule from the store, e.g. after ``iptables -F`` or a firewall reload.
+        """Rebuild this controller's firewall rules from the store, e.g. after ``iptables -F`` or a firewall reload.
 
-        Rules that are not cnm's are never touched.
+        Rules that are not this controller's (not cnm's, or another controller's) are never touched.
         """
         reapply_firewall(self._rt, self.firewall)
