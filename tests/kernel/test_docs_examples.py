@@ -115,11 +115,12 @@ def test_firewall_page_shows_the_real_rules(netns_factory: Callable[[str], NetNS
         page.cleanup(state_dir)
 
 
-def _nft_ruleset(host: NetNS, network_id: str) -> str:
-    """nft list ruleset in ``host``, with the page's network id."""
+def _nft_ruleset(host: NetNS, network_id: str, owner: str) -> str:
+    """nft list ruleset in ``host``, with the page's network id and owner id."""
     out = subprocess.run(
         ["nsenter", f"--net={host.path}", "nft", "list", "ruleset"], capture_output=True, text=True, check=True
     ).stdout
+    out = out.replace(f"cnm_{owner}", f"cnm_{DOC_OWNER}")
     return out.replace(network_id[:12], DOC_NETWORK_ID).replace(f"cnm-{network_id[:11]}", "cnm-" + DOC_NETWORK_ID[:11])
 
 
@@ -133,10 +134,10 @@ def test_firewall_page_shows_the_real_nftables_table(netns_factory: Callable[[st
     (listing,) = blocks("firewall.md", "nft")
     try:
         page.run(0)
-        assert _nft_ruleset(host, page.scope["net"].id) == listing
+        assert _nft_ruleset(host, page.scope["net"].id, page.scope["ctl"].owner_id) == listing
         page.run(1)
         page.run(2)  # cleanup deletes the table
-        assert _nft_ruleset(host, page.scope["net"].id) == ""
+        assert _nft_ruleset(host, page.scope["net"].id, page.scope["ctl"].owner_id) == ""
     finally:
         page.cleanup(state_dir)
 

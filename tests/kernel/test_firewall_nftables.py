@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -85,7 +86,14 @@ def ruleset(ns: NetNS) -> str:
     return nft(ns, "list", "ruleset")
 
 
-def cnm_table(ns: NetNS, table: str = "cnm_default") -> str:
+def cnm_table(ns: NetNS, table: str | None = None) -> str:
+    """A cnm table of ``ns``; by default the only one (a controller's is named from its owner id)."""
+    if table is None:
+        tables = re.findall(r"(?m)^table inet (cnm_\w+)$", nft(ns, "list", "tables"))
+        if "cnm_default" in tables:  # the fixture's firewall, beside another owner's
+            tables = ["cnm_default"]
+        assert len(tables) == 1, f"expected one cnm table, found {tables}"
+        table = tables[0]
     return nft(ns, "list", "table", "inet", table)
 
 
