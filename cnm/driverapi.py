@@ -76,11 +76,17 @@ class Capabilities:
             False for drivers whose sandboxes use no addresses of their own (null, host).
         needs_sandbox_netns: whether joined sandboxes need a namespace of their
             own; False for the host driver, whose sandboxes share the host's.
+        on_host_lan: whether a network's subnet is a LAN the host is already on
+            (macvlan, ipvlan: sandboxes appear on the parent interface's own
+            network). Such a subnet is expected to overlap the host's addresses
+            and routes; for every other driver that overlap is refused, since the
+            network's bridge would take the host's own traffic away.
     """
 
     scope: Literal["local", "global"] = "local"
     needs_address: bool = True
     needs_sandbox_netns: bool = True
+    on_host_lan: bool = False
 
 
 @attrs.frozen(kw_only=True)

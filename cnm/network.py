@@ -223,7 +223,8 @@ def create_network(
         exclude = host_exclusions(rt)
     elif drv.capabilities.needs_address and ipam.subnet is not None:
         _check_subnet(ipam.subnet)
-        _refuse_host_overlap(rt, ipam.subnet)
+        if not drv.capabilities.on_host_lan:
+            _refuse_host_overlap(rt, ipam.subnet)
     network_id = new_id()
     with rt.locks.operation(networks=[network_id]), Rollback(f"create network {name}") as undo:
         draft = rec.NetworkRecord(

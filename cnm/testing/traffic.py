@@ -141,9 +141,18 @@ def probe(where: Runner, protocol: str, address: str, port: int, timeout: float 
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
 
 
-def ping(where: Runner, address: str, count: int = 1, wait: float = 1.0) -> bool:
-    """True if ``address`` answers ICMP echo from ``where``."""
+def ping(where: Runner, address: str, count: int = 3, wait: float = 1.0) -> bool:
+    """True if ``address`` answers at least one of ``count`` ICMP echoes sent from ``where``.
+
+    Several echoes, 0.2 s apart, because the first packets on a path set up a
+    moment ago may be lost while neighbours resolve or OVS's userspace datapath
+    installs its flows, more so on a loaded machine; a path that works answers
+    one of them, a blocked one none.
+    """
     result = where.run(
-        ["ping", "-n", "-c", str(count), "-W", str(wait), address], capture_output=True, text=True, timeout=30
+        ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", str(wait), address],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     return result.returncode == 0

@@ -443,7 +443,7 @@ def _rule_connectivity(w: World) -> str:
     ips = [str(ep.ip) for ep, _ in pairs]
     sbs = [sb for _, sb in pairs]
     for src, dst in ((0, 1), (1, 0)):
-        if not ping(sbs[src], ips[dst], count=1, wait=2.0):
+        if not ping(sbs[src], ips[dst], wait=2.0):
             raise w.fail(f"ping from {ips[src]} to {ips[dst]} on one network got no answer")
     w.track(serve(sbs[1], "tcp", 7070))
     peer = probe(sbs[0], "tcp", ips[1], 7070)

@@ -108,7 +108,8 @@ class MacvlanDriver:
     """Endpoints are macvlan links on the network's parent interface, created inside their sandbox."""
 
     name: ClassVar[str] = "macvlan"
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    # Its networks are the parent's LAN: the subnet overlaps the host's own on purpose.
+    capabilities: ClassVar[Capabilities] = Capabilities(on_host_lan=True)
 
     def __init__(self, context: DriverContext) -> None:
         self._host = context.host_netns
