@@ -13,12 +13,11 @@ import attrs
 from cnm import _records as rec
 from cnm._handle import Handle
 from cnm._runtime import Runtime, mac_for, new_id, now, validate_name
-from cnm._steps import Concurrently, Rollback
 from cnm.driverapi import JoinResult, PortPublisher
 from cnm.errors import AlreadyConnected, AlreadyExists, EndpointJoined, InvalidConfig, NotFound
 from cnm.kernel import addresses, links, routes
 from cnm.kernel.netns import Netlink
-from cnm.steps import Teardown
+from cnm.steps import Concurrent, Steps, Teardown
 from cnm.store import KeyTaken
 from cnm.types import PortBinding, parse_address
 
@@ -155,7 +154,7 @@ def create_endpoint(
     if wanted_ip is not None and not drv.capabilities.needs_address:
         raise InvalidConfig(f"driver {network.driver!r} gives no addresses; drop ip=")
     endpoint_id = new_id()
-    with rt.locks.operation(networks=[network.id]), Rollback(f"create endpoint {name}") as undo:
+    with rt.locks.operation(networks=[network.id]), Steps(f"create endpoint {name}") as undo:
         draft = rec.EndpointRecord(
             id=endpoint_id,
             name=name,
@@ -267,7 +266,7 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, 
         ifname = ifname or _next_ifname(rt, sandbox)
         seq = sandbox.join_counter + 1
         with (
-            Rollback(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo,
+            Steps(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo,
             contextlib.ExitStack() as sockets,
         ):
             with rt.store.transaction() as txn:
@@ -291,7 +290,11 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, 
             publishing = (
                 None
                 if publisher is None
-                else Concurrently("publish ports", lambda: publisher.publish_ports(net_info, ep_info))
+                else Concurrent(
+                    f"join endpoint {endpoint.name}",
+                    "publish ports",
+                    lambda: publisher.publish_ports(net_info, ep_info),
+                )
             )
             nl = None  # one socket in the sandbox, for the interface and the default route
             try:
@@ -376,7 +379,9 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
         # The firewall round trip overlaps the driver's leave; both are idempotent, so a crash
         # between them leaves a DELETING record that reconcile finishes.
         unpublishing = (
-            Concurrently("unpublish ports", lambda: drv.unpublish_ports(net_info, ep_info))
+            Concurrent(
+                f"leave endpoint {endpoint.name}", "unpublish ports", lambda: drv.unpublish_ports(net_info, ep_info)
+            )
             if ep_info.ports and isinstance(drv, PortPublisher)
             else None
         )

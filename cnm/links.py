@@ -34,11 +34,10 @@ import attrs
 from cnm import _records as rec
 from cnm._handle import Handle
 from cnm._runtime import Runtime, new_id, now, validate_name
-from cnm._steps import Rollback
 from cnm.driverapi import Linker, LinkInfo
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
 from cnm.etchosts import HostEntry
-from cnm.steps import Teardown
+from cnm.steps import Steps, Teardown
 from cnm.store import KeyTaken, Transaction
 from cnm.types import PortRange, TransportProtocol
 
@@ -420,7 +419,7 @@ def create_link(
             created=now(),
             status=rec.CREATING,
         )
-        with Rollback(f"link sandbox {source.name} to {target_record.name} as {alias}") as undo:
+        with Steps(f"link sandbox {source.name} to {target_record.name} as {alias}") as undo:
             with rt.store.transaction() as txn:
                 try:
                     txn.insert("link.alias", f"{source.id}/{alias}", {"id": record.id})

@@ -12,11 +12,11 @@ import attrs
 from cnm import _records as rec
 from cnm._handle import Handle
 from cnm._runtime import Runtime, new_id, now, validate_name
-from cnm._steps import Rollback
 from cnm.driverapi import NetworkRequest
 from cnm.errors import ActiveEndpoints, AlreadyExists, Forbidden, InvalidConfig, PoolOverlap
 from cnm.ipam.pools import overlaps
 from cnm.kernel import addresses, links, routes
+from cnm.steps import Steps
 from cnm.store import KeyTaken
 from cnm.types import IPAMConfig, IPNetwork, PortBinding
 
@@ -226,7 +226,7 @@ def create_network(
         if not drv.capabilities.on_host_lan:
             _refuse_host_overlap(rt, ipam.subnet)
     network_id = new_id()
-    with rt.locks.operation(networks=[network_id]), Rollback(f"create network {name}") as undo:
+    with rt.locks.operation(networks=[network_id]), Steps(f"create network {name}") as undo:
         draft = rec.NetworkRecord(
             id=network_id,
             name=name,

@@ -31,12 +31,11 @@ from cnm import _records as rec
 from cnm import links as _links
 from cnm._handle import Handle
 from cnm._runtime import Runtime, new_id, now, validate_name
-from cnm._steps import Rollback
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
 from cnm.kernel import netns, routes
 from cnm.kernel.netns import Netlink, NetNS
 from cnm.kernel.process import command_in
-from cnm.steps import Teardown
+from cnm.steps import Steps, Teardown
 from cnm.store import KeyTaken
 
 if TYPE_CHECKING:
@@ -384,7 +383,7 @@ def create_sandbox(
     )
     # The owner is locked too: it cannot be deleted while a sharer of it is being made.
     lock = rt.locks.operation(sandboxes=[sandbox_id, None if owner is None else owner.id])
-    with lock, Rollback(f"create sandbox {name}") as undo:
+    with lock, Steps(f"create sandbox {name}") as undo:
         with rt.store.transaction() as txn:
             if owner is not None:
                 current = txn.get("sandbox", owner.id)
