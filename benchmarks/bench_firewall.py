@@ -166,9 +166,9 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
 
 
 def _request(method: str, *args: Any) -> Any:
-    from cnm.firewall.iptables import _Request
+    from cnm.firewall._worker import Request
 
-    return _Request(method=method, what=method, args=args)
+    return Request(method=method, what=method, args=args)
 
 
 def _phase_sample(firewall: Any, verb: str, network: Any, port: Any, reps: int) -> dict[str, float]:

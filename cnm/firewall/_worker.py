@@ -43,6 +43,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import attrs
+
 from cnm.errors import CNMError, KernelError
 from cnm.kernel.netns import NetNS
 
@@ -326,6 +328,15 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+@attrs.frozen
+class Request:
+    """One named call, as it crosses the socket: the method's name, its description and its arguments."""
+
+    method: str
+    what: str
+    args: tuple[Any, ...]
+
+
 class Worker:
     """A lazily forked, self-replacing worker process inside ``netns``.
 
@@ -393,6 +404,21 @@ class Worker:
             raise value  # a CNMError from the worker's start
         log.debug("started %s (pid %d)", self._describe(), pid)
         return process
+
+    def run(self, what: str, method: str, *args: Any) -> object:
+        """Have the worker run ``method`` with ``args`` as a :class:`Request`, described as ``what``.
+
+        Raises:
+            KernelError: its message names ``what`` and the namespace (the worker's own message
+                already does when it names ``what``).
+        """
+        log.debug("%s in %s", what, self._netns.name)
+        try:
+            return self.call(Request(method=method, what=what, args=args))
+        except KernelError as exc:
+            if what in str(exc):
+                raise
+            raise KernelError(f"{what} in {self._netns.name}: {exc.strerror}", exc.errno) from exc
 
     def call(self, request: object) -> object:
         """Send ``request`` to the worker (starting one if needed) and return its result.

@@ -62,7 +62,7 @@ from cnm.firewall._iptables_rules import (
     port_chain_blocks,
     port_rules,
 )
-from cnm.firewall._worker import Worker
+from cnm.firewall._worker import Request, Worker
 from cnm.kernel.netns import NetNS
 
 __all__ = ["DEFAULT_LOCK_PATH", "LOCK_TIMEOUT", "REPLY_TIMEOUT", "IptablesFirewall"]
@@ -601,15 +601,6 @@ _OPERATIONS: dict[str, Callable[..., object]] = {
 }
 
 
-@attrs.frozen
-class _Request:
-    """One call, as it crosses the pipe: the method's name, its description and its (attrs) arguments."""
-
-    method: str
-    what: str
-    args: tuple[Any, ...]
-
-
 class _Server:
     """The worker's side: python-iptables loaded once, tables and built rules kept between requests."""
 
@@ -621,7 +612,7 @@ class _Server:
 
     def __call__(self, request: Any) -> object:
         """Run one request under the xtables lock, committing once per table it changed."""
-        if not isinstance(request, _Request) or request.method not in _OPERATIONS:
+        if not isinstance(request, Request) or request.method not in _OPERATIONS:
             raise KernelError(f"the firewall worker got a request it does not know: {request!r}")
         operation = _OPERATIONS[request.method]
         with _xtables_lock(self._lock_path, self._lock_timeout), _iptc_errors(request.what):
@@ -707,13 +698,7 @@ class IptablesFirewall:
 
     def _run(self, what: str, method: str, *args: Any) -> object:
         """Have the worker run ``method`` with ``args`` under the xtables lock, committing once per table."""
-        log.debug("%s in %s", what, self._netns.name)
-        try:
-            return self._worker.call(_Request(method=method, what=what, args=args))
-        except KernelError as exc:
-            if what in str(exc):
-                raise
-            raise KernelError(f"{what} in {self._netns.name}: {exc.strerror}", exc.errno) from exc
+        return self._worker.run(what, method, *args)
 
     def setup_network(self, network: FirewallNetwork) -> None:
         """Install the network-level rules: forwarding, isolation, NAT, icc, internal."""

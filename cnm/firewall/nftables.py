@@ -27,8 +27,6 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import Any, cast
 
-import attrs
-
 from cnm.errors import KernelError
 from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.firewall._nftables_rules import (
@@ -45,7 +43,7 @@ from cnm.firewall._nftables_rules import (
     port_elements,
     table_name,
 )
-from cnm.firewall._worker import Worker
+from cnm.firewall._worker import Request, Worker
 from cnm.kernel.netns import NetNS
 
 __all__ = ["REPLY_TIMEOUT", "NftablesFirewall"]
@@ -84,7 +82,7 @@ class _Server:
 
     def __call__(self, request: Any) -> object:
         """Run one request: read what it needs, then send one batch."""
-        if not isinstance(request, _Request):
+        if not isinstance(request, Request):
             raise KernelError(f"the nftables worker got a request it does not know: {request!r}")
         operation = getattr(self, f"_op_{request.method}", None)
         if operation is None:
@@ -265,15 +263,6 @@ def _interface_of(rules: list[dict[str, Any]], tag: str) -> str | None:
     return None
 
 
-@attrs.frozen
-class _Request:
-    """One call, as it crosses the socket: the method's name, its description and its arguments."""
-
-    method: str
-    what: str
-    args: tuple[Any, ...]
-
-
 class NftablesFirewall:
     """A :class:`~cnm.firewall.Firewall` on libnftables, in the table ``inet cnm_<owner>`` of one namespace.
 
@@ -317,13 +306,8 @@ class NftablesFirewall:
         self._worker.close()
 
     def _run(self, what: str, method: str, *args: Any) -> object:
-        log.debug("%s in %s", what, self._netns.name)
-        try:
-            return self._worker.call(_Request(method=method, what=what, args=args))
-        except KernelError as exc:
-            if what in str(exc):
-                raise
-            raise KernelError(f"{what} in {self._netns.name}: {exc.strerror}", exc.errno) from exc
+        """Have the worker run ``method`` with ``args`` in one libnftables transaction."""
+        return self._worker.run(what, method, *args)
 
     def setup_network(self, network: FirewallNetwork) -> None:
         """Install the network-level rules: forwarding, isolation, NAT, icc, internal."""
