@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from cnm.errors import KernelError
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
+from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules
 from cnm.firewall.iptables import IptablesFirewall
 from cnm.kernel.netns import NetNS
-from cnm.types import PortRange
+from tests.kernel.firewall_cases import NET_A, NET_B, NET_INTERNAL, NET_NOICC, port
 
 pytestmark = pytest.mark.kernel
 
@@ -32,42 +32,18 @@ GOLDEN = Path(__file__).parent / "golden" / "firewall"
 OWNER = "0123456789ab"  # a fixed owner id, so that rule tags are stable in the golden files
 FOREIGN_RULE = "-A FORWARD -s 10.9.9.9/32 -j ACCEPT"
 
-NET_A = FirewallNetwork(id="a1" * 32, interface="br-a1a1a1a1a1a1", subnet=ipaddress.IPv4Network("172.28.0.0/16"))
-NET_B = FirewallNetwork(id="b2" * 32, interface="br-b2b2b2b2b2b2", subnet=ipaddress.IPv4Network("172.29.0.0/16"))
-NET_NOICC = FirewallNetwork(
-    id="c3" * 32, interface="br-c3c3c3c3c3c3", subnet=ipaddress.IPv4Network("172.30.0.0/16"), icc=False
-)
-NET_INTERNAL = FirewallNetwork(
-    id="d4" * 32,
-    interface="br-d4d4d4d4d4d4",
-    subnet=ipaddress.IPv4Network("172.31.0.0/16"),
-    internal=True,
-    masquerade=False,
-)
-
-
-def _port(proto: str, host: str, ip: str, container: str, host_ip: str | None = None) -> PortMapping:
-    return PortMapping(
-        protocol=proto,  # type: ignore[arg-type]
-        host_port=PortRange.parse(host),
-        container_ip=ipaddress.IPv4Address(ip),
-        container_port=PortRange.parse(container),
-        host_ip=None if host_ip is None else ipaddress.IPv4Address(host_ip),
-    )
-
-
 PORTS_A = (
-    _port("tcp", "8080", "172.28.0.2", "80"),
-    _port("udp", "9000-9010", "172.28.0.2", "900-910", host_ip="192.0.2.1"),
-    _port("tcp", "7000-7002", "172.28.0.3", "70"),
+    port("tcp", "8080", "172.28.0.2", "80"),
+    port("udp", "9000-9010", "172.28.0.2", "900-910", host_ip="192.0.2.1"),
+    port("tcp", "7000-7002", "172.28.0.3", "70"),
 )
-PORTS_B = (_port("tcp", "8443", "172.29.0.2", "443"),)
+PORTS_B = (port("tcp", "8443", "172.29.0.2", "443"),)
 LINK = LinkRule(
     source_ip=ipaddress.IPv4Address("172.30.0.3"),
     target_ip=ipaddress.IPv4Address("172.30.0.2"),
     ports=(("tcp", 3306), ("udp", 5432)),
 )
-PORTS_NOICC = (_port("tcp", "8081", "172.30.0.2", "80"),)
+PORTS_NOICC = (port("tcp", "8081", "172.30.0.2", "80"),)
 
 
 def _ipt(ns: NetNS, *args: str) -> str:
@@ -212,7 +188,7 @@ def test_remove_is_idempotent(host: NetNS, fw: IptablesFirewall) -> None:
 
 def test_each_port_of_a_sandbox_keeps_its_own_hairpin_rule(host: NetNS, fw: IptablesFirewall) -> None:
     fw.setup_network(NET_A)
-    web, admin = _port("tcp", "8080", "172.28.0.2", "80"), _port("tcp", "8081", "172.28.0.2", "81")
+    web, admin = port("tcp", "8080", "172.28.0.2", "80"), port("tcp", "8081", "172.28.0.2", "81")
     hairpin = "-A CNM-HAIRPIN-a1a1a1a1a1a1 -s 172.28.0.2/32 -d 172.28.0.2/32 -p tcp -j MASQUERADE"
     fw.add_ports(NET_A, [web, admin])
     fw.add_ports(NET_A, [web])  # already published: nothing added
@@ -284,7 +260,7 @@ def test_reapply_drops_rules_of_networks_it_does_not_know(host: NetNS, fw: Iptab
     _build_everything(fw)
     stale = FirewallNetwork(id="e5" * 32, interface="br-e5e5e5e5e5e5", subnet=ipaddress.IPv4Network("10.5.0.0/16"))
     fw.setup_network(stale)
-    fw.add_ports(stale, (_port("tcp", "5555", "10.5.0.2", "55"),))
+    fw.add_ports(stale, (port("tcp", "5555", "10.5.0.2", "55"),))
     fw.reapply(EVERYTHING)
     assert_golden(host, "everything")
     fw.reapply(EVERYTHING)  # and again: nothing moves
@@ -320,9 +296,9 @@ def test_errors_name_the_rule(host: NetNS, fw: IptablesFirewall) -> None:
 def test_one_port_more_or_less_with_a_thousand_published(host: NetNS, fw: IptablesFirewall) -> None:
     # What one port costs at this size is measured by benchmarks/bench_firewall.py, not asserted here.
     fw.setup_network(NET_A)
-    ports = [_port("tcp", str(10000 + i), f"172.28.{i // 250}.{i % 250 + 2}", "80") for i in range(1000)]
+    ports = [port("tcp", str(10000 + i), f"172.28.{i // 250}.{i % 250 + 2}", "80") for i in range(1000)]
     fw.add_ports(NET_A, ports)
-    extra = _port("tcp", "20000", "172.28.9.9", "80")
+    extra = port("tcp", "20000", "172.28.9.9", "80")
     fw.add_ports(NET_A, [extra])
     assert saved(host, "nat").count("-j DNAT") == 1001
     fw.remove_ports(NET_A, [extra])
@@ -480,7 +456,7 @@ def test_calls_from_many_threads_take_turns(host: NetNS, fw: IptablesFirewall) -
     def publish(first: int) -> None:
         try:
             for i in range(first, first + 10):
-                fw.add_ports(NET_A, [_port("tcp", str(30000 + i), "172.28.0.2", "80")])
+                fw.add_ports(NET_A, [port("tcp", str(30000 + i), "172.28.0.2", "80")])
         except BaseException as exc:  # noqa: BLE001 - checked below
             errors.append(exc)
 

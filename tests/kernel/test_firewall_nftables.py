@@ -21,49 +21,25 @@ import pytest
 
 from cnm import Controller, IPAMConfig, PortBinding
 from cnm.errors import InvalidConfig
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, NoFirewall, PortMapping, open_firewall
+from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, NoFirewall, open_firewall
 from cnm.firewall.nftables import NftablesFirewall
 from cnm.kernel.netns import NetNS
 from cnm.testing.hosts import Outside, unmount_sandboxes
 from cnm.testing.traffic import ping, probe, serve
-from cnm.types import PortRange
+from tests.kernel.firewall_cases import NET_A, NET_B, NET_INTERNAL, NET_NOICC, port
 
 pytestmark = pytest.mark.kernel
 
 GOLDEN = Path(__file__).parent / "golden" / "firewall_nft"
 FOREIGN = "table inet foreign {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n}\n"
 
-NET_A = FirewallNetwork(id="a1" * 32, interface="br-a1a1a1a1a1a1", subnet=ipaddress.IPv4Network("172.28.0.0/16"))
-NET_B = FirewallNetwork(id="b2" * 32, interface="br-b2b2b2b2b2b2", subnet=ipaddress.IPv4Network("172.29.0.0/16"))
-NET_NOICC = FirewallNetwork(
-    id="c3" * 32, interface="br-c3c3c3c3c3c3", subnet=ipaddress.IPv4Network("172.30.0.0/16"), icc=False
-)
-NET_INTERNAL = FirewallNetwork(
-    id="d4" * 32,
-    interface="br-d4d4d4d4d4d4",
-    subnet=ipaddress.IPv4Network("172.31.0.0/16"),
-    internal=True,
-    masquerade=False,
-)
-
-
-def _port(proto: str, host: str, ip: str, container: str, host_ip: str | None = None) -> PortMapping:
-    return PortMapping(
-        protocol=proto,  # type: ignore[arg-type]
-        host_port=PortRange.parse(host),
-        container_ip=ipaddress.IPv4Address(ip),
-        container_port=PortRange.parse(container),
-        host_ip=None if host_ip is None else ipaddress.IPv4Address(host_ip),
-    )
-
-
 PORTS_A = (
-    _port("tcp", "8080", "172.28.0.2", "80"),
-    _port("udp", "9000-9002", "172.28.0.2", "900-902", host_ip="192.0.2.1"),
-    _port("tcp", "7000-7001", "172.28.0.3", "70"),
+    port("tcp", "8080", "172.28.0.2", "80"),
+    port("udp", "9000-9002", "172.28.0.2", "900-902", host_ip="192.0.2.1"),
+    port("tcp", "7000-7001", "172.28.0.3", "70"),
 )
-PORTS_B = (_port("tcp", "8443", "172.29.0.2", "443"),)
-PORTS_NOICC = (_port("tcp", "8081", "172.30.0.2", "80"),)
+PORTS_B = (port("tcp", "8443", "172.29.0.2", "443"),)
+PORTS_NOICC = (port("tcp", "8081", "172.30.0.2", "80"),)
 LINK = LinkRule(
     source_ip=ipaddress.IPv4Address("172.30.0.3"),
     target_ip=ipaddress.IPv4Address("172.30.0.2"),
@@ -201,7 +177,7 @@ def test_reapply_repairs_a_deleted_table_and_drops_unknown_networks(host: NetNS,
     _build_everything(fw)
     stale = FirewallNetwork(id="e5" * 32, interface="br-e5e5e5e5e5e5", subnet=ipaddress.IPv4Network("10.5.0.0/16"))
     fw.setup_network(stale)
-    fw.add_ports(stale, (_port("tcp", "5555", "10.5.0.2", "55"),))
+    fw.add_ports(stale, (port("tcp", "5555", "10.5.0.2", "55"),))
     fw.reapply(EVERYTHING)
     assert_golden(host, "everything")
     nft(host, "delete", "table", "inet", "cnm_default")  # what `nft flush ruleset` does to cnm's part
@@ -234,9 +210,9 @@ def test_an_owner_nft_cannot_name_is_refused(host: NetNS) -> None:
 
 def test_publishing_one_port_is_an_element_add_at_a_thousand(host: NetNS, fw: NftablesFirewall) -> None:
     fw.setup_network(NET_A)
-    fw.add_ports(NET_A, [_port("tcp", str(10000 + i), f"172.28.{i // 250}.{i % 250 + 2}", "80") for i in range(1000)])
+    fw.add_ports(NET_A, [port("tcp", str(10000 + i), f"172.28.{i // 250}.{i % 250 + 2}", "80") for i in range(1000)])
     rules = cnm_table(host).count("\n")
-    extra = _port("tcp", "20000", "172.28.9.9", "80")
+    extra = port("tcp", "20000", "172.28.9.9", "80")
     fw.add_ports(NET_A, [extra])
     assert "tcp . 20000 : 172.28.9.9" in cnm_table(host)
     fw.remove_ports(NET_A, [extra])
@@ -318,8 +294,8 @@ def test_a_legacy_link_on_an_icc_false_network_opens_only_its_ports(
     other = ctl.create_sandbox("other", network="icc")
     app = ctl.create_sandbox("app", network="icc", links=[("db", "db")])
     db_ip, app_ip = str(net.endpoint("db").ip), str(net.endpoint("app").ip)
-    for proto, port in (("tcp", 3306), ("udp", 5432), ("tcp", 8000)):
-        processes(serve(db, proto, port))
+    for proto, number in (("tcp", 3306), ("udp", 5432), ("tcp", 8000)):
+        processes(serve(db, proto, number))
     assert probe(app, "tcp", db_ip, 3306) == app_ip
     assert probe(app, "udp", db_ip, 5432) == app_ip
     assert probe(app, "tcp", db_ip, 8000, timeout=1) is None  # not an exposed port
