@@ -7,7 +7,7 @@ malformed value is refused before anything is created.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal, TypeAlias, cast
 
 import attrs
@@ -18,6 +18,7 @@ __all__ = [
     "IPAMConfig",
     "IPAddress",
     "IPNetwork",
+    "NetworkAddressing",
     "Pool",
     "PortBinding",
     "PortRange",
@@ -80,13 +81,22 @@ def _aux_addresses(value: Mapping[str, object] | None) -> Mapping[str, IPAddress
     return {str(k): parse_address(v, f"aux address {k!r}") for k, v in value.items()}
 
 
+def _family_name(version: int) -> str:
+    return f"IPv{version}"
+
+
 @attrs.frozen(kw_only=True)
 class IPAMConfig:
-    """Addressing of one network, as ``docker network create --subnet ...`` takes it.
+    """Addressing of one network in one address family, as ``docker network create --subnet ...`` takes it.
+
+    The family is the subnet's: an IPv4 or an IPv6 CIDR. A dual-stack network
+    takes one config per family (see :class:`NetworkAddressing`). Gateway,
+    ip_range and aux addresses must be of the subnet's family and inside it.
 
     Attributes:
         subnet: the network's CIDR; ``None`` lets the IPAM pick a free default pool.
-        gateway: the gateway address; defaults to the first host address.
+        gateway: the gateway address; defaults to the first host address
+            (``.1`` in IPv4, ``::1`` in IPv6, as Docker).
         ip_range: a CIDR inside ``subnet`` from which endpoint addresses are given out.
         aux_addresses: addresses inside ``subnet`` that are reserved, never given out.
     """
@@ -96,29 +106,136 @@ class IPAMConfig:
     ip_range: IPNetwork | None = attrs.field(default=None, converter=_ip_range)
     aux_addresses: Mapping[str, IPAddress] = attrs.field(factory=dict, converter=_aux_addresses)
 
+    @property
+    def version(self) -> int | None:
+        """The address family, 4 or 6, of ``subnet``; ``None`` when the IPAM is to pick one."""
+        return None if self.subnet is None else self.subnet.version
+
     def __attrs_post_init__(self) -> None:
         subnet = self.subnet
         if subnet is None:
             if self.gateway is not None or self.ip_range is not None or self.aux_addresses:
                 raise InvalidConfig("gateway, ip_range and aux_addresses need an explicit subnet; add subnet=...")
             return
+        self._same_family(subnet)
         if self.gateway is not None and self.gateway not in subnet:
             raise InvalidConfig(f"gateway {self.gateway} is not inside subnet {subnet}; pick an address in it")
-        if (
-            self.gateway is not None
-            and subnet.prefixlen < subnet.max_prefixlen - 1
-            and (self.gateway in (subnet.network_address, subnet.broadcast_address))
-        ):
-            raise InvalidConfig(
-                f"gateway {self.gateway} is the network or broadcast address of {subnet}; pick a host address"
-            )
-        if self.ip_range is not None and (
-            self.ip_range.version != subnet.version or not self.ip_range.subnet_of(subnet)  # type: ignore[arg-type]
-        ):
+        if self.gateway is not None and subnet.prefixlen < subnet.max_prefixlen - 1:
+            # IPv6 has no broadcast address: only its subnet-router anycast address (all-zero host part)
+            # is reserved, so the last address of an IPv6 subnet is a host like any other.
+            if self.gateway == subnet.network_address:
+                what = "network" if subnet.version == 4 else "subnet-router anycast"
+                raise InvalidConfig(f"gateway {self.gateway} is the {what} address of {subnet}; pick a host address")
+            if subnet.version == 4 and self.gateway == subnet.broadcast_address:
+                raise InvalidConfig(
+                    f"gateway {self.gateway} is the network or broadcast address of {subnet}; pick a host address"
+                )
+        if self.ip_range is not None and not self.ip_range.subnet_of(subnet):  # type: ignore[arg-type]
             raise InvalidConfig(f"ip_range {self.ip_range} is not inside subnet {subnet}; pick a range in it")
         for name, addr in self.aux_addresses.items():
             if addr not in subnet:
                 raise InvalidConfig(f"aux address {name}={addr} is not inside subnet {subnet}")
+
+    def _same_family(self, subnet: IPNetwork) -> None:
+        """Refuse a gateway, ip_range or aux address of the other family, naming the fix."""
+        family = _family_name(subnet.version)
+        others: list[tuple[str, IPAddress | IPNetwork]] = []
+        if self.gateway is not None:
+            others.append(("gateway", self.gateway))
+        if self.ip_range is not None:
+            others.append(("ip_range", self.ip_range))
+        others += [(f"aux address {name}", addr) for name, addr in self.aux_addresses.items()]
+        for what, value in others:
+            if value.version != subnet.version:
+                raise InvalidConfig(
+                    f"{what} {value} is {_family_name(value.version)} but subnet {subnet} is {family}; "
+                    f"give an {family} {what.split()[0]}, or put it in a second IPAMConfig with an "
+                    f"{_family_name(value.version)} subnet"
+                )
+
+
+def _configs(value: object) -> tuple[IPAMConfig, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, IPAMConfig):
+        return (value,)
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise InvalidConfig(f"ipam must be an IPAMConfig or a sequence of them, not {value!r}")
+    configs = tuple(value)
+    for item in configs:
+        if not isinstance(item, IPAMConfig):
+            raise InvalidConfig(f"ipam must be an IPAMConfig or a sequence of them; {item!r} is neither")
+    return configs
+
+
+@attrs.frozen(kw_only=True)
+class NetworkAddressing:
+    """What a network asks of its IPAM, per address family: the checked form of ``ipam=``.
+
+    Built with :meth:`of` from what ``create_network`` takes. ``v4`` and
+    ``v6`` are the config of each family the network has, ``None`` for a
+    family it does not have; a config without a subnet asks for a default pool.
+
+    Attributes:
+        v4: the IPv4 addressing, ``None`` for an IPv6-only network.
+        v6: the IPv6 addressing, ``None`` unless IPv6 is enabled.
+    """
+
+    v4: IPAMConfig | None = None
+    v6: IPAMConfig | None = None
+
+    @classmethod
+    def of(
+        cls,
+        ipam: IPAMConfig | Iterable[IPAMConfig] | None = None,
+        *,
+        enable_ipv6: bool = False,
+        ipv6_only: bool = False,
+    ) -> NetworkAddressing:
+        """Sort ``ipam`` (one config or a sequence, at most one per family) into families.
+
+        As Docker: an IPv4 family is always there unless ``ipv6_only``; with
+        ``enable_ipv6`` (implied by ``ipv6_only``) and no IPv6 config, the
+        IPv6 subnet comes from a default pool. A config without a subnet
+        stands for the network's first family (IPv4, or IPv6 when ``ipv6_only``).
+
+        Raises:
+            InvalidConfig: two configs of one family; an IPv6 subnet without
+                ``enable_ipv6``; an IPv4 subnet on an ``ipv6_only`` network; a
+                non-bool flag.
+        """
+        for flag, value in (("enable_ipv6", enable_ipv6), ("ipv6_only", ipv6_only)):
+            if not isinstance(value, bool):
+                raise InvalidConfig(f"{flag} must be True or False, not {value!r}")
+        enable_ipv6 = enable_ipv6 or ipv6_only
+        first = 6 if ipv6_only else 4
+        by_family: dict[int, IPAMConfig] = {}
+        for config in _configs(ipam):
+            version = config.version or first
+            if version in by_family:
+                raise InvalidConfig(
+                    f"two {_family_name(version)} IPAM configs given ({by_family[version].subnet or 'a default pool'} "
+                    f"and {config.subnet or 'a default pool'}); a network has at most one subnet per address family"
+                )
+            by_family[version] = config
+        if 6 in by_family and not enable_ipv6:
+            raise InvalidConfig(
+                f"subnet {by_family[6].subnet or 'a default pool'} is IPv6 but the network does not enable IPv6; "
+                "pass enable_ipv6=True (or drop the IPv6 config)"
+            )
+        if 4 in by_family and ipv6_only:
+            raise InvalidConfig(
+                f"subnet {by_family[4].subnet} is IPv4 but the network is ipv6_only; drop the IPv4 config "
+                "or ipv6_only=True"
+            )
+        v4 = None if ipv6_only else by_family.get(4, IPAMConfig())
+        v6 = by_family.get(6, IPAMConfig()) if enable_ipv6 else None
+        return cls(v4=v4, v6=v6)
+
+    @property
+    def configs(self) -> tuple[IPAMConfig, ...]:
+        """The configs of the families present, IPv4 first."""
+        return tuple(c for c in (self.v4, self.v6) if c is not None)
 
 
 @attrs.frozen(eq=False)
@@ -231,8 +348,9 @@ class PortBinding:
         host_port: the host port or range; ``None`` picks a free ephemeral port.
             A range with a single container port means "any free port of the range".
         protocol: ``"tcp"`` or ``"udp"``.
-        host_ip: the host address to publish on; ``None`` means every address
-            (or the network's ``host_binding_ipv4`` option).
+        host_ip: the host IPv4 address to publish on; ``None`` means every address
+            (or the network's ``host_binding_ipv4`` option). An IPv6 one is
+            refused with :class:`InvalidConfig` until ports are published over IPv6.
 
     An endpoint's :attr:`~cnm.endpoint.Endpoint.ports` returns the bindings
     resolved: ``host_port`` holds the port(s) taken and ``host_ip`` the address
@@ -247,6 +365,13 @@ class PortBinding:
     host_ip: IPAddress | None = attrs.field(default=None, converter=_host_ip)
 
     def __attrs_post_init__(self) -> None:
+        if self.host_ip is not None and self.host_ip.version == 6:
+            # The port mapper and both firewall backends publish on IPv4 only so far; refusing here keeps an
+            # IPv6 host address from ending in a raw socket error half-way through creating an endpoint.
+            raise InvalidConfig(
+                f"host_ip {self.host_ip} is IPv6; cnm does not publish ports on IPv6 host addresses yet; "
+                "give an IPv4 host_ip, or none for every IPv4 address"
+            )
         host = self.host_port
         if host is not None and len(self.container_port) > 1 and len(host) != len(self.container_port):
             raise InvalidConfig(
