@@ -6,8 +6,6 @@ import errno
 import ipaddress
 import socket
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from cnm.kernel.errors import map_netlink_errors
 from cnm.kernel.links import link_index, require_index
 from cnm.kernel.netns import Netlink
@@ -24,15 +22,10 @@ def _family(addr: IPInterface) -> int:
 def add_address(nl: Netlink, ifname: str, address: IPInterface) -> None:
     """Put ``address`` (with its prefix length) on ``ifname``; fine if it is there."""
     index = require_index(nl, ifname)
-    try:
+    with map_netlink_errors(f"add address {address} to {ifname} in {nl.netns.name}", ok=(errno.EEXIST,)):
         nl.ipr.addr(
             "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, family=_family(address)
         )
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            return
-        with map_netlink_errors(f"add address {address} to {ifname} in {nl.netns.name}"):
-            raise
 
 
 def delete_address(nl: Netlink, ifname: str, address: IPInterface) -> bool:
@@ -40,7 +33,10 @@ def delete_address(nl: Netlink, ifname: str, address: IPInterface) -> bool:
     index = link_index(nl, ifname)
     if index is None:
         return False
-    try:
+    with map_netlink_errors(
+        f"delete address {address} from {ifname} in {nl.netns.name}",
+        ok=(errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT),
+    ) as gone:
         nl.ipr.addr(
             "del",
             index=index,
@@ -48,12 +44,7 @@ def delete_address(nl: Netlink, ifname: str, address: IPInterface) -> bool:
             prefixlen=address.network.prefixlen,
             family=_family(address),
         )
-    except NetlinkError as exc:
-        if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
-            return False
-        with map_netlink_errors(f"delete address {address} from {ifname} in {nl.netns.name}"):
-            raise
-    return True
+    return not gone
 
 
 def list_addresses(nl: Netlink, ifname: str | None = None) -> list[IPInterface]:

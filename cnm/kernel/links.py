@@ -15,7 +15,6 @@ import struct
 from typing import Any
 
 import attrs
-from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm.errors import InvalidConfig, KernelError
 from cnm.kernel.errors import map_netlink_errors
@@ -89,22 +88,19 @@ def _link_from_msg(msg: Any) -> Link:
 
 def get_link(nl: Netlink, name: str) -> Link | None:
     """The link called ``name``, or None."""
-    try:
+    msgs: list[Any] = []
+    with map_netlink_errors(f"look up link {name} in {nl.netns.name}", ok=(errno.ENODEV,)):
         # RTM_GETLINK by name is answered by the kernel in constant time;
         # pyroute2's get_links(ifname=) dumps every link and filters in Python.
         msgs = nl.ipr.link("get", ifname=name)
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        with map_netlink_errors(f"look up link {name} in {nl.netns.name}"):
-            raise
     return _link_from_msg(msgs[0]) if msgs else None
 
 
 def list_links(nl: Netlink) -> list[Link]:
     """Every link in the namespace."""
     with map_netlink_errors(f"list links in {nl.netns.name}"):
-        return [_link_from_msg(msg) for msg in nl.ipr.get_links()]
+        msgs = nl.ipr.get_links()
+    return [_link_from_msg(msg) for msg in msgs]
 
 
 _SIOCGIFINDEX = 0x8933
@@ -119,13 +115,10 @@ def _ifreq(nl: Netlink, name: str, request: int, what: str) -> bytes | None:
     namespace; a netlink RTM_GETLINK answer takes pyroute2 about 0.3 ms to parse.
     """
     check_ifname(name)
-    try:
+    with map_netlink_errors(f"{what} of link {name} in {nl.netns.name}", ok=(errno.ENODEV,)):
         # struct ifreq: the name, then a 24-byte union the kernel answers in.
         return fcntl.ioctl(nl.fd, request, struct.pack("16s24x", name.encode()))
-    except OSError as exc:
-        if exc.errno == errno.ENODEV:
-            return None
-        raise KernelError(f"{what} of link {name} in {nl.netns.name}: {exc.strerror}", exc.errno) from exc
+    return None  # ENODEV: there is no such link
 
 
 def link_index(nl: Netlink, name: str) -> int | None:
@@ -156,12 +149,9 @@ def ensure_bridge(nl: Netlink, name: str, *, mtu: int | None = None, up: bool = 
         spec: dict[str, Any] = {"ifname": name, "kind": "bridge"}
         if mtu is not None:
             spec["mtu"] = mtu
-        try:
-            with map_netlink_errors(f"create bridge {name} in {nl.netns.name}"):
-                nl.ipr.link("add", **spec)
-        except KernelError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
+        # EEXIST: another caller created it in between; checked below like any existing link.
+        with map_netlink_errors(f"create bridge {name} in {nl.netns.name}", ok=(errno.EEXIST,)):
+            nl.ipr.link("add", **spec)
         existing = get_link(nl, name)
         if existing is None:
             raise KernelError(f"bridge {name} vanished right after creation in {nl.netns.name}", errno.ENODEV)
@@ -284,14 +274,9 @@ def set_down_if_exists(nl: Netlink, name: str) -> bool:
     index = link_index(nl, name)
     if index is None:
         return False
-    try:
+    with map_netlink_errors(f"set link {name} down in {nl.netns.name}", ok=(errno.ENODEV,)) as gone:
         nl.ipr.link("set", index=index, state="down")
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return False
-        with map_netlink_errors(f"set link {name} down in {nl.netns.name}"):
-            raise
-    return True
+    return not gone
 
 
 def set_hairpin(nl: Netlink, name: str, on: bool = True) -> None:
@@ -305,12 +290,9 @@ def delete_link(nl: Netlink, name: str) -> bool:
     index = link_index(nl, name)
     if index is None:
         return False
-    try:
+    with map_netlink_errors(f"delete link {name} in {nl.netns.name}", ok=(errno.ENODEV,)) as gone:
         nl.ipr.link("del", index=index)
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return False
-        with map_netlink_errors(f"delete link {name} in {nl.netns.name}"):
-            raise
+    if gone:
+        return False
     log.debug("deleted link %s in %s", name, nl.netns.name)
     return True

@@ -7,7 +7,6 @@ import ipaddress
 import socket
 
 import attrs
-from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm.kernel.errors import map_netlink_errors
 from cnm.kernel.links import require_index
@@ -54,13 +53,10 @@ def add_route(nl: Netlink, destination: _IPNetwork, *, gateway: _IPAddress | Non
     spec: dict[str, object] = {"dst": str(destination), "oif": require_index(nl, ifname)}
     if gateway is not None:
         spec["gateway"] = str(gateway)
-    try:
+    with map_netlink_errors(
+        f"add route {destination} via {gateway} dev {ifname} in {nl.netns.name}", ok=(errno.EEXIST,)
+    ):
         nl.ipr.route("add", **spec)
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            return
-        with map_netlink_errors(f"add route {destination} via {gateway} dev {ifname} in {nl.netns.name}"):
-            raise
 
 
 def replace_default_route(nl: Netlink, gateway: _IPAddress, ifname: str) -> None:
@@ -72,11 +68,8 @@ def replace_default_route(nl: Netlink, gateway: _IPAddress, ifname: str) -> None
 
 def delete_route(nl: Netlink, destination: _IPNetwork) -> bool:
     """Delete the main-table route to ``destination``; True if one was deleted."""
-    try:
+    with map_netlink_errors(
+        f"delete route {destination} in {nl.netns.name}", ok=(errno.ESRCH, errno.ENOENT, errno.ENODEV)
+    ) as gone:
         nl.ipr.route("del", dst=str(destination))
-    except NetlinkError as exc:
-        if exc.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-            return False
-        with map_netlink_errors(f"delete route {destination} in {nl.netns.name}"):
-            raise
-    return True
+    return not gone
