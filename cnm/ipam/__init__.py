@@ -5,7 +5,17 @@ a state_dir sees the same allocations:
 
 * kind ``"ipam.pool"``, key = pool id = the subnet (``"172.28.0.0/16"``),
   value ``{"subnet", "ip_range", "owner", "next", "free"}``;
-* kind ``"ipam.address"``, key ``"<pool id>/<address>"``, value ``{"owner"}``.
+* kind ``"ipam.address"``, key ``"<pool id>/<address>"``, value ``{"owner"}``;
+* kind ``"ipam.ula"``, key ``"base"``, value ``{"subnet"}``: the unique local
+  /48 that default IPv6 subnets are cut from, drawn once per store (see below).
+
+IPv4 and IPv6 pools and addresses are kept alike: the same records, the same
+transactions, the same first-free walk (an IPv6 pool's first address is
+``::1``, the gateway as Docker has it). When no IPv6 default pool is
+configured, IPv6 networks get /64s of one unique local /48 (RFC 4193), as
+Docker 27+ does: derived from ``ula_seed`` with Docker's hash when one is
+given, else with a random global ID drawn at the first IPv6 default request
+and kept in the store, so every IPAM on the store uses the same /48.
 
 Every read-modify-write runs in one store transaction (serialised between
 threads and processes), and the store's unique keys are the last guard: two
@@ -27,11 +37,15 @@ from collections.abc import Iterable, Sequence
 from cnm.errors import AddressInUse, Exhausted, InvalidConfig, NotFound, PoolOverlap
 from cnm.ipam.pools import (
     DEFAULT_POOLS,
+    IPV6_SUBNET_SIZE,
+    DefaultPool,
     first_free_subnet,
     overlapping,
     overlaps,
     parse_default_pools,
+    random_ula_base,
     reserved_addresses,
+    ula_base,
 )
 from cnm.store import KeyTaken, Record, Store, Transaction
 from cnm.types import IPAddress, IPNetwork, Pool, parse_address, parse_network
@@ -42,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 _POOL = "ipam.pool"
 _ADDRESS = "ipam.address"
+_ULA = "ipam.ula"
 # Addresses probed one point lookup at a time before reading the pool's whole
 # allocation set instead; sequential allocation almost never gets past the first.
 _PROBES = 16
@@ -81,15 +96,49 @@ class LocalIpam:
         store: where pools and addresses are recorded; share it (or its file)
             between controllers that must not hand out the same addresses.
         default_pools: ``(base CIDR, prefix length)`` pairs tried in order when
-            a network asks for no particular subnet; Docker's by default.
+            a network asks for no particular subnet; Docker's by default. If
+            none of them is IPv6, IPv6 networks get /64s of a unique local /48.
+        ula_seed: derive that /48 from this string as Docker derives it from
+            its host id; ``None`` draws a random one, once per store.
 
     Raises:
         cnm.errors.InvalidConfig: a default pool is malformed.
     """
 
-    def __init__(self, store: Store, default_pools: Iterable[tuple[str | IPNetwork, int]] = DEFAULT_POOLS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        default_pools: Iterable[tuple[str | IPNetwork, int]] = DEFAULT_POOLS,
+        *,
+        ula_seed: str | None = None,
+    ) -> None:
         self._store = store
         self._defaults = parse_default_pools(default_pools)
+        self._ula_seed = ula_seed
+
+    def default_pools(self) -> tuple[DefaultPool, ...]:
+        """The default pools tried in order, the unique local /48 of IPv6 networks included."""
+        with self._store.transaction() as txn:
+            return self._default_pools(txn)
+
+    def _default_pools(self, txn: Transaction) -> tuple[DefaultPool, ...]:
+        if any(base.version == 6 for base, _ in self._defaults):
+            return self._defaults
+        return (*self._defaults, (self._ula_base(txn), IPV6_SUBNET_SIZE))
+
+    def _ula_base(self, txn: Transaction) -> IPNetwork:
+        if self._ula_seed is not None:
+            return ula_base(self._ula_seed)
+        found = txn.get(_ULA, "base")
+        if found is None:
+            found = {"subnet": str(random_ula_base())}
+            try:
+                # The transaction serialises this with every other IPAM on the store: one /48 for all of them.
+                txn.insert(_ULA, "base", found)
+            except KeyTaken:
+                found = txn.get(_ULA, "base") or found
+            logger.info("default IPv6 subnets come from %s", found["subnet"])
+        return parse_network(found["subnet"], "unique local base")
 
     def request_pool(
         self,
@@ -114,7 +163,7 @@ class LocalIpam:
                 (key, parse_network(record["subnet"]), str(record.get("owner", ""))) for key, record in txn.list(_POOL)
             ]
             if subnet is None:
-                chosen = self._pick_default(pools, exclude, v6)
+                chosen = self._pick_default(txn, pools, exclude, v6)
             else:
                 clashes = [(key, pool_owner) for key, net, pool_owner in pools if overlaps(subnet, net)]
                 if clashes:
@@ -141,10 +190,11 @@ class LocalIpam:
         return pool
 
     def _pick_default(
-        self, pools: list[tuple[str, IPNetwork, str]], exclude: Sequence[IPNetwork], v6: bool
+        self, txn: Transaction, pools: list[tuple[str, IPNetwork, str]], exclude: Sequence[IPNetwork], v6: bool
     ) -> IPNetwork:
         version = 6 if v6 else 4
-        bases = [(base, size) for base, size in self._defaults if base.version == version]
+        defaults = self._default_pools(txn) if v6 else self._defaults
+        bases = [(base, size) for base, size in defaults if base.version == version]
         if not bases:
             raise Exhausted(f"no default IPv{version} address pool is configured; give the network an explicit subnet")
         # A default route (or any /0) would rule out every pool; Docker only excludes on-link networks.

@@ -3,10 +3,17 @@
 The defaults are Docker's local ones (``ipamutils.localScopeDefaultNetworks``):
 each entry is a base network and the prefix length of the subnets it is cut
 into, tried in order.
+
+IPv6 has no fixed default: as Docker 27+ does, a host (here, a store) gets
+one unique local /48 (RFC 4193: ``fd`` and a 40-bit global ID) cut into /64s,
+see :func:`ula_base` and docs/ipv6.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import secrets
 from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 
@@ -15,12 +22,16 @@ from cnm.types import IPNetwork, parse_network
 
 __all__ = [
     "DEFAULT_POOLS",
+    "IPV6_SUBNET_SIZE",
+    "ULA_PREFIX",
     "DefaultPool",
     "first_free_subnet",
     "overlapping",
     "overlaps",
     "parse_default_pools",
+    "random_ula_base",
     "reserved_addresses",
+    "ula_base",
 ]
 
 DefaultPool: TypeAlias = tuple[IPNetwork, int]
@@ -36,6 +47,35 @@ DEFAULT_POOLS: tuple[tuple[str, int], ...] = (
     ("192.168.0.0/16", 20),
 )
 """Docker's local default pools, as ``(base CIDR, subnet prefix length)`` pairs."""
+
+ULA_PREFIX = ipaddress.IPv6Network("fd00::/8")
+"""Unique local addresses with the L bit set (RFC 4193 section 3.1): ``fc00::/7`` locally assigned."""
+
+IPV6_SUBNET_SIZE = 64
+"""The prefix length of a default IPv6 subnet: one /64 per network, as Docker and netavark."""
+
+_GLOBAL_ID_BITS = 40
+
+
+def _ula_of(global_id: int) -> ipaddress.IPv6Network:
+    # fd (8 bits), the global ID (40 bits), then 16 bits of subnet ID and 64 of interface ID: a /48.
+    return ipaddress.IPv6Network((int(ULA_PREFIX.network_address) | global_id << 80, 48))
+
+
+def ula_base(seed: str) -> ipaddress.IPv6Network:
+    """The unique local /48 Docker derives from a host id (``ipamutils.DeriveULABaseNetwork``).
+
+    The global ID is the low 40 bits of the first 8 bytes of SHA-256 of
+    ``seed``, so one seed always gives the same /48: ``ula_base("")`` is
+    ``fd42:98fc:1c14::/48``, as in Docker's own test.
+    """
+    digest = hashlib.sha256(seed.encode()).digest()
+    return _ula_of(int.from_bytes(digest[:8], "big") & ((1 << _GLOBAL_ID_BITS) - 1))
+
+
+def random_ula_base() -> ipaddress.IPv6Network:
+    """A unique local /48 with a random 40-bit global ID (RFC 4193 section 3.2)."""
+    return _ula_of(secrets.randbits(_GLOBAL_ID_BITS))
 
 
 def parse_default_pools(pools: Iterable[tuple[str | IPNetwork, int]]) -> tuple[DefaultPool, ...]:

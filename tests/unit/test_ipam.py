@@ -13,7 +13,14 @@ import pytest
 
 from cnm.errors import AddressInUse, Exhausted, InvalidConfig, NotFound, PoolOverlap
 from cnm.ipam import DEFAULT_POOLS, LocalIpam
-from cnm.ipam.pools import first_free_subnet, parse_default_pools, reserved_addresses
+from cnm.ipam.pools import (
+    ULA_PREFIX,
+    first_free_subnet,
+    parse_default_pools,
+    random_ula_base,
+    reserved_addresses,
+    ula_base,
+)
 from cnm.ipamapi import Ipam, Pool
 from cnm.store import MemoryStore, SqliteStore, Store
 from cnm.types import IPAddress, IPNetwork
@@ -121,9 +128,9 @@ def test_no_free_default_pool_is_exhausted_and_names_the_clashes(store: Store) -
         LocalIpam(MemoryStore(), default_pools=[("10.0.0.0/23", 24)]).request_pool(exclude=[net("10.0.0.0/16")])
 
 
-def test_no_default_ipv6_pool_asks_for_a_subnet(ipam: LocalIpam) -> None:
-    with pytest.raises(Exhausted, match=r"IPv6.*explicit subnet"):
-        ipam.request_pool(v6=True)
+def test_no_default_ipv4_pool_asks_for_a_subnet(store: Store) -> None:
+    with pytest.raises(Exhausted, match=r"no default IPv4 address pool.*explicit subnet"):
+        LocalIpam(store, default_pools=[("fd00:c0ff::/48", 64)]).request_pool()
 
 
 def test_configured_ipv6_default_pools(store: Store) -> None:
@@ -232,17 +239,23 @@ def test_dynamic_allocation_skips_explicit_addresses(ipam: LocalIpam, order: int
     assert ipam.request_address(pool.id) == addr("10.0.0.41")
 
 
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("max_free", [1024, 3])
 def test_random_operations_match_a_first_free_model(
-    store: Store, monkeypatch: pytest.MonkeyPatch, max_free: int
+    store: Store, monkeypatch: pytest.MonkeyPatch, max_free: int, family: int
 ) -> None:
     # The pool record's hints (frontier, released list) must never change what first-free means.
     monkeypatch.setattr("cnm.ipam._MAX_FREE", max_free)
     ipam = LocalIpam(store)
-    subnet = net("10.0.0.0/26")
-    pool = ipam.request_pool(subnet=subnet, ip_range=net("10.0.0.0/27"))
-    hosts: list[IPAddress] = [addr(f"10.0.0.{i}") for i in range(1, 63)]
-    dynamic = [h for h in hosts if h in net("10.0.0.0/27")]
+    if family == 4:
+        subnet, ip_range = net("10.0.0.0/26"), net("10.0.0.0/27")
+    else:
+        # 64 addresses as in IPv4; with no broadcast, only the subnet-router anycast ::0 is reserved.
+        subnet, ip_range = net("fd00:7::/122"), net("fd00:7::/123")
+    pool = ipam.request_pool(subnet=subnet, ip_range=ip_range)
+    hosts: list[IPAddress] = [h for h in subnet if int(h) not in reserved_addresses(subnet)]
+    assert len(hosts) == (62 if family == 4 else 63)
+    dynamic = [h for h in hosts if h in ip_range]
     model: set[IPAddress] = set()
     rng = random.Random(7)
     for _ in range(600):
@@ -412,4 +425,205 @@ def test_allocation_goes_on_past_a_thousand_addresses_and_explicit_ones_ahead(tm
         for i in range(2100, 1000, -1):
             ipam.request_address(pool.id, ipaddress.ip_address(base + i))
     assert ipam.request_address(pool.id) == ipaddress.ip_address(base + 2101)
+    store.close()
+
+
+# IPv6: default unique local pools, and the v4 cases above for IPv6 ------------------------------
+
+
+def test_ula_base_derives_the_prefix_docker_derives_from_a_host_id() -> None:
+    # The expected values are those of moby's ipamutils TestDeriveULABaseNetwork.
+    assert ula_base("") == net("fd42:98fc:1c14::/48")
+    assert ula_base("499d4bc0-b0b3-416f-b1ee-cf6486315593") == net("fd62:fb69:18af::/48")
+    drawn = random_ula_base()
+    assert drawn.prefixlen == 48 and drawn.subnet_of(ULA_PREFIX)
+
+
+def test_enable_ipv6_without_a_subnet_gets_slash_64s_of_one_unique_local_slash_48(ipam: LocalIpam) -> None:
+    first, second = ipam.request_pool(v6=True, owner="n1"), ipam.request_pool(v6=True, owner="n2")
+    assert isinstance(first.subnet, ipaddress.IPv6Network) and first.subnet.prefixlen == 64
+    base = first.subnet.supernet(new_prefix=48)
+    assert base.subnet_of(ULA_PREFIX)  # type: ignore[arg-type]
+    assert second.subnet == ipaddress.IPv6Network((int(base.network_address) + (1 << 64), 64))
+    # The IPv4 defaults are untouched by IPv6 pools, and the reverse.
+    assert ipam.request_pool().subnet == net("172.17.0.0/16")
+    assert ipam.default_pools()[-1] == (base, 64)
+
+
+def test_a_seeded_ipam_uses_dockers_prefix(store: Store) -> None:
+    ipam = LocalIpam(store, ula_seed="499d4bc0-b0b3-416f-b1ee-cf6486315593")
+    assert ipam.request_pool(v6=True).subnet == net("fd62:fb69:18af::/64")
+    assert ipam.request_pool(v6=True).subnet == net("fd62:fb69:18af:1::/64")
+
+
+def test_the_drawn_slash_48_is_the_stores_and_survives_a_new_ipam(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    first = SqliteStore(path)
+    pool = LocalIpam(first).request_pool(v6=True, owner="n1")
+    first.close()
+    second = SqliteStore(path)
+    again = LocalIpam(second)
+    assert again.get_pool(pool.id) == pool
+    assert again.request_pool(v6=True).subnet.supernet(new_prefix=48) == pool.subnet.supernet(new_prefix=48)
+    second.close()
+    other = MemoryStore()
+    # Another store draws its own /48 (two equal draws of 40 random bits: 1 in 2**40).
+    assert LocalIpam(other).request_pool(v6=True).subnet.supernet(new_prefix=48) != pool.subnet.supernet(new_prefix=48)
+
+
+def test_configured_ipv6_default_pools_replace_the_unique_local_one(store: Store) -> None:
+    ipam = LocalIpam(store, default_pools=[*DEFAULT_POOLS, ("fd00:c0ff::/48", 64)])
+    assert ipam.default_pools()[-1] == (net("fd00:c0ff::/48"), 64)
+    assert ipam.request_pool(v6=True).subnet == net("fd00:c0ff::/64")
+    with store.transaction() as txn:
+        assert txn.get("ipam.ula", "base") is None  # no /48 drawn when it is not used
+
+
+def test_default_ipv6_selection_skips_host_networks_and_explicit_pools(store: Store) -> None:
+    ipam = LocalIpam(store, ula_seed="")
+    base = int(addr("fd42:98fc:1c14::"))
+    ipam.request_pool(subnet=ipaddress.IPv6Network((base, 64)), owner="custom")
+    host_address = ipaddress.IPv6Network((base + (1 << 64), 64))
+    host_route = ipaddress.IPv6Network((base + (2 << 64), 63))
+    exclude = [host_address, host_route, net("fe80::/64"), net("::/0"), net("10.0.0.0/8")]
+    assert ipam.request_pool(v6=True, exclude=exclude).subnet == ipaddress.IPv6Network((base + (4 << 64), 64))
+
+
+def test_no_free_default_ipv6_pool_is_exhausted_and_names_the_clash(store: Store) -> None:
+    with pytest.raises(Exhausted, match=r"every default IPv6 address pool.*host network fd00::/8.*explicit subnet"):
+        LocalIpam(store).request_pool(v6=True, exclude=[net("fd00::/8")])
+
+
+def test_explicit_ipv6_subnet_overlapping_a_pool_is_refused(ipam: LocalIpam) -> None:
+    ipam.request_pool(subnet=net("fd00:1::/64"), owner="net1")
+    with pytest.raises(PoolOverlap, match=r"fd00:1::/80 overlaps pool fd00:1::/64 of 'net1'"):
+        ipam.request_pool(subnet=net("fd00:1::/80"), owner="net2")
+    with pytest.raises(PoolOverlap, match="net1"):
+        ipam.request_pool(subnet=net("fd00::/16"))
+    # Different families never overlap.
+    assert ipam.request_pool(subnet=net("10.0.0.0/8")).subnet == net("10.0.0.0/8")
+
+
+def test_ipv6_ip_range_must_be_inside_the_subnet(ipam: LocalIpam) -> None:
+    with pytest.raises(InvalidConfig, match="not inside"):
+        ipam.request_pool(subnet=net("fd00:1::/64"), ip_range=net("fd00:2::/80"))
+    with pytest.raises(InvalidConfig, match="not inside"):
+        ipam.request_pool(subnet=net("fd00:1::/64"), ip_range=net("10.0.0.0/24"))
+
+
+def test_ipv6_addresses_are_sequential_from_the_gateway_at_1(ipam: LocalIpam) -> None:
+    pool = ipam.request_pool(v6=True)
+    prefix = int(pool.subnet.network_address)
+    gateway = ipam.request_address(pool.id, owner="gateway")
+    got = [ipam.request_address(pool.id, owner=f"ep{i}") for i in range(3)]
+    assert [int(a) - prefix for a in (gateway, *got)] == [1, 2, 3, 4]
+    assert ipam.allocated(pool.id) == {gateway: "gateway", got[0]: "ep0", got[1]: "ep1", got[2]: "ep2"}
+
+
+def test_requested_ipv6_address_taken_names_its_owner_and_others_are_checked(ipam: LocalIpam) -> None:
+    pool = ipam.request_pool(subnet=net("fd00:1::/64"))
+    assert ipam.request_address(pool.id, addr("fd00:1::9"), owner="web") == addr("fd00:1::9")
+    with pytest.raises(AddressInUse, match=r"fd00:1::9.*'web'"):
+        ipam.request_address(pool.id, addr("fd00:1::9"), owner="db")
+    with pytest.raises(InvalidConfig, match="outside subnet"):
+        ipam.request_address(pool.id, addr("fd00:2::1"))
+    with pytest.raises(InvalidConfig, match="outside subnet"):
+        ipam.request_address(pool.id, addr("10.0.0.1"))
+    # The last address is a host in IPv6 (no broadcast).
+    assert ipam.request_address(pool.id, addr("fd00:1::ffff:ffff:ffff:ffff")) == addr("fd00:1::ffff:ffff:ffff:ffff")
+
+
+def test_ipv6_release_then_request_gets_the_lowest_free_address_again(ipam: LocalIpam) -> None:
+    pool = ipam.request_pool(subnet=net("fd00:1::/64"))
+    got = [ipam.request_address(pool.id) for _ in range(5)]
+    ipam.release_address(pool.id, got[1])
+    ipam.release_address(pool.id, got[1])
+    ipam.release_address(pool.id, addr("10.0.0.1"))  # the other family: not allocated, fine
+    assert ipam.request_address(pool.id) == got[1]
+    assert ipam.request_address(pool.id) == addr("fd00:1::6")
+
+
+def test_release_ipv6_pool_frees_it_and_its_addresses(ipam: LocalIpam) -> None:
+    pool = ipam.request_pool(v6=True)
+    ipam.request_address(pool.id, owner="ep1")
+    ipam.release_pool(pool.id)
+    ipam.release_pool(pool.id)
+    with pytest.raises(NotFound):
+        ipam.allocated(pool.id)
+    again = ipam.request_pool(v6=True)
+    assert again.subnet == pool.subnet
+    assert ipam.allocated(again.id) == {}
+
+
+def test_a_dual_stack_network_is_two_pools_listed_for_reconciliation(tmp_path: Path) -> None:
+    # What reconcile reads after a restart: every pool of both families and its allocations.
+    path = str(tmp_path / "state.db")
+    store = SqliteStore(path)
+    ipam = LocalIpam(store)
+    v4, v6 = ipam.request_pool(owner="net1"), ipam.request_pool(v6=True, owner="net1")
+    a4 = ipam.request_address(v4.id, owner="ep1")
+    a6 = ipam.request_address(v6.id, owner="ep1")
+    store.close()
+    store = SqliteStore(path)
+    ipam = LocalIpam(store)
+    assert sorted(ipam.pools(), key=lambda p: p.subnet.version) == [v4, v6]
+    assert (ipam.allocated(v4.id), ipam.allocated(v6.id)) == ({a4: "ep1"}, {a6: "ep1"})
+    assert ipam.request_address(v6.id) == a6 + 1
+    store.close()
+
+
+def test_threads_never_get_the_same_ipv6_address(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "state.db"))
+    ipam = LocalIpam(store)
+    pool = ipam.request_pool(v6=True)
+    results: list[list[IPAddress]] = [[] for _ in range(8)]
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for n in range(50):
+                results[index].append(ipam.request_address(pool.id, owner=f"t{index}-{n}"))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    every = [ip for chunk in results for ip in chunk]
+    assert len(set(every)) == len(every) == 400
+    assert {int(ip) - int(pool.subnet.network_address) for ip in every} == set(range(1, 401))
+    store.close()
+
+
+def _ipv6_pools_and_addresses_in_child(path: str, index: int, count: int, out: multiprocessing.Queue[str]) -> None:
+    store = SqliteStore(path)
+    ipam = LocalIpam(store)
+    for n in range(count):
+        pool = ipam.request_pool(v6=True, owner=f"p{index}-{n}")
+        out.put(f"{pool.id} {ipam.request_address(pool.id, owner=f'p{index}-{n}')}")
+    store.close()
+
+
+def test_processes_on_a_fresh_store_share_one_slash_48_and_never_the_same_subnet(tmp_path: Path) -> None:
+    # Four processes race to draw the store's /48 and then for /64s and addresses in it.
+    path = str(tmp_path / "state.db")
+    SqliteStore(path).close()
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[str] = ctx.Queue()
+    procs = [ctx.Process(target=_ipv6_pools_and_addresses_in_child, args=(path, i, 10, out)) for i in range(4)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60).split() for _ in range(40)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    subnets = [net(pool_id) for pool_id, _ in got]
+    assert len(set(subnets)) == 40
+    assert len({s.supernet(new_prefix=48) for s in subnets}) == 1
+    assert all(addr(a) == s.network_address + 1 for s, (_, a) in zip(subnets, got, strict=True))
+    store = SqliteStore(path)
+    assert {str(p.subnet) for p in LocalIpam(store).pools()} == {str(s) for s in subnets}
     store.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +142,12 @@ def test_an_ipv6_host_ip_is_a_clean_error_not_a_socket_error() -> None:
     with pytest.raises(errors.InvalidConfig, match="IPv6 host addresses are not supported yet"):
         PortBinding.parse("[::1]:8080:80")
     assert PortBinding(container_port=80, host_ip="127.0.0.1").host_ip == addr("127.0.0.1")
+
+
+def test_the_ipam_examples_of_docs_ipv6_run() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "ipv6.md").read_text()
+    ipam_section = page.split("\n## IPAM\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"^```python\n(.*?)^```", ipam_section, re.DOTALL | re.MULTILINE)
+    assert len(code) == 2
+    for block in code:
+        exec(compile(block, "docs/ipv6.md", "exec"), {})  # noqa: S102 - the page's own example
