@@ -170,8 +170,13 @@ def network_objects(table: str, network: FirewallNetwork) -> list[Command]:
     return commands
 
 
-def network_rules(table: str, network: FirewallNetwork) -> list[Command]:
-    """The network's rules, each commented ``cnm:<id[:12]>``, in the order they go into their chains."""
+def network_rules(table: str, network: FirewallNetwork, *, guarded: bool = False) -> list[Command]:
+    """The network's rules, each commented ``cnm:<id[:12]>``, in the order they go into their chains.
+
+    ``guarded``: another table's dropping forward chain lets the bridge through on cnm's word
+    (:mod:`cnm.firewall._nftables_coexist`), so what the network does not accept into its bridge
+    is dropped here, last, as that chain dropped it before.
+    """
     t, tag, br, subnet = _Table(table), network.tag, network.interface, network.subnet
     addr, port, ipaddr, ipport, *hairpins, links = network_set_names(_key(network))
     iif, oif = _meta("iifname"), _meta("oifname")
@@ -206,6 +211,8 @@ def network_rules(table: str, network: FirewallNetwork) -> list[Command]:
         rules.append(t.rule("forward", tag, *same, _match(to, f"@{links}"), accept))
         rules.append(t.rule("forward", tag, *same, _match(back, f"@{links}"), accept))
         rules.append(t.rule("forward", tag, *same, drop))
+    if guarded:
+        rules.append(t.rule("forward", tag, _match(oif, br), drop))
     if not network.internal:
 
         def dnat_to(key: dict[str, Any], addr_map: str, port_map: str) -> dict[str, Any]:

@@ -14,6 +14,11 @@ The Python bindings are Debian's ``python3-nftables`` (``./run setup`` makes
 the venv see that one module); they are imported in the worker only, on first
 use. The ``nft`` binary is never run.
 
+Another table's dropping forward chain (Docker's iptables-nft ``FORWARD``,
+firewalld) gets two accept rules per network, commented with the owner and the
+network, in the same batch (:mod:`cnm.firewall._nftables_coexist`); teardown
+and cleanup delete exactly those.
+
 Every call is idempotent. libnftables 1.0.6 has no ``destroy`` (delete if
 present), so a removal adds what it removes first, in the same transaction:
 adding what exists changes nothing, and the delete then always finds it.
@@ -29,6 +34,15 @@ from typing import Any, cast
 
 from cnm.errors import KernelError
 from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
+from cnm.firewall._nftables_coexist import (
+    ForeignChain,
+    accept_rules,
+    candidates,
+    delete_ours,
+    foreign_chain,
+    foreign_tag,
+    owner_prefix,
+)
 from cnm.firewall._nftables_rules import (
     FAMILY,
     SHARED_TAG,
@@ -79,6 +93,7 @@ class _Server:
         self._nft.set_json_output(True)
         self._nft.set_handle_output(True)
         self._table = table
+        self._owner = table.removeprefix("cnm_")
 
     def __call__(self, request: Any) -> object:
         """Run one request: read what it needs, then send one batch."""
@@ -122,10 +137,34 @@ class _Server:
             if rule.get("comment") in doomed
         ]
 
-    def _network_setup(self, network: FirewallNetwork) -> list[Command]:
+    def _foreign(self, what: str) -> list[ForeignChain]:
+        """The forward base chains of other tables, with cnm's rules in them (lists chains, then each one's rules)."""
+        rc, output, error = self._nft.json_cmd({"nftables": [{"list": {"chains": None}}]})
+        if rc != 0:
+            raise KernelError(f"{what} failed: cannot list nftables chains: {error.strip()}")
+        found = []
+        for ref in candidates(item["chain"] for item in _parsed(output) if "chain" in item):
+            rc, output, error = self._nft.json_cmd({"nftables": [{"list": {"chain": ref}}]})
+            if rc != 0:
+                where = f"{ref['family']} {ref['table']} {ref['name']}"
+                raise KernelError(f"{what} failed: cannot list chain {where}: {error.strip()}")
+            items = _parsed(output)
+            chain = next(item["chain"] for item in items if "chain" in item)
+            found.append(foreign_chain(chain, [item["rule"] for item in items if "rule" in item]))
+        return found
+
+    def _let_through(self, foreign: list[ForeignChain], network: FirewallNetwork) -> list[Command]:
+        """The network's rules in every dropping chain of another table (after any stale ones go)."""
+        commands = delete_ours(foreign, {foreign_tag(self._owner, network)})
+        for chain in foreign:
+            if chain.drops:
+                commands += accept_rules(chain, self._owner, network)
+        return commands
+
+    def _network_setup(self, network: FirewallNetwork, guarded: bool = False) -> list[Command]:
         return [
             *network_objects(self._table, network),
-            *network_rules(self._table, network),
+            *network_rules(self._table, network, guarded=guarded),
             {"add": {"element": bridge_element(self._table, network)}},
         ]
 
@@ -160,18 +199,23 @@ class _Server:
     # -- the operations -----------------------------------------------------------------------
     def _op_setup_network(self, what: str, network: FirewallNetwork) -> None:
         rules = self._rules(what)
+        foreign = self._foreign(what)
+        guarded = any(chain.drops for chain in foreign)
         # The network's rules are replaced whole, in the same transaction: a part found is never left in a wrong order.
         stale = self._delete_rules(rules or [], {network.tag})
-        self._batch(what, [*self._base(rules), *stale, *self._network_setup(network)])
+        commands = [*self._base(rules), *stale, *self._network_setup(network, guarded)]
+        self._batch(what, commands + self._let_through(foreign, network))
 
     def _op_teardown_network(self, what: str, network: FirewallNetwork) -> None:
         rules = self._rules(what)
-        if rules is None:
-            return
-        present = self._present_sets(what)
-        key = network.id[:12]
-        commands = [*base_objects(self._table), *self._delete_rules(rules, {network.tag})]
-        commands += [c for c in self._network_teardown(key, network.interface) if _names(c) in present | {"bridges"}]
+        commands = delete_ours(self._foreign(what), {foreign_tag(self._owner, network)})
+        if rules is not None:
+            present = self._present_sets(what)
+            key = network.id[:12]
+            commands += [*base_objects(self._table), *self._delete_rules(rules, {network.tag})]
+            commands += [
+                c for c in self._network_teardown(key, network.interface) if _names(c) in present | {"bridges"}
+            ]
         self._batch(what, commands)
 
     def _op_add_ports(self, what: str, network: FirewallNetwork, ports: tuple[PortMapping, ...]) -> None:
@@ -212,9 +256,13 @@ class _Server:
     def _op_reapply(self, what: str, networks: tuple[NetworkRules, ...]) -> None:
         # The whole table, rebuilt in one transaction: no moment without rules, nothing stale kept.
         table = {"family": FAMILY, "name": self._table}
+        foreign = self._foreign(what)
+        guarded = any(chain.drops for chain in foreign)
         commands = [*_delete("table", table), *base_objects(self._table), *base_rules(self._table)]
+        commands += delete_ours(foreign, owner_prefix(self._owner))
         for item in networks:
-            commands += self._network_setup(item.network)
+            commands += self._network_setup(item.network, guarded)
+            commands += [c for chain in foreign if chain.drops for c in accept_rules(chain, self._owner, item.network)]
             commands += [{"add": {"element": body}} for body in port_elements(self._table, item.network, item.ports)]
             for link in item.links:
                 commands += [{"add": {"element": b}} for b in link_elements(self._table, item.network, link)]
@@ -222,14 +270,21 @@ class _Server:
 
     def _op_cleanup(self, what: str, kept: frozenset[str]) -> int:
         rules = self._rules(what)
+        foreign = self._foreign(what)
+        prefix = owner_prefix(self._owner)
+        # In other tables, the rules of this owner's networks not kept (``cnm:<owner>:<key>``).
+        kept_there = {prefix + tag.removeprefix(_TAG_PREFIX) for tag in kept}
+        gone = {c for chain in foreign for _, c in chain.ours if c.startswith(prefix) and c not in kept_there}
+        theirs = delete_ours(foreign, gone)
         if rules is None:
-            return 0
+            self._batch(what, theirs)
+            return len(theirs)
         if not kept:
-            self._batch(what, _delete("table", {"family": FAMILY, "name": self._table}))
-            return len(rules)
+            self._batch(what, [*theirs, *_delete("table", {"family": FAMILY, "name": self._table})])
+            return len(rules) + len(theirs)
         doomed = {r["comment"] for r in rules if str(r.get("comment", "")).startswith(_TAG_PREFIX)} - kept
         present = self._present_sets(what)
-        commands = self._delete_rules(rules, doomed)
+        commands = [*theirs, *self._delete_rules(rules, doomed)]
         for tag in doomed:
             commands += [
                 c
@@ -237,7 +292,7 @@ class _Server:
                 if _names(c) in present | {"bridges"}
             ]
         self._batch(what, commands)
-        return sum(1 for r in rules if r.get("comment") in doomed)
+        return sum(1 for r in rules if r.get("comment") in doomed) + len(theirs)
 
 
 def _parsed(output: object) -> list[dict[str, Any]]:

@@ -236,40 +236,6 @@ def nft_controller(tmp_path: Any, host_netns: NetNS) -> Iterator[Controller]:
         unmount_sandboxes(state_dir)
 
 
-DROPPING = """table inet firewalld_like {
-\tchain forward {
-\t\ttype filter hook forward priority filter + 10; policy drop;
-\t\tct state established,related accept
-\t}
-}
-"""
-
-
-def test_a_foreign_dropping_forward_chain_wins_until_it_accepts_cnms_bridges(
-    nft_controller: Controller, outside: Outside, processes: Track
-) -> None:
-    # An accept in cnm's table never overrides a drop in another table: the other table must let cnm's
-    # bridges through (firewalld: a zone or policy for them). cnm's own table is the same either way.
-    host = nft_controller.host_netns
-    subprocess.run(["ip", "netns", "exec", host.name, "nft", "-f", "-"], input=DROPPING, text=True, check=True)
-    net = nft_controller.create_network("web", ipam=IPAMConfig(subnet="172.25.0.0/24"))
-    server = nft_controller.create_sandbox("srv", network="web", ports=[PortBinding(container_port=80, host_port=8092)])
-    processes(serve(server, "tcp", 80))
-    processes(serve(outside, "tcp", 7002))
-    address = str(outside.host_address)
-    assert probe(outside, "tcp", address, 8092, timeout=1) is None
-    assert probe(server, "tcp", str(outside.address), 7002, timeout=1) is None
-    for direction in ("iifname", "oifname"):
-        nft(host, "add", "rule", "inet", "firewalld_like", "forward", direction, "cnm-*", "accept")
-    assert probe(outside, "tcp", address, 8092) == str(outside.address)
-    assert probe(server, "tcp", str(outside.address), 7002) == address
-    server.delete()
-    net.delete()
-    nft_controller.firewall.cleanup()
-    assert nft(host, "list", "ruleset").startswith("table inet firewalld_like {")
-    assert "cnm_" not in nft(host, "list", "ruleset")
-
-
 def test_none_writes_no_rules(tmp_path: Any, host_netns: NetNS, outside: Outside) -> None:
     state_dir = str(tmp_path / "state")
     with Controller(state_dir=state_dir, host_netns=host_netns, firewall="none", predefined=False) as ctl:
