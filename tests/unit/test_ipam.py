@@ -436,12 +436,14 @@ def test_ula_base_derives_the_prefix_docker_derives_from_a_host_id() -> None:
     assert ula_base("") == net("fd42:98fc:1c14::/48")
     assert ula_base("499d4bc0-b0b3-416f-b1ee-cf6486315593") == net("fd62:fb69:18af::/48")
     drawn = random_ula_base()
-    assert drawn.prefixlen == 48 and drawn.subnet_of(ULA_PREFIX)
+    assert drawn.prefixlen == 48
+    assert drawn.subnet_of(ULA_PREFIX)
 
 
 def test_enable_ipv6_without_a_subnet_gets_slash_64s_of_one_unique_local_slash_48(ipam: LocalIpam) -> None:
     first, second = ipam.request_pool(v6=True, owner="n1"), ipam.request_pool(v6=True, owner="n2")
-    assert isinstance(first.subnet, ipaddress.IPv6Network) and first.subnet.prefixlen == 64
+    assert isinstance(first.subnet, ipaddress.IPv6Network)
+    assert first.subnet.prefixlen == 64
     base = first.subnet.supernet(new_prefix=48)
     assert base.subnet_of(ULA_PREFIX)  # type: ignore[arg-type]
     assert second.subnet == ipaddress.IPv6Network((int(base.network_address) + (1 << 64), 64))
