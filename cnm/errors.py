@@ -14,6 +14,7 @@ Python caller would expect::
     ├── Exhausted                      no free address, subnet or host port
     ├── Forbidden(PermissionError)     e.g. deleting a predefined network
     ├── KernelError(OSError)           a netlink, iptables or OVSDB call failed
+    ├── ResolverError(RuntimeError)    the DNS resolver process failed to start, reload or stop
     └── TeardownIncomplete(ExceptionGroup)
                                        a best-effort teardown went on past failures;
                                        ``.exceptions`` holds every one of them
@@ -44,6 +45,7 @@ __all__ = [
     "NotFound",
     "PoolOverlap",
     "PortInUse",
+    "ResolverError",
     "SandboxNotFound",
     "TeardownIncomplete",
 ]
@@ -115,6 +117,10 @@ class Exhausted(CNMError):
 
 class Forbidden(CNMError, PermissionError):
     """The operation is not allowed on this object."""
+
+
+class ResolverError(CNMError, RuntimeError):
+    """The DNS resolver process (:mod:`cnm.dns`) did not start, reload or stop as asked."""
 
 
 class KernelError(CNMError, OSError):
