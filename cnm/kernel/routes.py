@@ -12,7 +12,7 @@ from cnm.kernel.errors import map_netlink_errors
 from cnm.kernel.links import require_index
 from cnm.kernel.netns import Netlink
 
-__all__ = ["Route", "add_route", "delete_route", "list_routes", "replace_default_route"]
+__all__ = ["Route", "add_route", "default_route", "delete_route", "list_routes", "replace_default_route"]
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -60,7 +60,12 @@ def add_route(nl: Netlink, destination: _IPNetwork, *, gateway: _IPAddress | Non
 
 
 def replace_default_route(nl: Netlink, gateway: _IPAddress, ifname: str) -> None:
-    """Make ``gateway`` on ``ifname`` the default route, replacing any other."""
+    """Make ``gateway`` on ``ifname`` the default route of its family, replacing any other.
+
+    An IPv4 gateway sets ``0.0.0.0/0``, an IPv6 one ``::/0``; the other
+    family's default route is left alone, so a dual-stack sandbox calls this
+    once per family. Delete one with ``delete_route(nl, ip_network("::/0"))``.
+    """
     default = "0.0.0.0/0" if gateway.version == 4 else "::/0"
     with map_netlink_errors(f"set default route via {gateway} dev {ifname} in {nl.netns.name}"):
         nl.ipr.route("replace", dst=default, gateway=str(gateway), oif=require_index(nl, ifname))
@@ -73,3 +78,9 @@ def delete_route(nl: Netlink, destination: _IPNetwork) -> bool:
     ) as gone:
         nl.ipr.route("del", dst=str(destination))
     return not gone
+
+
+def default_route(nl: Netlink, version: int = 4) -> Route | None:
+    """The main table's default route of one family (4 or 6), or None."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    return next((r for r in list_routes(nl, family) if r.destination.prefixlen == 0), None)
