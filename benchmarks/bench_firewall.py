@@ -53,7 +53,7 @@ _PHASES_OP = "bench_phases"
 # --------------------------------------------------------------------------------------------- phases
 def instrument(phases: StepTimer) -> None:
     """Wrap the worker's steps with timers, before the worker is forked (it inherits them)."""
-    from cnm.firewall import iptables
+    from cnm.firewallapi import iptables
 
     p = phases
     serve = iptables._Server.__call__
@@ -82,7 +82,7 @@ def instrument(phases: StepTimer) -> None:
 
 # --------------------------------------------------------------------------------------------- the run
 def _mapping(i: int) -> Any:
-    from cnm.firewall import PortMapping
+    from cnm.firewallapi import PortMapping
     from cnm.types import PortRange
 
     # One container per published port, as bench_cnm's containers: address i+2 of the subnet.
@@ -109,8 +109,8 @@ def _count_rules(host_path: str) -> dict[str, int]:
 
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Publish ports up to max(k), timing one more port's add and remove at each k; then clean up."""
-    from cnm.firewall import FirewallNetwork
     from cnm.firewall.iptables import IptablesFirewall
+    from cnm.firewallapi import FirewallNetwork
     from cnm.kernel import netns
 
     ks = sorted(set(args.k))
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
 
 
 def _request(method: str, *args: Any) -> Any:
-    from cnm.firewall._worker import Request
+    from cnm.kernel.worker import Request
 
     return Request(method=method, what=method, args=args)
 

@@ -13,7 +13,7 @@ from cnm._locks import StateLocks
 from cnm._runtime import Runtime, validate_name
 from cnm.driverapi import DriverContext, owner_mark
 from cnm.errors import InvalidConfig, NotFound
-from cnm.firewall import ClosableFirewall, Firewall, open_firewall
+from cnm.firewallapi import ClosableFirewall, Firewall, open_firewall
 from cnm.ipam import LocalIpam
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
@@ -74,10 +74,10 @@ class Controller:
             under /run/netns, a path, a :class:`~cnm.kernel.netns.NetNS`, or None
             for the calling process's own. Every kernel object of this controller
             and its drivers lives there.
-        firewall: the firewall backend: a :class:`~cnm.firewall.Firewall`, or the name of one
+        firewall: the firewall backend: a :class:`~cnm.firewallapi.Firewall`, or the name of one
             (``"iptables"``, the default; ``"nftables"``; ``"none"``, which writes no rules),
             opened in ``host_netns`` for this controller's ``owner_id``
-            (:func:`cnm.firewall.open_firewall`). A backend object given here should be
+            (:func:`cnm.firewallapi.open_firewall`). A backend object given here should be
             constructed for that owner (open once to learn it).
         registry: the driver registry; by default drivers come from the
             ``cnm.drivers`` entry points.

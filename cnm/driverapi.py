@@ -38,7 +38,7 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from cnm.firewall import Firewall, LinkRule, NetworkRules
+from cnm.firewallapi import Firewall, LinkRule, NetworkRules
 from cnm.kernel.netns import NetNS
 from cnm.types import IPAddress, PortBinding, TransportProtocol
 

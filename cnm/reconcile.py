@@ -41,7 +41,7 @@ from cnm import _records as rec
 from cnm._runtime import Runtime
 from cnm.driverapi import Linker, Reconciler
 from cnm.errors import CNMError
-from cnm.firewall import Firewall, NetworkRules
+from cnm.firewallapi import Firewall, NetworkRules
 from cnm.kernel import links, netns
 from cnm.kernel.netns import NetNS
 from cnm.links import link_info, settle_links

@@ -52,7 +52,7 @@ from cnm.cli._common import (
     UsageError,
     print_error,
 )
-from cnm.firewall import BACKENDS
+from cnm.firewallapi import BACKENDS
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_CNM_FAILED_TO_RUN", "EXIT_ERROR", "EXIT_USAGE", "build_parser", "main"]
 

@@ -1,250 +1,50 @@
-"""The firewall seam: what drivers ask of a packet filter, independent of its backend.
+"""cnm's firewall backends: ``iptables``, ``nftables``, ``none`` and ``recording``.
 
-A driver describes a network (:class:`FirewallNetwork`), its published ports
-(:class:`PortMapping`) and legacy links (:class:`LinkRule`); a backend turns
-them into rules in the controller's host namespace. The python-iptables
-backend (:mod:`cnm.firewall.iptables`) follows Docker's layout; the nftables
-backend (:mod:`cnm.firewall.nftables`) keeps the same behaviour in one table
-per controller; :class:`NoFirewall` writes nothing. :func:`open_firewall`
-picks one by name.
+The contract they implement, and how one is chosen, is :mod:`cnm.firewallapi`;
+this package holds backends only. Each is registered under the entry-point
+group ``cnm.firewalls`` (pyproject.toml), as a third-party backend would be.
 
-Every rule a backend writes is tagged as cnm's and as its controller's: a
-backend is constructed per owner (the controller's ``owner_id``), and
-:meth:`Firewall.cleanup` and :meth:`Firewall.reapply` find exactly that
-owner's rules, leaving other controllers' rules on the same host namespace
-and everything not cnm's alone.
+The contract's names used to live here. They still resolve, with a
+DeprecationWarning, for one release: import them from :mod:`cnm.firewallapi`.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
+import importlib
+import warnings
 
-import attrs
+__all__: list[str] = []
 
-from cnm.errors import InvalidConfig
-from cnm.types import PortBinding, PortRange, TransportProtocol
-
-if TYPE_CHECKING:
-    from cnm.kernel.netns import NetNS
-
-__all__ = [
-    "BACKENDS",
-    "BackendName",
-    "ClosableFirewall",
-    "Firewall",
-    "FirewallNetwork",
-    "LinkRule",
-    "NetworkRules",
-    "NoFirewall",
-    "PortMapping",
-    "open_firewall",
-    "port_mappings",
-]
-
-
-@attrs.frozen(kw_only=True)
-class FirewallNetwork:
-    """One network as the firewall sees it.
-
-    Attributes:
-        id: the network id; rules are tagged with its first 12 characters.
-        interface: the host-side interface the network's traffic crosses (the bridge).
-        subnet: the network's IPv4 subnet.
-        icc: whether endpoints on this network may talk to each other.
-        masquerade: whether traffic leaving the host from this subnet is masqueraded.
-        internal: whether traffic may not leave the network at all.
-        owner: the owner id of the controller whose network it is; drivers
-            leave it empty and the backend fills in its own.
-    """
-
-    id: str
-    interface: str
-    subnet: ipaddress.IPv4Network
-    icc: bool = True
-    masquerade: bool = True
-    internal: bool = False
-    owner: str = ""
-
-    @property
-    def tag(self) -> str:
-        """The tag every rule of this network carries: ``cnm:<owner>:<id[:12]>`` (``cnm:<id[:12]>`` if no owner)."""
-        return f"cnm:{self.owner}:{self.id[:12]}" if self.owner else f"cnm:{self.id[:12]}"
+# Deprecated since 0.2: name -> the module that holds it now.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "BACKENDS",
+            "BackendName",
+            "ClosableFirewall",
+            "Firewall",
+            "FirewallNetwork",
+            "LinkRule",
+            "NetworkRules",
+            "PortMapping",
+            "open_firewall",
+            "port_mappings",
+        ),
+        "cnm.firewallapi",
+    ),
+    "NoFirewall": "cnm.firewall.none",
+}
 
 
-@attrs.frozen(kw_only=True, order=True)
-class PortMapping:
-    """A published port, resolved: which host port goes to which container address.
-
-    ``host_port`` and ``container_port`` have equal length, or ``container_port``
-    is a single port that every host port of the range maps to.
-    """
-
-    protocol: TransportProtocol
-    host_port: PortRange
-    container_ip: ipaddress.IPv4Address
-    container_port: PortRange
-    host_ip: ipaddress.IPv4Address | None = None
-
-
-def port_mappings(
-    container: ipaddress.IPv4Interface | None, ports: Sequence[PortBinding], *, owner: str
-) -> list[PortMapping]:
-    """The mappings of an endpoint's resolved port bindings; none without an IPv4 address.
-
-    An unspecified host address (``0.0.0.0``) means every address, as no address does.
-
-    Raises:
-        InvalidConfig: a binding has no host port chosen yet (resolve it first).
-    """
-    if container is None:
-        return []
-    mappings = []
-    for port in ports:
-        if port.host_port is None:
-            raise InvalidConfig(f"port {port} of {owner} has no host port resolved; allocate it first")
-        host_ip = port.host_ip if isinstance(port.host_ip, ipaddress.IPv4Address) else None
-        mappings.append(
-            PortMapping(
-                protocol=port.protocol,
-                host_port=port.host_port,
-                host_ip=None if host_ip is None or host_ip.is_unspecified else host_ip,
-                container_ip=container.ip,
-                container_port=port.container_port,
-            )
-        )
-    return mappings
-
-
-@attrs.frozen(kw_only=True, order=True)
-class LinkRule:
-    """A legacy link on an icc=false network: ``source`` may reach ``target`` on ``ports``."""
-
-    source_ip: ipaddress.IPv4Address
-    target_ip: ipaddress.IPv4Address
-    ports: tuple[tuple[TransportProtocol, int], ...]
-
-
-@attrs.frozen(kw_only=True)
-class NetworkRules:
-    """Everything one network needs in the firewall, for :meth:`Firewall.reapply`."""
-
-    network: FirewallNetwork
-    ports: tuple[PortMapping, ...] = ()
-    links: tuple[LinkRule, ...] = ()
-
-
-@runtime_checkable
-class Firewall(Protocol):
-    """A packet-filter backend bound to one host namespace and one owner (a controller's ``owner_id``).
-
-    Several controllers may share a host namespace, each with its own backend
-    instance; a backend touches only its owner's rules, and removes what the
-    owners share (chains, jumps from builtin chains) only when no owner's
-    rules remain.
-
-    Every method is one atomic change (one commit per table); adding what is
-    already there and removing what is already gone both succeed.
-    """
-
-    def setup_network(self, network: FirewallNetwork) -> None:
-        """Install the network-level rules: forwarding, isolation, NAT, icc, internal."""
-
-    def teardown_network(self, network: FirewallNetwork) -> None:
-        """Remove every rule of the network, its ports and links included."""
-
-    def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
-        """Publish ports: a DNAT each, and what lets the network's sandboxes reach their own published ports."""
-
-    def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
-        """Withdraw published ports."""
-
-    def add_link(self, network: FirewallNetwork, link: LinkRule) -> None:
-        """Allow a legacy link's ports through on an icc=false network."""
-
-    def remove_link(self, network: FirewallNetwork, link: LinkRule) -> None:
-        """Withdraw a legacy link's rules."""
-
-    def reapply(self, networks: Sequence[NetworkRules]) -> None:
-        """Rebuild every cnm rule from this description, dropping any other cnm rule."""
-
-    def cleanup(self, keep: Collection[str] = ()) -> int:
-        """Remove every rule of this owner whose network id is not in ``keep``; return how many.
-
-        With ``keep`` empty and no other owner's rules left, cnm's chains go too.
-        """
-
-
-@runtime_checkable
-class ClosableFirewall(Firewall, Protocol):
-    """A firewall that holds something to release (a worker process): what :func:`open_firewall` returns."""
-
-    def close(self) -> None:
-        """Release what the backend holds; rules stay as they are."""
-
-
-class NoFirewall:
-    """The ``none`` backend: writes no rule at all, for hosts whose firewall someone else manages.
-
-    Sandboxes then get forwarding, NAT and published ports only if the host's own rules give them.
-    """
-
-    def setup_network(self, network: FirewallNetwork) -> None:
-        """Write nothing."""
-
-    def teardown_network(self, network: FirewallNetwork) -> None:
-        """Remove nothing."""
-
-    def add_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
-        """Write nothing: the port is recorded, not forwarded."""
-
-    def remove_ports(self, network: FirewallNetwork, ports: Sequence[PortMapping]) -> None:
-        """Remove nothing."""
-
-    def add_link(self, network: FirewallNetwork, link: LinkRule) -> None:
-        """Write nothing."""
-
-    def remove_link(self, network: FirewallNetwork, link: LinkRule) -> None:
-        """Remove nothing."""
-
-    def reapply(self, networks: Sequence[NetworkRules]) -> None:
-        """Write nothing."""
-
-    def cleanup(self, keep: Collection[str] = ()) -> int:
-        """Remove nothing; return 0."""
-        return 0
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def __repr__(self) -> str:
-        return "NoFirewall()"
-
-
-#: The backend names :func:`open_firewall` knows.
-BackendName: TypeAlias = Literal["iptables", "nftables", "none"]
-BACKENDS: tuple[BackendName, ...] = ("iptables", "nftables", "none")
-
-
-def open_firewall(name: str, host_netns: NetNS, *, owner: str = "default") -> ClosableFirewall:
-    """The firewall backend called ``name`` ("iptables", "nftables" or "none") for ``host_netns``.
-
-    ``owner`` is the controller's owner id: it names the nftables backend's
-    table (``inet cnm_<owner>``) and is in the iptables backend's rule tags
-    (``cnm:<owner>:<network>``); each backend touches only its owner's rules.
-
-    Raises:
-        InvalidConfig: an unknown name, or an owner nftables cannot take.
-    """
-    if name == "iptables":
-        from cnm.firewall.iptables import IptablesFirewall  # backends import this module: import them late
-
-        return IptablesFirewall(host_netns, owner=owner)
-    if name == "nftables":
-        from cnm.firewall.nftables import NftablesFirewall
-
-        return NftablesFirewall(host_netns, owner=owner)
-    if name == "none":
-        return NoFirewall()
-    raise InvalidConfig(f"unknown firewall backend {name!r}; choose one of {', '.join(BACKENDS)}")
+def __getattr__(name: str) -> object:
+    """The contract's old home: resolve a moved name with a DeprecationWarning."""
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"cnm.firewall.{name} moved to {module}.{name}; import it from there "
+        "(the old names go one release after they moved)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), name)

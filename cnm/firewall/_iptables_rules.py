@@ -21,7 +21,7 @@ from typing import Literal, TypeAlias
 
 import attrs
 
-from cnm.firewall import FirewallNetwork, LinkRule, PortMapping
+from cnm.firewallapi import FirewallNetwork, LinkRule, PortMapping
 
 __all__ = [
     "CHAINS",

@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from cnm.firewall import FirewallNetwork
+from cnm.firewallapi import FirewallNetwork
 
 __all__ = [
     "ForeignChain",

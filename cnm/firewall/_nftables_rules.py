@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from cnm.errors import InvalidConfig
-from cnm.firewall import FirewallNetwork, LinkRule, PortMapping
+from cnm.firewallapi import FirewallNetwork, LinkRule, PortMapping
 
 __all__ = [
     "SHARED_TAG",

@@ -8,7 +8,7 @@ at about a microsecond per rule and per match, so a port adds two bare rules to
 the nat table and none to filter (docs/firewall.md).
 
 Every public method is one request to a long-lived worker process
-(:class:`cnm.firewall._worker.Worker`), one per :class:`IptablesFirewall`, forked
+(:class:`cnm.kernel.worker.Worker`), one per :class:`IptablesFirewall`, forked
 on first use, that entered the namespace once. For each request the worker takes
 the xtables lock, reads each table it needs afresh (other iptables users change
 them between requests), changes it, commits it once and frees it, then releases
@@ -44,7 +44,6 @@ from typing import Any, cast
 import attrs
 
 from cnm.errors import CNMError, KernelError
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.firewall._iptables_rules import (
     CHAINS,
     SHARED_TAG,
@@ -62,8 +61,9 @@ from cnm.firewall._iptables_rules import (
     port_chain_blocks,
     port_rules,
 )
-from cnm.firewall._worker import Request, Worker
+from cnm.firewallapi import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.kernel.netns import NetNS
+from cnm.kernel.worker import Request, Worker
 
 __all__ = ["DEFAULT_LOCK_PATH", "LOCK_TIMEOUT", "REPLY_TIMEOUT", "IptablesFirewall"]
 
@@ -626,7 +626,7 @@ class _Server:
 
 
 class IptablesFirewall:
-    """A :class:`~cnm.firewall.Firewall` on python-iptables, bound to one host namespace.
+    """A :class:`~cnm.firewallapi.Firewall` on python-iptables, bound to one host namespace.
 
     The work happens in a worker process inside ``netns``, started on the
     first call and replaced if it dies; :meth:`close` ends it (a later call
@@ -650,6 +650,8 @@ class IptablesFirewall:
         fw.setup_network(FirewallNetwork(id=net_id, interface="br-1", subnet=subnet))
         fw.close()
     """
+
+    name = "iptables"
 
     def __init__(
         self,

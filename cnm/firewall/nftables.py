@@ -9,7 +9,7 @@ and sets, so publishing a port never rewrites a rule.
 
 libnftables acts in the network namespace of the calling thread, so, as with
 python-iptables, every call goes to a long-lived worker process
-(:class:`cnm.firewall._worker.Worker`) that entered the host namespace once.
+(:class:`cnm.kernel.worker.Worker`) that entered the host namespace once.
 The Python bindings are Debian's ``python3-nftables`` (``./run setup`` makes
 the venv see that one module); they are imported in the worker only, on first
 use. The ``nft`` binary is never run.
@@ -33,7 +33,6 @@ from collections.abc import Collection, Sequence
 from typing import Any, cast
 
 from cnm.errors import KernelError
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.firewall._nftables_coexist import (
     ForeignChain,
     accept_rules,
@@ -57,8 +56,9 @@ from cnm.firewall._nftables_rules import (
     port_elements,
     table_name,
 )
-from cnm.firewall._worker import Request, Worker
+from cnm.firewallapi import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.kernel.netns import NetNS
+from cnm.kernel.worker import Request, Worker
 
 __all__ = ["REPLY_TIMEOUT", "NftablesFirewall"]
 
@@ -319,7 +319,7 @@ def _interface_of(rules: list[dict[str, Any]], tag: str) -> str | None:
 
 
 class NftablesFirewall:
-    """A :class:`~cnm.firewall.Firewall` on libnftables, in the table ``inet cnm_<owner>`` of one namespace.
+    """A :class:`~cnm.firewallapi.Firewall` on libnftables, in the table ``inet cnm_<owner>`` of one namespace.
 
     Args:
         netns: the namespace whose nftables cnm manages.
@@ -335,6 +335,8 @@ class NftablesFirewall:
         fw.setup_network(FirewallNetwork(id=net_id, interface="br-1", subnet=subnet))
         fw.close()
     """
+
+    name = "nftables"
 
     def __init__(self, netns: NetNS, *, owner: str = "default", reply_timeout: float = REPLY_TIMEOUT) -> None:
         self._netns = netns

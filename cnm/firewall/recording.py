@@ -1,6 +1,6 @@
 """A firewall that only remembers what it was asked: for unit tests and driver authors.
 
-:class:`RecordingFirewall` satisfies :class:`~cnm.firewall.Firewall` without a
+:class:`RecordingFirewall` satisfies :class:`~cnm.firewallapi.Firewall` without a
 kernel (moby's ``StubFirewaller``: it "just tracks what it's been asked for").
 Tests check the calls a driver made, in order, and the state those calls leave.
 It never stands in for the kernel in a test that claims connectivity.
@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
+from cnm.firewallapi import ClosableFirewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
+
+if TYPE_CHECKING:
+    from cnm.kernel.netns import NetNS
 
 __all__ = ["Call", "RecordingFirewall"]
 
@@ -45,7 +49,11 @@ class RecordingFirewall:
             test a caller's rollback.
     """
 
-    def __init__(self) -> None:
+    name = "recording"
+
+    def __init__(self, host_netns: NetNS | None = None, *, owner: str = "") -> None:
+        # host_netns and owner: the FirewallFactory shape (``firewall="recording"``); nothing goes there.
+        self.owner = owner
         self.calls: list[Call] = []
         self.networks: dict[str, FirewallNetwork] = {}
         self.ports: dict[str, set[PortMapping]] = {}
@@ -114,10 +122,13 @@ class RecordingFirewall:
             self._forget(network_id)
         return removed
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def _forget(self, network_id: str) -> None:
         self.networks.pop(network_id, None)
         self.ports.pop(network_id, None)
         self.links.pop(network_id, None)
 
 
-_: type[Firewall] = RecordingFirewall
+_: type[ClosableFirewall] = RecordingFirewall

@@ -24,7 +24,7 @@ from cnm.driverapi import (
     owner_mark,
 )
 from cnm.errors import InvalidConfig
-from cnm.firewall import FirewallNetwork, LinkRule, NetworkRules, PortMapping, port_mappings
+from cnm.firewallapi import FirewallNetwork, LinkRule, NetworkRules, PortMapping, port_mappings
 from cnm.kernel import links
 
 from . import setup

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 
 from cnm.errors import AlreadyExists, CNMError
-from cnm.firewall import Firewall, FirewallNetwork
+from cnm.firewallapi import Firewall, FirewallNetwork
 from cnm.kernel import addresses, links, sysctl
 from cnm.kernel.netns import NetNS
 

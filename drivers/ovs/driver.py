@@ -40,7 +40,7 @@ from cnm.driverapi import (
     owner_mark,
 )
 from cnm.errors import InvalidConfig, KernelError
-from cnm.firewall import FirewallNetwork, NetworkRules, PortMapping, port_mappings
+from cnm.firewallapi import FirewallNetwork, NetworkRules, PortMapping, port_mappings
 from cnm.kernel import ethtool, links
 from cnm.ovsdb import Ovsdb, PortSpec
 from cnm.steps import Steps

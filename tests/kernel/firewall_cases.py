@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from cnm.firewall import FirewallNetwork, PortMapping
+from cnm.firewallapi import FirewallNetwork, PortMapping
 from cnm.types import PortRange
 
 NET_A = FirewallNetwork(id="a1" * 32, interface="br-a1a1a1a1a1a1", subnet=ipaddress.IPv4Network("172.28.0.0/16"))

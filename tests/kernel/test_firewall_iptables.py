@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from cnm.errors import KernelError
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules
 from cnm.firewall.iptables import IptablesFirewall
+from cnm.firewallapi import Firewall, FirewallNetwork, LinkRule, NetworkRules
 from cnm.kernel.netns import NetNS
 from tests.kernel.firewall_cases import NET_A, NET_B, NET_INTERNAL, NET_NOICC, port
 

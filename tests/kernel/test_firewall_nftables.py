@@ -21,8 +21,9 @@ import pytest
 
 from cnm import Controller, IPAMConfig, PortBinding
 from cnm.errors import InvalidConfig
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, NoFirewall, open_firewall
 from cnm.firewall.nftables import NftablesFirewall
+from cnm.firewall.none import NoFirewall
+from cnm.firewallapi import Firewall, FirewallNetwork, LinkRule, NetworkRules, open_firewall
 from cnm.kernel.netns import NetNS
 from cnm.testing.hosts import Outside, unmount_sandboxes
 from cnm.testing.traffic import ping, probe, serve

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.firewall._iptables_rules import link_blocks, network_blocks, network_chain_tag, network_chains, port_rules
 from cnm.firewall.recording import Call, RecordingFirewall
+from cnm.firewallapi import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.types import PortRange
 
 NET = FirewallNetwork(id="a" * 64, interface="br-a", subnet=ipaddress.IPv4Network("172.28.0.0/16"))

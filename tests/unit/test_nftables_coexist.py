@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from cnm.firewall import FirewallNetwork
 from cnm.firewall._nftables_coexist import accept_rules, candidates, delete_ours, foreign_chain
+from cnm.firewallapi import FirewallNetwork
 
 
 def test_a_chain_drops_by_policy_or_by_a_drop_or_reject_rule_of_its_own() -> None:

@@ -19,7 +19,7 @@ from cnm.driverapi import (
     SandboxInfo,
     StaticRoute,
 )
-from cnm.firewall import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
+from cnm.firewallapi import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping
 from cnm.testing.conformance.rules import InjectedFailure
 
 __all__ = ["Call", "CheckedFirewall", "DriverSpy", "PublishingSpy"]
@@ -130,6 +130,7 @@ class CheckedFirewall:
 
     def __init__(self, inner: Firewall) -> None:
         self.inner = inner
+        self.name = inner.name
         self.fail_on: set[str] = set()
         self.methods: list[str] = []
         self.networks: dict[str, FirewallNetwork] = {}
