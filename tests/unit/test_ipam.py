@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import multiprocessing
+import os
 import random
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -628,4 +630,45 @@ def test_processes_on_a_fresh_store_share_one_slash_48_and_never_the_same_subnet
     assert all(addr(a) == s.network_address + 1 for s, (_, a) in zip(subnets, got, strict=True))
     store = SqliteStore(path)
     assert {str(p.subnet) for p in LocalIpam(store).pools()} == {str(s) for s in subnets}
+    store.close()
+
+
+def _allocate_until_killed(path: str, out: multiprocessing.Queue[str]) -> None:
+    store = SqliteStore(path)
+    ipam = LocalIpam(store)
+    n = 0
+    while True:
+        pool = ipam.request_pool(v6=True, owner=f"net{n}")
+        out.put(f"{pool.id} {ipam.request_address(pool.id, owner=f'ep{n}')}")
+        n += 1
+
+
+def test_a_process_killed_mid_allocation_leaves_no_ipv6_subnet_or_address_to_hand_out_twice(tmp_path: Path) -> None:
+    # SIGKILL at an arbitrary point of a stream of IPv6 pool and address allocations: what was
+    # committed stays allocated, nothing half-done is visible, and new requests never repeat one.
+    path = str(tmp_path / "state.db")
+    SqliteStore(path).close()
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[str] = ctx.Queue()
+    child = ctx.Process(target=_allocate_until_killed, args=(path, out))
+    child.start()
+    reported = [out.get(timeout=60).split() for _ in range(20)]
+    os.kill(child.pid or 0, signal.SIGKILL)
+    child.join(timeout=60)
+    assert child.exitcode == -signal.SIGKILL
+    store = SqliteStore(path)
+    ipam = LocalIpam(store)
+    pools = {p.id: p for p in ipam.pools()}
+    for n, (pool_id, address) in enumerate(reported):
+        assert ipam.allocated(pool_id) == {addr(address): f"ep{n}"}
+    # At most the pool being allocated at the kill has no address; none has two.
+    assert all(len(ipam.allocated(pool_id)) <= 1 for pool_id in pools)
+    base = {p.subnet.supernet(new_prefix=48) for p in pools.values()}
+    assert len(base) == 1
+    fresh = ipam.request_pool(v6=True)
+    assert fresh.id not in pools
+    assert fresh.subnet.supernet(new_prefix=48) in base
+    for pool in pools.values():
+        before = set(ipam.allocated(pool.id))
+        assert ipam.request_address(pool.id) not in before
     store.close()
