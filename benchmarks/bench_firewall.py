@@ -53,10 +53,11 @@ _PHASES_OP = "bench_phases"
 # --------------------------------------------------------------------------------------------- phases
 def instrument(phases: StepTimer) -> None:
     """Wrap the worker's steps with timers, before the worker is forked (it inherits them)."""
-    from cnm.firewallapi import iptables
+    from cnm.firewall import _iptables_session as session
+    from cnm.firewall._libiptc import Table
 
     p = phases
-    serve = iptables._Server.__call__
+    serve = session.Server.__call__
 
     def call(server: Any, request: Any) -> object:
         # The worker process has its own copy of ``phases`` (fork): this request hands its figures back.
@@ -65,19 +66,19 @@ def instrument(phases: StepTimer) -> None:
         with phases.timed("worker: other (Python glue)"):
             return serve(server, request)
 
-    iptables._Server.__call__ = call  # type: ignore[method-assign]
-    p.wrap(iptables, "_xtables_lock", "xtables lock: open + flock")
-    p.wrap(iptables._Table, "__init__", lambda t: "read table (first: iptc_init + python-iptables setup)")
-    p.wrap(iptables._Table, "begin", lambda t: f"read {t.name} table (iptc_init)")
-    p.wrap(iptables._Table, "end", lambda t: f"free {t.name} table (iptc_free)")
-    p.wrap(iptables._Table, "commit", lambda t: f"commit {t.name} table (compile + kernel replace)")
-    p.wrap(iptables._Table, "_build", "build rules (python-iptables, cached)")
-    p.wrap(iptables._Table, "has_chain", "libiptc: iptc_is_chain")
-    p.wrap(iptables._Table, "contains", "libiptc: iptc_check_entry")
+    session.Server.__call__ = call  # type: ignore[method-assign]
+    p.wrap(session, "xtables_lock", "xtables lock: open + flock")
+    p.wrap(Table, "__init__", lambda t: "read table (first: iptc_init + python-iptables setup)")
+    p.wrap(Table, "begin", lambda t: f"read {t.name} table (iptc_init)")
+    p.wrap(Table, "end", lambda t: f"free {t.name} table (iptc_free)")
+    p.wrap(Table, "commit", lambda t: f"commit {t.name} table (compile + kernel replace)")
+    p.wrap(Table, "_build", "build rules (python-iptables, cached)")
+    p.wrap(Table, "has_chain", "libiptc: iptc_is_chain")
+    p.wrap(Table, "contains", "libiptc: iptc_check_entry")
     for attr in ("comments", "position_of"):
-        p.wrap(iptables._Table, attr, "python scan of a chain's rules")
+        p.wrap(Table, attr, "python scan of a chain's rules")
     for attr in ("insert", "append", "delete", "delete_where", "ensure_chain", "flush_and_delete"):
-        p.wrap(iptables._Table, attr, "change the table in memory (libiptc)")
+        p.wrap(Table, attr, "change the table in memory (libiptc)")
 
 
 # --------------------------------------------------------------------------------------------- the run
