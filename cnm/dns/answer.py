@@ -37,6 +37,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.reversename
 import dns.rrset
+from dns.rdtypes.IN.A import A
+from dns.rdtypes.IN.AAAA import AAAA
 
 from cnm.dns.config import NetworkDNS
 from cnm.types import IPAddress
@@ -236,10 +238,14 @@ def _local(backend: Backend, query: dns.message.Message, nets: list[str], *, tcp
         family = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}.get(question.rdtype)
         addresses = [a for a in addresses if a.version == family]
     addresses = random.sample(addresses, len(addresses))  # round-robin: a new order every time
-    for version, rdtype in ((4, "A"), (6, "AAAA")):
-        texts = [str(a) for a in addresses if a.version == version]
-        if texts:
-            response.answer.append(dns.rrset.from_text_list(question.name, LOCAL_TTL, "IN", rdtype, texts))
+    for version, rdtype, rdcls in ((4, dns.rdatatype.A, A), (6, dns.rdatatype.AAAA, AAAA)):
+        rrset = dns.rrset.RRset(question.name, dns.rdataclass.IN, rdtype)
+        for a in addresses:
+            if a.version == version:
+                # Built from the address, not from text: a third of the time of an answer.
+                rrset.add(rdcls(dns.rdataclass.IN, rdtype, str(a)), LOCAL_TTL)
+        if rrset:
+            response.answer.append(rrset)
     return Reply(_finish(query, response, tcp))
 
 
@@ -265,10 +271,8 @@ def answer(backend: Backend, wire: bytes, source: IPAddress, local: IPAddress, *
     if reply is not None:
         return reply
     servers = backend.upstreams(source, nets)
-    failure = dns.message.make_response(query)
-    failure.set_rcode(dns.rcode.SERVFAIL)
-    failure_wire = _finish(query, failure, tcp)
-    return Forward(servers, failure_wire) if servers else Reply(failure_wire)
+    failure = _raw_error(wire, dns.rcode.SERVFAIL)  # from the header: most forwards never need it
+    return Forward(servers, failure) if servers else Reply(failure)
 
 
 def usable(reply: bytes, query_id: bytes) -> bool:
