@@ -53,7 +53,7 @@ DEFAULT_REMOTE = "unix:/var/run/openvswitch/db.sock"
 DEFAULT_TIMEOUT = 10.0
 """Seconds a call (connection, transaction, wait for ovs-vswitchd) may take at most."""
 
-_POLL = 0.01  # seconds between cur_cfg reads while waiting for ovs-vswitchd
+_WAIT_MARGIN_MS = 100  # the server's wait for ovs-vswitchd ends this long before the socket's deadline
 
 
 class Ovsdb:
@@ -154,7 +154,7 @@ class Ovsdb:
                 ops = [
                     *ops,
                     {"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]]},
-                    {"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]},
+                    {"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg", "cur_cfg"]},
                 ]
             result = self._transact(conn, ops)
             if not wait:
@@ -165,24 +165,40 @@ class Ovsdb:
                     f"{what} failed: the Open_vSwitch table has no row; initialise the database (ovs-vsctl init)",
                     errno.ENOENT,
                 )
-            self._wait_applied(conn, what, int(rows[0]["next_cfg"]))
+            self._wait_applied(conn, what, int(rows[0]["next_cfg"]), int(rows[0]["cur_cfg"]))
             if check:
                 self._check_interfaces(conn, what, check)
 
-    def _wait_applied(self, conn: Connection, what: str, target: int) -> None:
-        while True:
-            rows = self._transact(
-                conn, [{"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"]}]
-            )[0]["rows"]
-            if rows and int(rows[0]["cur_cfg"]) >= target:
-                return
-            if time.monotonic() + _POLL > conn.deadline:
+    def _wait_applied(self, conn: Connection, what: str, target: int, seen: int) -> None:
+        """Return once ovs-vswitchd's ``cur_cfg`` (``seen`` now) reaches ``target``.
+
+        ovsdb-server itself holds each ``wait`` operation until ``cur_cfg``
+        changes, so the answer comes as soon as ovs-vswitchd commits, with no
+        polling; the operation's own timeout ends just before the socket's.
+        """
+        while seen < target:
+            left_ms = int((conn.deadline - time.monotonic()) * 1000) - _WAIT_MARGIN_MS
+            try:
+                result = self._transact(
+                    conn,
+                    [
+                        {"op": "wait", "timeout": max(left_ms, 0), "table": "Open_vSwitch", "where": [],
+                         "columns": ["cur_cfg"], "until": "!=", "rows": [{"cur_cfg": seen}]},
+                        {"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"]},
+                    ],
+                )  # fmt: skip
+            except OpError as exc:
+                if exc.error != "timed out":
+                    raise
                 raise KernelError(
                     f"{what}: ovs-vswitchd did not apply the change within {self.timeout:g}s "
                     f"(database {self.remote}); check that ovs-vswitchd is running and connected to it",
                     errno.ETIMEDOUT,
-                )
-            time.sleep(_POLL)
+                ) from exc
+            rows = result[1]["rows"]
+            if not rows:
+                raise KernelError(f"{what}: the Open_vSwitch row is gone from {self.remote}", errno.ENOENT)
+            seen = int(rows[0]["cur_cfg"])
 
     def _check_interfaces(self, conn: Connection, what: str, names: Sequence[str]) -> None:
         for row in self._select(conn, "Interface"):
