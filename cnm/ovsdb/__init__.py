@@ -84,7 +84,7 @@ class Ovsdb:
         """The one place where socket, protocol and transaction failures become cnm errors."""
         try:
             yield
-        except (KernelError, AlreadyExists, NotFound, InvalidConfig):
+        except CNMError:
             raise
         except TimeoutError as exc:
             raise KernelError(
@@ -210,37 +210,35 @@ class Ovsdb:
                 )
 
     # --- reads ----------------------------------------------------------------------------
+    def _read(self, what: str, table: str, where: list[Json] | None = None) -> list[dict[str, Json]]:
+        with self._errors(what), self._connect() as conn:
+            return self._select(conn, table, where)
+
     def bridges(self) -> list[Bridge]:
         """Every bridge."""
-        with self._errors("list OVS bridges"), self._connect() as conn:
-            return [decode_bridge(row) for row in self._select(conn, "Bridge")]
+        return [decode_bridge(row) for row in self._read("list OVS bridges", "Bridge")]
 
     def ports(self) -> list[Port]:
         """Every port (cnm's carry ``external_ids`` naming their network or endpoint)."""
-        with self._errors("list OVS ports"), self._connect() as conn:
-            return [decode_port(row) for row in self._select(conn, "Port")]
+        return [decode_port(row) for row in self._read("list OVS ports", "Port")]
 
     def interfaces(self) -> list[Interface]:
         """Every interface."""
-        with self._errors("list OVS interfaces"), self._connect() as conn:
-            return [decode_interface(row) for row in self._select(conn, "Interface")]
+        return [decode_interface(row) for row in self._read("list OVS interfaces", "Interface")]
 
     def bridge(self, name: str) -> Bridge | None:
         """The bridge called ``name``, or None."""
-        with self._errors(f"look up OVS bridge {name}"), self._connect() as conn:
-            rows = self._select(conn, "Bridge", [["name", "==", name]])
+        rows = self._read(f"look up OVS bridge {name}", "Bridge", [["name", "==", name]])
         return decode_bridge(rows[0]) if rows else None
 
     def port(self, name: str) -> Port | None:
         """The port called ``name``, or None."""
-        with self._errors(f"look up OVS port {name}"), self._connect() as conn:
-            rows = self._select(conn, "Port", [["name", "==", name]])
+        rows = self._read(f"look up OVS port {name}", "Port", [["name", "==", name]])
         return decode_port(rows[0]) if rows else None
 
     def status(self) -> dict[str, Json]:
         """The Open_vSwitch row (``ovs_version``, ``datapath_types``, ``cur_cfg``...), or {} before init."""
-        with self._errors("read the Open_vSwitch row"), self._connect() as conn:
-            rows = self._select(conn, "Open_vSwitch")
+        rows = self._read("read the Open_vSwitch row", "Open_vSwitch")
         return rows[0] if rows else {}
 
     # --- writes ---------------------------------------------------------------------------
@@ -393,15 +391,13 @@ class Ovsdb:
 
     def delete_port(self, name: str, *, wait: bool = True) -> bool:
         """Remove port ``name`` from its bridge; succeed if it is gone. True if removed."""
-        with self._errors(f"look up OVS port {name}"), self._connect() as conn:
-            found = self._select(conn, "Port", [["name", "==", name]])
-        if not found:
+        found = self.port(name)
+        if found is None:
             return False
-        uuid = found[0]["_uuid"][1]
         ops: list[Mapping[str, Json]] = [
             # Port and Interface are not root tables: dropping the reference deletes both rows.
-            {"op": "mutate", "table": "Bridge", "where": [["ports", "includes", ["uuid", uuid]]],
-             "mutations": [["ports", "delete", ["set", [["uuid", uuid]]]]]},
+            {"op": "mutate", "table": "Bridge", "where": [["ports", "includes", ["uuid", found.uuid]]],
+             "mutations": [["ports", "delete", ["set", [["uuid", found.uuid]]]]]},
         ]  # fmt: skip
         self._change(f"delete OVS port {name}", ops, wait=wait)
         log.debug("deleted OVS port %s at %s", name, self.remote)
