@@ -4,6 +4,10 @@ As Docker does for networks without its embedded DNS server: nameservers on
 loopback are dropped (they would point at the sandbox's own loopback), and
 when none is left, public resolvers are used instead. Where the host runs
 systemd-resolved's stub (127.0.0.53), its upstream file is read instead.
+
+A sandbox on a network with name resolution gets :func:`render_resolver`'s file
+instead: the resolver's address as its only nameserver, as Docker points its
+containers at 127.0.0.11 (the upstreams are the resolver's business then).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 
-__all__ = ["DEFAULT_NAMESERVERS", "HOST_RESOLV_CONF", "SYSTEMD_RESOLV_CONF", "read_host", "render"]
+__all__ = ["DEFAULT_NAMESERVERS", "HOST_RESOLV_CONF", "SYSTEMD_RESOLV_CONF", "read_host", "render", "render_resolver"]
 
 log = logging.getLogger(__name__)
 
@@ -88,4 +92,31 @@ def render(
     lines += kept
     if options:
         lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def render_resolver(host_text: str, nameserver: str, search: Sequence[str] = (), options: Sequence[str] = ()) -> str:
+    """The resolv.conf of a sandbox whose queries go to cnm's resolver at ``nameserver``.
+
+    As Docker writes it for its embedded DNS: that one nameserver, the host's
+    search domains and options unless ``search``/``options`` replace them,
+    and ``ndots:0`` unless an ``ndots`` option is given, so that a single
+    label (``db``) is asked as it is first.
+    """
+    host_search: list[str] = []
+    host_options: list[str] = []
+    for line in host_text.splitlines():
+        parts = line.split()
+        if parts[:1] in (["search"], ["domain"]):
+            host_search = parts[1:]  # the last search/domain line wins, as in glibc
+        elif parts[:1] == ["options"]:
+            host_options += parts[1:]
+    domains = list(search) or host_search
+    opts = list(options) or host_options
+    if not any(o.startswith("ndots:") for o in opts):
+        opts.append("ndots:0")
+    lines = [f"nameserver {nameserver}"]
+    if domains:
+        lines.append("search " + " ".join(domains))
+    lines.append("options " + " ".join(opts))
     return "\n".join(lines) + "\n"

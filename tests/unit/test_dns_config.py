@@ -15,6 +15,7 @@ import pytest
 from cnm.dns.answer import Backend, Forward, Reply, answer, host_nameservers, usable
 from cnm.dns.config import GENERATION_FILE, ConfigDir, Entry, NetworkDNS
 from cnm.errors import InvalidConfig
+from cnm.resolvconf import render_resolver
 
 IP = ipaddress.ip_address
 GW = IP("10.5.0.1")
@@ -174,3 +175,15 @@ def test_usable_replies() -> None:
 def test_host_nameservers() -> None:
     text = "# c\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\nsearch x\n"
     assert host_nameservers(text) == (IP("127.0.0.53"), IP("fe80::1"))
+
+
+def test_resolv_conf_pointing_at_the_resolver() -> None:
+    # As Docker writes it for its embedded DNS: one nameserver, the host's search and options, ndots:0.
+    host = "nameserver 127.0.0.53\nsearch corp.example\noptions edns0 trust-ad\n"
+    assert render_resolver(host, "10.89.0.1") == (
+        "nameserver 10.89.0.1\nsearch corp.example\noptions edns0 trust-ad ndots:0\n"
+    )
+    assert render_resolver("", "10.89.0.1") == "nameserver 10.89.0.1\noptions ndots:0\n"
+    assert render_resolver(host, "10.89.0.1", search=["x"], options=["ndots:2"]) == (
+        "nameserver 10.89.0.1\nsearch x\noptions ndots:2\n"
+    )
