@@ -9,7 +9,20 @@ reloads, checks and stops the process (:mod:`cnm.dns.process`). The server
 itself is :mod:`cnm.dns.server` (answers: :mod:`cnm.dns.answer`).
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from cnm.dns.config import ConfigDir, Entry, NetworkDNS
-from cnm.dns.process import Resolver
+
+if TYPE_CHECKING:
+    from cnm.dns.process import Resolver
 
 __all__ = ["ConfigDir", "Entry", "NetworkDNS", "Resolver"]
+
+
+def __getattr__(name: str) -> object:
+    # The process manager needs cnm.kernel (pyroute2); the server process imports this package
+    # too and needs none of it.
+    if name == "Resolver":
+        return importlib.import_module("cnm.dns.process").Resolver
+    raise AttributeError(f"module 'cnm.dns' has no attribute {name!r}")
