@@ -11,12 +11,14 @@ same process. ``resolver.log`` receives the server's log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 from cnm.dns.config import LOADED_FILE, ConfigDir, read_generation
 from cnm.errors import ResolverError
@@ -135,7 +137,43 @@ class Resolver:
 
     # --- life ----------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _lifecycle(self) -> Iterator[None]:
+        # One start, stop or reload at a time, across threads and processes: two callers that both
+        # see no resolver must not both start one.
+        fd = os.open(os.path.join(self.directory, ".lifecycle.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def apply(self) -> bool:
+        """Serve the config as written now: start the resolver, reload it, or stop it if no network is left.
+
+        Returns True while a resolver runs afterwards.
+        """
+        with self._lifecycle():
+            if not self.config.files():
+                self._stop()
+                return False
+            if self.pid() is None:
+                self._start()
+            else:
+                self._reload()
+            return True
+
     def start(self) -> int:
+        """Start the resolver unless it runs; returns its PID once it listens.
+
+        Raises:
+            ResolverError: the process exited or did not get ready in time (its
+                log's last lines are in the message).
+        """
+        with self._lifecycle():
+            return self._start()
+
+    def _start(self) -> int:
         """Start the resolver unless it runs; returns its PID once it listens.
 
         Raises:
@@ -164,6 +202,7 @@ class Resolver:
                     str(self.upstream_timeout),
                     "--ready-fd",
                     str(write_end),
+                    *([] if self.netns.is_current else ["--netns", self.netns.path]),
                 ],
             )
             pid = os.posix_spawnp(
@@ -233,6 +272,10 @@ class Resolver:
         Raises:
             ResolverError: it is not running, or did not reload in time.
         """
+        with self._lifecycle():
+            self._reload()
+
+    def _reload(self) -> None:
         wanted = self.config.generation
         fd = self._pidfd()
         if fd is None:
@@ -253,6 +296,10 @@ class Resolver:
 
     def stop(self, grace: float = 5.0) -> bool:
         """Stop the resolver (SIGTERM, then SIGKILL after ``grace`` seconds); False if none ran."""
+        with self._lifecycle():
+            return self._stop(grace)
+
+    def _stop(self, grace: float = 5.0) -> bool:
         fd = self._pidfd()
         stopped = fd is not None
         if fd is not None:
@@ -274,8 +321,9 @@ class Resolver:
 
     def ensure(self) -> bool:
         """Start the resolver if it is not running (after a crash or a reboot); True if it was started."""
-        if self.alive():
-            return False
-        log.warning("DNS resolver in %s is not running; starting it", self.netns.name)
-        self.start()
-        return True
+        with self._lifecycle():
+            if self.pid() is not None:
+                return False
+            log.warning("DNS resolver in %s is not running; starting it", self.netns.name)
+            self._start()
+            return True

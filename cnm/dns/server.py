@@ -8,6 +8,10 @@ truncation (TC), NXDOMAIN and other errors reach the client as they were:
 a UDP query is forwarded over UDP, a TCP query over TCP. An upstream that
 times out, or answers SERVFAIL or REFUSED, is passed over for the next.
 
+It exits by itself when its host namespace is gone (``--netns``: the file
+no longer names the namespace it runs in, e.g. a test's throwaway host was
+removed) or its config directory is: nothing is left for it to serve.
+
 SIGHUP reloads the directory. The sockets of addresses that stay are kept
 open, so no query is lost during a reload; a malformed directory keeps the
 last good configuration and is logged. After every load the generation read
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 _IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 _MAX_IN_FLIGHT = 1024  # Docker's limit of concurrent forwarded queries
 _TCP_IDLE = 10.0  # seconds a TCP client may stay silent before it is dropped
+_WATCH_EVERY = 1.0  # seconds between checks that the host namespace and the config are still there
 
 
 def _socket(address: IPAddress, port: int, kind: int) -> socket.socket:
@@ -80,10 +85,20 @@ class Server:
     """The resolver: its listeners, the loaded backend, and forwarding."""
 
     def __init__(
-        self, config: str, port: int = 53, resolv_conf: str = "/etc/resolv.conf", timeout: float = 4.0
+        self,
+        config: str,
+        port: int = 53,
+        resolv_conf: str = "/etc/resolv.conf",
+        timeout: float = 4.0,
+        netns: str | None = None,
     ) -> None:
-        """Serve the networks in directory ``config`` on ``port``; forward with ``timeout`` seconds per upstream."""
+        """Serve the networks in directory ``config`` on ``port``; forward with ``timeout`` seconds per upstream.
+
+        ``netns`` is the path of the namespace it runs in, watched so that it
+        exits once that namespace is gone.
+        """
         self.config = ConfigDir(config)
+        self.netns = netns
         self.port = port
         self.resolv_conf = resolv_conf
         self.timeout = timeout
@@ -201,10 +216,29 @@ class Server:
 
     # --- life ----------------------------------------------------------------------------------
 
+    def _orphaned(self) -> bool:
+        if not os.path.isdir(self.config.path):
+            return True
+        if self.netns is None:
+            return False
+        try:
+            there, here = os.stat(self.netns), os.stat("/proc/self/ns/net")
+        except OSError:
+            return True
+        return (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino)
+
+    async def _watch(self) -> None:
+        while not self.stopped.is_set():
+            await asyncio.sleep(_WATCH_EVERY)
+            if self._orphaned():
+                log.info("host namespace %s or config %s is gone; exiting", self.netns, self.config.path)
+                self.stopped.set()
+
     async def run(self, ready_fd: int | None = None) -> None:
         """Load, tell ``ready_fd`` we are ready, serve until SIGTERM; SIGHUP reloads."""
         loop = asyncio.get_running_loop()
         await self.load()
+        watch = loop.create_task(self._watch())
         loop.add_signal_handler(signal.SIGHUP, self.spawn_reload)
         loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
         loop.add_signal_handler(signal.SIGINT, self.stopped.set)
@@ -212,6 +246,7 @@ class Server:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
         await self.stopped.wait()
+        watch.cancel()
         for transport in self.udp.values():
             transport.close()
         for server in self.tcp.values():
@@ -266,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resolv-conf", default="/etc/resolv.conf", help="the host's resolvers, read at each load")
     parser.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for one upstream")
     parser.add_argument("--ready-fd", type=int, default=None, help="write 'ready' here once listening")
+    parser.add_argument("--netns", default=None, help="the host namespace's path: exit once it is gone")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -273,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s cnm-dns[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    server = Server(args.config, args.port, args.resolv_conf, args.timeout)
+    server = Server(args.config, args.port, args.resolv_conf, args.timeout, args.netns)
     asyncio.run(server.run(args.ready_fd))
     return 0
 

@@ -9,8 +9,10 @@ dnspython sockets opened inside the sandboxes, and glibc's ``getent hosts``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -28,7 +30,7 @@ import pytest
 
 from cnm.dns import Entry, NetworkDNS, Resolver
 from cnm.errors import ResolverError
-from cnm.kernel import addresses, links, routes
+from cnm.kernel import addresses, links, netns, routes
 from cnm.kernel.netns import NetNS
 from cnm.kernel.process import command_in
 from cnm.testing.hosts import Outside
@@ -338,3 +340,39 @@ def test_a_taken_port_is_logged_and_the_rest_served(world: World, tmp_path: Any)
         res.stop()
     with open(res.log_file) as f:
         assert "cannot listen on 10.77.1.1 port 53" in f.read()
+
+
+def test_apply_starts_reloads_and_stops_once_for_all_callers(world: World, resolver: Resolver) -> None:
+    a = world.sandbox("a", NET1, 2)
+    resolver.config.write(NetworkDNS(name="net1", listen=(GW1,), entries=(entry(a),)))
+    # Callers in several threads at once: one resolver process, every one of them served.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(lambda _: resolver.apply(), range(4)))
+    pid = resolver.pid()
+    assert pid is not None
+    assert a.addresses_of("a") == {"10.77.1.2"}
+    resolver.config.write(NetworkDNS(name="net1", listen=(GW1,), entries=(entry(a, "again"),)))
+    assert resolver.apply() is True
+    assert resolver.pid() == pid
+    assert a.addresses_of("again") == {"10.77.1.2"}
+    resolver.config.remove("net1")
+    assert resolver.apply() is False  # no network left: stopped
+    assert not resolver.alive()
+
+
+def test_the_resolver_exits_when_its_host_namespace_is_gone(tmp_path: Any) -> None:
+    host = netns.create(str(tmp_path / "host-ns"), loopback_up=True)
+    res = Resolver(str(tmp_path / "dns"), host)
+    try:
+        res.config.write(NetworkDNS(name="net1", listen=("127.0.0.1",)))
+        pid = res.start()
+        fd = os.pidfd_open(pid)
+        netns.remove(host.path)
+        # It checks about once a second; give a loaded machine plenty.
+        assert select.select([fd], [], [], 30)[0], "the resolver outlived its host namespace"
+        os.close(fd)
+        os.waitpid(pid, 0)
+        assert not res.alive()
+    finally:
+        res.stop()
+        netns.remove(host.path)
