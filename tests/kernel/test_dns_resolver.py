@@ -361,7 +361,9 @@ def test_apply_starts_reloads_and_stops_once_for_all_callers(world: World, resol
 
 
 def test_the_resolver_exits_when_its_host_namespace_is_gone(tmp_path: Any) -> None:
-    host = netns.create(str(tmp_path / "host-ns"), loopback_up=True)
+    # In a directory of its own: the namespace directory becomes a mount of itself (released below).
+    os.makedirs(tmp_path / "ns")
+    host = netns.create(str(tmp_path / "ns" / "host"), loopback_up=True)
     res = Resolver(str(tmp_path / "dns"), host)
     try:
         res.config.write(NetworkDNS(name="net1", listen=("127.0.0.1",)))
@@ -376,3 +378,4 @@ def test_the_resolver_exits_when_its_host_namespace_is_gone(tmp_path: Any) -> No
     finally:
         res.stop()
         netns.remove(host.path)
+        netns.release_directory(str(tmp_path / "ns"))
