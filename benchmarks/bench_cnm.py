@@ -387,8 +387,9 @@ class FloorImpl:
 # --------------------------------------------------------------------------------------------- cnm breakdown
 def instrument(profiler: StepTimer) -> None:
     """Wrap cnm's steps with timers; benchmark-only monkeypatching, the library is not changed."""
-    from cnm import _records, etchosts, resolvconf
-    from cnm._locks import StateLocks
+    from cnm import etchosts, resolvconf
+    from cnm._core import records as _records
+    from cnm._core.locks import StateLocks
     from cnm.firewall.iptables import IptablesFirewall
     from cnm.ipam import LocalIpam
     from cnm.kernel import addresses, links, netns, routes

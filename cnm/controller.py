@@ -8,9 +8,11 @@ import os
 import secrets
 from collections.abc import Mapping, Sequence
 
-from cnm import _records as rec
-from cnm._locks import StateLocks
-from cnm._runtime import Runtime, validate_name
+from cnm._core import records as rec
+from cnm._core.locks import StateLocks
+from cnm._core.records import validate_name
+from cnm._core.runtime import Runtime
+from cnm._core.state import State
 from cnm.driverapi import DriverContext, owner_mark
 from cnm.errors import InvalidConfig, NotFound
 from cnm.firewallapi import ClosableFirewall, Firewall, open_firewall
@@ -22,7 +24,7 @@ from cnm.portmapper import PortAllocator, read_ephemeral_range
 from cnm.reconcile import ReconcileReport, reapply_firewall, reconcile
 from cnm.registry import DriverRegistry
 from cnm.sandbox import Sandbox, create_sandbox, delete_sandbox, mark_ready
-from cnm.store import KeyTaken, SqliteStore, Store
+from cnm.store import KeyTaken, SqliteStore
 from cnm.types import IPAMConfig, PortBinding, PortRange
 
 __all__ = ["DEFAULT_BRIDGE", "Controller", "default_bridge_name"]
@@ -49,17 +51,17 @@ def default_bridge_name(owner: str, taken_by_other: bool) -> str:
     return f"{DEFAULT_BRIDGE}-{owner[:10]}" if taken_by_other else DEFAULT_BRIDGE
 
 
-def _owner_id(store: Store) -> str:
+def _owner_id(state: State) -> str:
     """The state_dir's owner id: made at its first open, read back on every later one."""
     while True:
-        with store.transaction() as tx:
-            found = tx.get("controller", "owner")
+        with state.transaction() as tx:
+            found = tx.owner_id()
         if found is not None:
-            return str(found["id"])
+            return found
         try:
-            with store.transaction() as tx:
+            with state.transaction() as tx:
                 # Insert-if-absent: of two processes opening a fresh state_dir at once, one id wins for both.
-                tx.insert("controller", "owner", {"id": secrets.token_hex(6)})
+                tx.claim_owner_id(secrets.token_hex(6))
         except KeyTaken:
             pass
 
@@ -118,7 +120,8 @@ class Controller:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.host_netns = host
         store = SqliteStore(os.path.join(self.state_dir, "cnm.db"))
-        self.owner_id: str = _owner_id(store)
+        state = State(store)
+        self.owner_id: str = _owner_id(state)
         # A firewall this controller made is this controller's to close (it runs a worker process).
         self._own_firewall: ClosableFirewall | None = None
         if firewall is None or isinstance(firewall, str):
@@ -128,7 +131,7 @@ class Controller:
         self._rt = Runtime(
             state_dir=self.state_dir,
             host_netns=host,
-            store=store,
+            state=state,
             ipam=LocalIpam(store),
             ports=PortAllocator(
                 store, host, read_ephemeral_range(host) if ephemeral_ports is None else PortRange.parse(ephemeral_ports)
@@ -184,11 +187,11 @@ class Controller:
         return {**DEFAULT_BRIDGE_OPTIONS, "com.docker.network.bridge.name": name}
 
     def _network_names(self) -> set[str]:
-        return {n.name for n in self._rt.list_records("network", rec.NetworkRecord)}
+        return {n.name for n in self._rt.state.list(rec.NetworkRecord)}
 
     def close(self) -> None:
         """Release the store connection and end the firewall's worker process. Kernel state stays as it is."""
-        self._rt.store.close()
+        self._rt.state.store.close()
         if self._own_firewall is not None:
             self._own_firewall.close()
 
@@ -235,12 +238,12 @@ class Controller:
 
     def networks(self) -> list[Network]:
         """Every network, in name order."""
-        records = sorted(self._rt.list_records("network", rec.NetworkRecord), key=lambda r: r.name)
+        records = sorted(self._rt.state.list(rec.NetworkRecord), key=lambda r: r.name)
         return [Network(self._rt, r) for r in records]
 
     def network(self, ref: str) -> Network:
         """A network by name, id or unique id prefix; :class:`cnm.errors.NetworkNotFound` if none."""
-        return Network(self._rt, self._rt.network_record(ref))
+        return Network(self._rt, self._rt.state.get(rec.NetworkRecord, ref))
 
     # --- sandboxes -----------------------------------------------------------
     def create_sandbox(
@@ -299,7 +302,7 @@ class Controller:
 
         On any error nothing is left behind.
         """
-        from cnm import _records as rec
+        from cnm._core import records as rec
         from cnm.endpoint import create_endpoint, join
         from cnm.links import create_link
         from cnm.steps import Steps
@@ -327,7 +330,7 @@ class Controller:
             for target, alias in links:
                 # Refused before anything is created; that the two meet on the network is checked at link time.
                 validate_name(alias, "link alias")
-                self._rt.sandbox_record(target)
+                self._rt.state.get(rec.SandboxRecord, target)
             if len({alias for _, alias in links}) != len(links):
                 raise InvalidConfig(f"links {list(links)!r} use one alias twice; give each link its own alias")
             if not network:
@@ -338,7 +341,7 @@ class Controller:
                         f"sandbox {name!r} uses another sandbox's namespace; publish ports on that one instead"
                     )
                 return make(rec.CONTAINER, share=network.removeprefix("container:"))
-            net = self._rt.network_record(network)
+            net = self._rt.state.get(rec.NetworkRecord, network)
             # Host mode is whatever network gives the host's own stack (the host driver's).
             host_stack = not self.registry.get(net.driver).capabilities.needs_sandbox_netns
             # The sandbox stays "creating" until the endpoint, the join and the links are all made:
@@ -373,12 +376,12 @@ class Controller:
 
     def sandboxes(self) -> list[Sandbox]:
         """Every sandbox, in name order."""
-        records = sorted(self._rt.list_records("sandbox", rec.SandboxRecord), key=lambda r: r.name)
+        records = sorted(self._rt.state.list(rec.SandboxRecord), key=lambda r: r.name)
         return [Sandbox(self._rt, r) for r in records]
 
     def sandbox(self, ref: str) -> Sandbox:
         """A sandbox by name, id or unique id prefix; :class:`cnm.errors.SandboxNotFound` if none."""
-        return Sandbox(self._rt, self._rt.sandbox_record(ref))
+        return Sandbox(self._rt, self._rt.state.get(rec.SandboxRecord, ref))
 
     # --- repair ----------------------------------------------------------------
     def reconcile(self) -> ReconcileReport:

@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from cnm import _records as rec
+from cnm._core import records as rec
+from cnm._core import views
+from cnm._core.records import new_id, now, validate_name
+from cnm._core.runtime import Runtime
+from cnm._core.views import mac_for
 from cnm._handle import Handle
-from cnm._runtime import Runtime, mac_for, new_id, now, validate_name
 from cnm.driverapi import JoinResult, PortPublisher
 from cnm.errors import AlreadyConnected, AlreadyExists, EndpointJoined, InvalidConfig, NotFound
 from cnm.kernel import addresses, links, routes
@@ -46,7 +49,7 @@ class Endpoint(Handle[rec.EndpointRecord]):
         """The network the endpoint belongs to."""
         from cnm.network import Network
 
-        return Network(self._rt, self._rt.network_record(self._record.network_id))
+        return Network(self._rt, self._rt.state.get(rec.NetworkRecord, self._record.network_id))
 
     @property
     def ip(self) -> ipaddress.IPv4Address | None:
@@ -81,7 +84,7 @@ class Endpoint(Handle[rec.EndpointRecord]):
         from cnm.sandbox import Sandbox
 
         sid = self._current().sandbox_id
-        return None if sid is None else Sandbox(self._rt, self._rt.sandbox_record(sid))
+        return None if sid is None else Sandbox(self._rt, self._rt.state.get(rec.SandboxRecord, sid))
 
     @property
     def ifname(self) -> str | None:
@@ -94,10 +97,10 @@ class Endpoint(Handle[rec.EndpointRecord]):
         ``NetworkID``, ``EndpointID``, ``Gateway``, ``IPAddress``,
         ``IPPrefixLen``, ``MacAddress`` and Docker's other keys (empty ones for IPv6).
         """
-        from cnm import _inspect
+        from cnm._core import inspect as _inspect
 
         record = self._current()
-        return _inspect.endpoint_settings(self._rt.network_record(record.network_id), record)
+        return _inspect.endpoint_settings(self._rt.state.get(rec.NetworkRecord, record.network_id), record)
 
     def join(self, sandbox: Sandbox) -> None:
         """Connect the endpoint to ``sandbox``: an interface ethN appears inside it.
@@ -168,7 +171,7 @@ def create_endpoint(
         )
         record = _allocate_endpoint(rt, network, draft, ports, wanted_ip, needs_address=drv.capabilities.needs_address)
         undo.done("allocate", lambda: _free_endpoint(rt, record))
-        net_info, ep_info = rt.network_info(network), rt.endpoint_info(record)
+        net_info, ep_info = views.network_info(network), views.endpoint_info(record)
         drv.create_endpoint(net_info, ep_info)
         undo.done("driver create_endpoint", lambda: drv.delete_endpoint(net_info, ep_info))
         record = _save(rt, attrs.evolve(record, status=rec.READY))
@@ -186,11 +189,11 @@ def _allocate_endpoint(
     needs_address: bool,
 ) -> rec.EndpointRecord:
     """Reserve the name, the address and the host ports, and store the record: one transaction."""
-    with rt.store.transaction() as txn:
-        if txn.get("network", network.id) is None:
+    with rt.state.transaction() as tx:
+        if tx.get(rec.NetworkRecord, network.id) is None:
             raise NotFound(f"network {network.name!r} no longer exists")
         try:
-            txn.insert("endpoint.name", f"{network.id}/{draft.name}", {"id": draft.id})
+            tx.add(draft)
         except KeyTaken as exc:
             raise AlreadyExists(
                 f"endpoint {draft.name!r} already exists on network {network.name!r}; pick another name"
@@ -207,23 +210,21 @@ def _allocate_endpoint(
                 draft.id, ports, None if default_ip is None else parse_address(default_ip), label=draft.name
             )
             record = attrs.evolve(record, ports=rec.ports_to_json(resolved))
-        rt.put_endpoint(txn, record)
+        tx.put(record)
     return record
 
 
 def _free_endpoint(rt: Runtime, record: rec.EndpointRecord) -> None:
-    with rt.store.transaction() as txn:
-        network = txn.get("network", record.network_id)
-        if record.address is not None and network is not None and network.get("pool_id"):
-            rt.ipam.release_address(network["pool_id"], ipaddress.IPv4Interface(record.address).ip)
+    with rt.state.transaction() as tx:
+        network = tx.get(rec.NetworkRecord, record.network_id)
+        if record.address is not None and network is not None and network.pool_id:
+            rt.ipam.release_address(network.pool_id, ipaddress.IPv4Interface(record.address).ip)
         rt.ports.release(record.id)
-        rt.drop_endpoint(txn, record)
+        tx.remove(record)
 
 
 def _save(rt: Runtime, record: rec.EndpointRecord) -> rec.EndpointRecord:
-    with rt.store.transaction() as txn:
-        rt.put_endpoint(txn, record)
-    return record
+    return rt.state.put(record)
 
 
 def _next_ifname(rt: Runtime, sandbox: rec.SandboxRecord) -> str:
@@ -231,7 +232,7 @@ def _next_ifname(rt: Runtime, sandbox: rec.SandboxRecord) -> str:
     # a leave (eth0 leaves, the next join is eth2 next to eth1), as Docker's are.
     used = [
         int(e.ifname[3:])
-        for e in rt.endpoints_of_sandbox(sandbox.id)
+        for e in rt.state.endpoints_of_sandbox(sandbox.id)
         if e.ifname and e.ifname.startswith("eth") and e.ifname[3:].isdigit()
     ]
     return f"eth{max(used, default=-1) + 1}"
@@ -246,16 +247,16 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, 
     from cnm.sandbox import check_join, refresh_files, update_gateway
 
     with rt.locks.operation(sandboxes=[sandbox.id], networks=[endpoint.network_id]):
-        endpoint = rt.reload(endpoint)
-        sandbox = rt.reload(sandbox)
+        endpoint = rt.state.reload(endpoint)
+        sandbox = rt.state.reload(sandbox)
         if endpoint.sandbox_id is not None:
             if endpoint.sandbox_id == sandbox.id:
                 return
-            other = rt.sandbox_record(endpoint.sandbox_id).name
+            other = rt.state.get(rec.SandboxRecord, endpoint.sandbox_id).name
             raise EndpointJoined(f"endpoint {endpoint.name!r} is already joined to sandbox {other!r}; leave it first")
-        network = rt.network_record(endpoint.network_id)
+        network = rt.state.get(rec.NetworkRecord, endpoint.network_id)
         # Docker's rule: one endpoint per network per sandbox; a second would be two interfaces on one subnet.
-        connected = [e.name for e in rt.endpoints_of_network(network.id) if e.sandbox_id == sandbox.id]
+        connected = [e.name for e in rt.state.endpoints_of_network(network.id) if e.sandbox_id == sandbox.id]
         if connected:
             raise AlreadyConnected(
                 f"sandbox {sandbox.name!r} is already connected to network {network.name!r} through endpoint "
@@ -269,20 +270,24 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, 
             Steps(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo,
             contextlib.ExitStack() as sockets,
         ):
-            with rt.store.transaction() as txn:
+            with rt.state.transaction() as tx:
                 endpoint = attrs.evolve(
                     endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq, status=rec.CREATING
                 )
-                rt.put_endpoint(txn, endpoint)
+                tx.put(endpoint)
                 sandbox = attrs.evolve(sandbox, join_counter=seq)
-                txn.put("sandbox", sandbox.id, rec.to_json(sandbox))
+                tx.put(sandbox)
             undo.done(
                 "record join",
                 lambda: _save(
                     rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY)
                 ),
             )
-            net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
+            net_info, ep_info, sb_info = (
+                views.network_info(network),
+                views.endpoint_info(endpoint),
+                rt.sandbox_info(sandbox),
+            )
             result = drv.join(net_info, ep_info, sb_info, ifname)
             undo.done("driver join", lambda: drv.leave(net_info, ep_info, sb_info))
             publisher = drv if ep_info.ports and isinstance(drv, PortPublisher) else None
@@ -336,13 +341,13 @@ def _lock_endpoint(rt: Runtime, endpoint: rec.EndpointRecord, held: contextlib.E
     """
     while True:
         try:
-            before: rec.EndpointRecord = rt.reload(endpoint)
+            before: rec.EndpointRecord = rt.state.reload(endpoint)
         except NotFound:
             return None
         attempt = contextlib.ExitStack()
         attempt.enter_context(rt.locks.operation(sandboxes=[before.sandbox_id], networks=[before.network_id]))
         try:
-            now_: rec.EndpointRecord = rt.reload(endpoint)
+            now_: rec.EndpointRecord = rt.state.reload(endpoint)
         except NotFound:
             attempt.close()
             return None
@@ -368,14 +373,18 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
         if current is None or current.sandbox_id is None:
             return
         endpoint = current
-        network = rt.network_record(endpoint.network_id)
-        sandbox = rt.sandbox_record(current.sandbox_id)
+        network = rt.state.get(rec.NetworkRecord, endpoint.network_id)
+        sandbox = rt.state.get(rec.SandboxRecord, current.sandbox_id)
         drv = rt.driver(network)
         if not keep_links:
             # Before the status changes: a link stands only while both ends are joined.
             drop_links(rt, sandbox.id, network.id)
         endpoint = _save(rt, attrs.evolve(endpoint, status=rec.DELETING))
-        net_info, ep_info, sb_info = rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
+        net_info, ep_info, sb_info = (
+            views.network_info(network),
+            views.endpoint_info(endpoint),
+            rt.sandbox_info(sandbox),
+        )
         # The firewall round trip overlaps the driver's leave; both are idempotent, so a crash
         # between them leaves a DELETING record that reconcile finishes.
         unpublishing = (
@@ -413,9 +422,9 @@ def delete_endpoint(rt: Runtime, endpoint: rec.EndpointRecord) -> None:
         endpoint = current
         if endpoint.sandbox_id is not None:
             leave(rt, endpoint)
-            endpoint = rt.reload(endpoint)
-        network = rt.network_record(endpoint.network_id)
+            endpoint = rt.state.reload(endpoint)
+        network = rt.state.get(rec.NetworkRecord, endpoint.network_id)
         endpoint = _save(rt, attrs.evolve(endpoint, status=rec.DELETING))
-        rt.driver(network).delete_endpoint(rt.network_info(network), rt.endpoint_info(endpoint))
+        rt.driver(network).delete_endpoint(views.network_info(network), views.endpoint_info(endpoint))
         _free_endpoint(rt, endpoint)
     log.info("deleted endpoint %s", endpoint.name)

@@ -31,14 +31,16 @@ from typing import TYPE_CHECKING, cast
 
 import attrs
 
-from cnm import _records as rec
+from cnm._core import records as rec
+from cnm._core import views
+from cnm._core.records import new_id, now, validate_name
+from cnm._core.runtime import Runtime
 from cnm._handle import Handle
-from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm.driverapi import Linker, LinkInfo
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
 from cnm.etchosts import HostEntry
 from cnm.steps import Steps, Teardown
-from cnm.store import KeyTaken, Transaction
+from cnm.store import KeyTaken
 from cnm.types import PortRange, TransportProtocol
 
 if TYPE_CHECKING:
@@ -196,14 +198,14 @@ class Link(Handle[rec.LinkRecord]):
         """The sandbox linked to."""
         from cnm.sandbox import Sandbox
 
-        return Sandbox(self._rt, self._rt.sandbox_record(self._record.target_id))
+        return Sandbox(self._rt, self._rt.state.get(rec.SandboxRecord, self._record.target_id))
 
     @property
     def network(self) -> Network:
         """The network the two sandboxes meet on."""
         from cnm.network import Network
 
-        return Network(self._rt, self._rt.network_record(self._record.network_id))
+        return Network(self._rt, self._rt.state.get(rec.NetworkRecord, self._record.network_id))
 
     @property
     def target_ip(self) -> ipaddress.IPv4Address:
@@ -224,7 +226,7 @@ class Link(Handle[rec.LinkRecord]):
         remove_link(self._rt, self._record)
 
     def _source(self) -> rec.SandboxRecord:
-        return self._rt.sandbox_record(self._record.source_id)
+        return self._rt.state.get(rec.SandboxRecord, self._record.source_id)
 
 
 # --- store and operations (internal) ------------------------------------------------------
@@ -249,26 +251,12 @@ def exposed_of(sandbox: rec.SandboxRecord, endpoint: rec.EndpointRecord) -> list
 
 def all_links(rt: Runtime) -> list[rec.LinkRecord]:
     """Every link, oldest first."""
-    links: list[rec.LinkRecord] = rt.list_records("link", rec.LinkRecord)
-    return sorted(links, key=lambda lk: (lk.created, lk.alias))
-
-
-#: Index of links by either end, ``<sandbox id>/<link id>``, so that a sandbox's leave or delete
-#: reads its own links and not every link. Written with the link, rebuilt by :func:`settle_links`.
-_BY_END = "link.end"
-
-
-def _index(txn: Transaction, link: rec.LinkRecord) -> None:
-    for end in (link.source_id, link.target_id):
-        txn.put(_BY_END, f"{end}/{link.id}", {"id": link.id})
+    return sorted(rt.state.list(rec.LinkRecord), key=lambda lk: (lk.created, lk.alias))
 
 
 def links_of(rt: Runtime, sandbox_id: str) -> list[rec.LinkRecord]:
     """Every link from or to a sandbox, oldest first."""
-    with rt.store.transaction() as txn:
-        found = [txn.get("link", value["id"]) for _, value in txn.list(_BY_END, f"{sandbox_id}/")]
-    records = [rec.from_json(rec.LinkRecord, data) for data in found if data is not None]
-    return sorted(records, key=lambda lk: (lk.created, lk.alias))
+    return rt.state.links_of(sandbox_id)
 
 
 def links_from(rt: Runtime, sandbox_id: str) -> list[rec.LinkRecord]:
@@ -278,10 +266,7 @@ def links_from(rt: Runtime, sandbox_id: str) -> list[rec.LinkRecord]:
 
 def find_link(rt: Runtime, sandbox_id: str, alias: str) -> rec.LinkRecord | None:
     """The link a sandbox made under ``alias``, or None."""
-    with rt.store.transaction() as txn:
-        key = txn.get("link.alias", f"{sandbox_id}/{alias}")
-        data = None if key is None else txn.get("link", key["id"])
-    return None if data is None else rec.from_json(rec.LinkRecord, data)
+    return rt.state.link_by_alias(sandbox_id, alias)
 
 
 def host_entries(rt: Runtime, sandbox_id: str) -> list[HostEntry]:
@@ -289,7 +274,7 @@ def host_entries(rt: Runtime, sandbox_id: str) -> list[HostEntry]:
     entries = []
     for link in links_from(rt, sandbox_id):
         with contextlib.suppress(NotFound):
-            target = rt.sandbox_record(link.target_id)
+            target = rt.state.get(rec.SandboxRecord, link.target_id)
             names = hosts_names(link.alias, target.hostname, target.name)
             entries.append(HostEntry(ipaddress.IPv4Address(link.target_ip), names))
     return entries
@@ -308,7 +293,7 @@ def inspect_links(rt: Runtime, sandbox: rec.SandboxRecord) -> list[str]:
     shown = []
     for link in links_from(rt, sandbox.id):
         with contextlib.suppress(NotFound):
-            shown.append(f"/{rt.sandbox_record(link.target_id).name}:/{sandbox.name}/{link.alias}")
+            shown.append(f"/{rt.state.get(rec.SandboxRecord, link.target_id).name}:/{sandbox.name}/{link.alias}")
     return shown
 
 
@@ -322,7 +307,7 @@ def _check_linkable(rt: Runtime, sandbox: rec.SandboxRecord, role: str, *, creat
     if sandbox.status != rec.READY and not (creating and sandbox.status == rec.CREATING):
         raise Conflict(f"sandbox {sandbox.name!r} is {sandbox.status}; it cannot be {role} a link")
     if sandbox.mode == rec.CONTAINER:
-        owner = rt.sandbox_record(sandbox.shares or "").name
+        owner = rt.state.get(rec.SandboxRecord, sandbox.shares or "").name
         raise InvalidConfig(
             f"sandbox {sandbox.name!r} uses the namespace of sandbox {owner!r}; use {owner!r} in the link instead"
         )
@@ -338,7 +323,7 @@ def _meeting_network(
     """The network both sandboxes have an address on: the one named, or the only one they share."""
     mine, theirs = _addressed(rt, source), _addressed(rt, target)
     if network is not None:
-        net = rt.network_record(network)
+        net = rt.state.get(rec.NetworkRecord, network)
         absent = [s.name for s, eps in ((source, mine), (target, theirs)) if net.id not in eps]
         if absent:
             names = " and ".join(repr(n) for n in absent)
@@ -353,34 +338,26 @@ def _meeting_network(
             "network: connect them to the same network first"
         )
     if len(shared) > 1:
-        names = ", ".join(repr(rt.network_record(n).name) for n in shared)
+        names = ", ".join(repr(rt.state.get(rec.NetworkRecord, n).name) for n in shared)
         raise InvalidConfig(
             f"sandboxes {source.name!r} and {target.name!r} share networks {names}; pick one with network="
         )
-    return rt.network_record(shared[0])
+    return rt.state.get(rec.NetworkRecord, shared[0])
 
 
 def _forget(rt: Runtime, link: rec.LinkRecord) -> None:
-    with rt.store.transaction() as txn:
-        current = txn.get("link.alias", f"{link.source_id}/{link.alias}")
-        if current is not None and current["id"] == link.id:
-            txn.delete("link.alias", f"{link.source_id}/{link.alias}")
-        txn.delete("link", link.id)
-        for end in (link.source_id, link.target_id):
-            txn.delete(_BY_END, f"{end}/{link.id}")
+    rt.state.remove(link)
 
 
 def _save(rt: Runtime, link: rec.LinkRecord) -> rec.LinkRecord:
-    with rt.store.transaction() as txn:
-        txn.put("link", link.id, rec.to_json(link))
-    return link
+    return rt.state.put(link)
 
 
 def _refresh_hosts(rt: Runtime, sandbox_id: str) -> None:
     from cnm.sandbox import refresh_files
 
     with contextlib.suppress(NotFound):
-        refresh_files(rt, rt.sandbox_record(sandbox_id))
+        refresh_files(rt, rt.state.get(rec.SandboxRecord, sandbox_id))
 
 
 def create_link(
@@ -398,10 +375,10 @@ def create_link(
     ``create_sandbox(links=...)`` are part of the sandbox's own creation.
     """
     validate_name(alias, "link alias")
-    with rt.locks.operation(sandboxes=[source.id, rt.sandbox_record(target).id]):
-        source = rt.reload(source)
+    with rt.locks.operation(sandboxes=[source.id, rt.state.get(rec.SandboxRecord, target).id]):
+        source = rt.state.reload(source)
         _check_linkable(rt, source, "the source of", creating=source_creating)
-        target_record = rt.sandbox_record(target)
+        target_record = rt.state.get(rec.SandboxRecord, target)
         if target_record.id == source.id:
             raise InvalidConfig(f"sandbox {source.name!r} cannot link to itself; name another sandbox")
         _check_linkable(rt, target_record, "the target of")
@@ -420,15 +397,13 @@ def create_link(
             status=rec.CREATING,
         )
         with Steps(f"link sandbox {source.name} to {target_record.name} as {alias}") as undo:
-            with rt.store.transaction() as txn:
-                try:
-                    txn.insert("link.alias", f"{source.id}/{alias}", {"id": record.id})
-                except KeyTaken as exc:
-                    raise AlreadyExists(
-                        f"sandbox {source.name!r} already has a link named {alias!r}; unlink it or pick another alias"
-                    ) from exc
-                txn.insert("link", record.id, rec.to_json(record))
-                _index(txn, record)
+            try:
+                with rt.state.transaction() as tx:
+                    tx.add(record)
+            except KeyTaken as exc:
+                raise AlreadyExists(
+                    f"sandbox {source.name!r} already has a link named {alias!r}; unlink it or pick another alias"
+                ) from exc
 
             def forget(made: rec.LinkRecord = record) -> None:
                 _forget(rt, made)
@@ -437,7 +412,7 @@ def create_link(
             undo.done("record", forget)
             drv = rt.driver(net)
             if isinstance(drv, Linker):
-                net_info, info = rt.network_info(net), link_info(record)
+                net_info, info = views.network_info(net), link_info(record)
                 drv.add_link(net_info, info)
                 undo.done("driver add_link", lambda: drv.remove_link(net_info, info))
             record = _save(rt, attrs.evolve(record, status=rec.READY))
@@ -469,13 +444,13 @@ def _remove_link(rt: Runtime, link: rec.LinkRecord) -> None:
     # or an endpoint's operation and must not take the other end's lock after a
     # network's (the lock order); the store's transactions keep the records
     # consistent, and the other end's files are rewritten from the store anyway.
-    with rt.store.transaction() as txn:
-        data = txn.get("link", link.id)
-    if data is None:
+    with rt.state.transaction() as tx:
+        current = tx.get(rec.LinkRecord, link.id)
+    if current is None:
         return
-    link = _save(rt, attrs.evolve(rec.from_json(rec.LinkRecord, data), status=rec.DELETING))
+    link = _save(rt, attrs.evolve(current, status=rec.DELETING))
     try:
-        net = rt.network_record(link.network_id)
+        net = rt.state.get(rec.NetworkRecord, link.network_id)
     except NotFound:
         net = None  # its rules went with the network
     if net is not None:
@@ -483,7 +458,7 @@ def _remove_link(rt: Runtime, link: rec.LinkRecord) -> None:
         if isinstance(drv, Linker):
             needed = _still_needed(rt, link)
             doomed = attrs.evolve(link, ports=[p for p in link.ports if p not in needed])
-            drv.remove_link(rt.network_info(net), link_info(doomed))
+            drv.remove_link(views.network_info(net), link_info(doomed))
     _forget(rt, link)
     _refresh_hosts(rt, link.source_id)
     log.info("removed link %s of sandbox %s", link.alias, link.source_id[:12])
@@ -509,7 +484,7 @@ def _broken(rt: Runtime, link: rec.LinkRecord) -> str | None:
         return "it was interrupted while being removed"
     for sandbox_id, address in ((link.source_id, link.source_ip), (link.target_id, link.target_ip)):
         try:
-            sandbox = rt.sandbox_record(sandbox_id)
+            sandbox = rt.state.get(rec.SandboxRecord, sandbox_id)
         except NotFound:
             return "one of its sandboxes is gone"
         endpoint = _addressed(rt, sandbox).get(link.network_id)
@@ -525,9 +500,9 @@ def settle_links(rt: Runtime) -> list[str]:
     done = []
     with rt.locks.everything():
         every = all_links(rt)
-        with rt.store.transaction() as txn:
+        with rt.state.transaction() as tx:
             for link in every:
-                _index(txn, link)  # a state_dir written before the index existed gets it here
+                tx.put(link)  # a state_dir written before the link.end index existed gets it here
         for link in every:
             reason = _broken(rt, link)
             if reason is not None:

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from cnm import _records as rec
+from cnm._core import records as rec
+from cnm._core import views
+from cnm._core.records import new_id, now, validate_name
+from cnm._core.runtime import Runtime
 from cnm._handle import Handle
-from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm.driverapi import NetworkRequest
 from cnm.errors import ActiveEndpoints, AlreadyExists, Forbidden, InvalidConfig, PoolOverlap
 from cnm.ipam.pools import overlaps
@@ -79,13 +81,13 @@ class Network(Handle[rec.NetworkRecord]):
         """The network's endpoints, in name order."""
         from cnm.endpoint import Endpoint
 
-        return [Endpoint(self._rt, r) for r in self._rt.endpoints_of_network(self.id)]
+        return [Endpoint(self._rt, r) for r in self._rt.state.endpoints_of_network(self.id)]
 
     def endpoint(self, ref: str) -> Endpoint:
         """An endpoint of this network by name or id; :class:`cnm.errors.EndpointNotFound` if absent."""
         from cnm.endpoint import Endpoint
 
-        return Endpoint(self._rt, self._rt.endpoint_record(ref, self.id))
+        return Endpoint(self._rt, self._rt.state.get(rec.EndpointRecord, ref, network_id=self.id))
 
     def create_endpoint(
         self,
@@ -113,7 +115,7 @@ class Network(Handle[rec.NetworkRecord]):
         """
         from cnm.endpoint import create_endpoint
 
-        return create_endpoint(self._rt, self._rt.reload(self._record), name, ports=ports, ip=ip, exposed=exposed)
+        return create_endpoint(self._rt, self._rt.state.reload(self._record), name, ports=ports, ip=ip, exposed=exposed)
 
     def inspect(self) -> dict[str, Any]:
         """The network as ``docker network inspect`` prints it (one object, not a list).
@@ -122,12 +124,12 @@ class Network(Handle[rec.NetworkRecord]):
         Ingress, ConfigFrom, ConfigOnly, Containers (by sandbox id), Options
         (as given at creation) and Labels, with Docker's quirks; see :mod:`cnm._inspect`.
         """
-        from cnm import _inspect
+        from cnm._core import inspect as _inspect
         from cnm.errors import NotFound
 
-        record = self._rt.reload(self._record)
-        endpoints = self._rt.endpoints_of_network(record.id)
-        sandboxes = {s.id: s for s in self._rt.list_records("sandbox", rec.SandboxRecord)}
+        record = self._rt.state.reload(self._record)
+        endpoints = self._rt.state.endpoints_of_network(record.id)
+        sandboxes = {s.id: s for s in self._rt.state.list(rec.SandboxRecord)}
         try:
             scope = self._rt.driver(record).capabilities.scope
         except NotFound:  # the driver was uninstalled; the network is still worth showing
@@ -242,7 +244,7 @@ def create_network(
         )
         record = _allocate_network(rt, draft, ipam, exclude, needs_address=drv.capabilities.needs_address)
         undo.done("allocate", lambda: _free_network(rt, record))
-        info = rt.network_info(record)
+        info = views.network_info(record)
         drv.create_network(info)
         undo.done("driver create_network", lambda: drv.delete_network(info))
         record = _set_status(rt, record, rec.READY)
@@ -254,9 +256,9 @@ def _allocate_network(
     rt: Runtime, draft: rec.NetworkRecord, ipam: IPAMConfig, exclude: Sequence[IPNetwork], *, needs_address: bool
 ) -> rec.NetworkRecord:
     """Reserve the name, the pool, the gateway and aux addresses, and store the record: one transaction."""
-    with rt.store.transaction() as txn:
+    with rt.state.transaction() as tx:
         try:
-            txn.insert("network.name", draft.name, {"id": draft.id})
+            tx.add(draft)
         except KeyTaken as exc:
             raise AlreadyExists(f"network {draft.name!r} already exists; pick another name or delete it first") from exc
         record = draft
@@ -277,41 +279,37 @@ def _allocate_network(
             )
         elif ipam.subnet is not None:
             raise InvalidConfig(f"driver {draft.driver!r} gives no addresses; drop the ipam config")
-        txn.insert("network", record.id, rec.to_json(record))
+        tx.put(record)
     return record
 
 
 def _free_network(rt: Runtime, record: rec.NetworkRecord) -> None:
-    with rt.store.transaction() as txn:
+    with rt.state.transaction() as tx:
         if record.pool_id is not None:
             rt.ipam.release_pool(record.pool_id)
-        txn.delete("network.name", record.name)
-        txn.delete("network", record.id)
+        tx.remove(record)
 
 
 def _set_status(rt: Runtime, record: rec.NetworkRecord, status: str) -> rec.NetworkRecord:
-    updated = attrs.evolve(record, status=status)
-    with rt.store.transaction() as txn:
-        txn.put("network", record.id, rec.to_json(updated))
-    return updated
+    return rt.state.put(attrs.evolve(record, status=status))
 
 
 def delete_network(rt: Runtime, record: rec.NetworkRecord, *, force_predefined: bool = False) -> None:
     """Delete a network: refuse while endpoints exist; the driver removes its objects, then the store forgets it."""
     with rt.locks.operation(networks=[record.id]):
-        with rt.store.transaction() as txn:
-            current = txn.get("network", record.id)
+        with rt.state.transaction() as tx:
+            current = tx.get(rec.NetworkRecord, record.id)
             if current is None:
                 return
-            record = rec.from_json(rec.NetworkRecord, current)
+            record = current
             if record.predefined and not force_predefined:
                 raise Forbidden(f"network {record.name!r} is predefined and cannot be deleted")
-            members = [key.split("/", 1)[1] for key, _ in txn.list("endpoint.name", f"{record.id}/")]
+            members = tx.endpoint_names(record.id)
             if members:
                 raise ActiveEndpoints(
                     f"network {record.name!r} still has endpoints {', '.join(sorted(members))}; delete them first"
                 )
             record = _set_status(rt, record, rec.DELETING)
-        rt.driver(record).delete_network(rt.network_info(record))
+        rt.driver(record).delete_network(views.network_info(record))
         _free_network(rt, record)
     log.info("deleted network %s (%s)", record.name, record.id[:12])

@@ -37,8 +37,9 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from cnm import _records as rec
-from cnm._runtime import Runtime
+from cnm._core import records as rec
+from cnm._core import views
+from cnm._core.runtime import Runtime
 from cnm.driverapi import Linker, Reconciler
 from cnm.errors import CNMError
 from cnm.firewallapi import Firewall, NetworkRules
@@ -52,8 +53,7 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-DEAD = "dead"
-"""Status of a sandbox whose namespace disappeared (e.g. after a host reboot)."""
+DEAD = rec.DEAD
 
 
 @attrs.frozen
@@ -132,10 +132,10 @@ def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
     """Rebuild every cnm rule from the store, touching no other rule."""
     # Exclusive: a rule added by a concurrent operation after the store was read would be dropped.
     with rt.locks.everything():
-        networks = sorted(rt.list_records("network", rec.NetworkRecord), key=lambda n: n.created)
-        endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+        networks = sorted(rt.state.list(rec.NetworkRecord), key=lambda n: n.created)
+        endpoints = rt.state.list(rec.EndpointRecord)
         # A link half made or half removed gets no rules; reconcile settles it.
-        kept_links = [lk for lk in rt.list_records("link", rec.LinkRecord) if lk.status == rec.READY]
+        kept_links = [lk for lk in rt.state.list(rec.LinkRecord) if lk.status == rec.READY]
         described: list[NetworkRules] = []
         for network in networks:
             if network.status != rec.READY:
@@ -143,11 +143,11 @@ def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
             driver = rt.driver(network)
             if not isinstance(driver, Reconciler):
                 continue
-            joined = [rt.endpoint_info(e) for e in endpoints if e.network_id == network.id and e.sandbox_id]
-            rules = driver.firewall_rules(rt.network_info(network), joined)
+            joined = [views.endpoint_info(e) for e in endpoints if e.network_id == network.id and e.sandbox_id]
+            rules = driver.firewall_rules(views.network_info(network), joined)
             if rules is not None and isinstance(driver, Linker):
                 infos = [link_info(lk) for lk in kept_links if lk.network_id == network.id]
-                rules = attrs.evolve(rules, links=rules.links + driver.link_rules(rt.network_info(network), infos))
+                rules = attrs.evolve(rules, links=rules.links + driver.link_rules(views.network_info(network), infos))
             if rules is not None:
                 described.append(rules)
         firewall.reapply(described)
@@ -163,11 +163,11 @@ def _unshadow_namespaces(rt: Runtime, out: _Log) -> None:
 def _settle_networks(rt: Runtime, out: _Log) -> None:
     from cnm.network import _free_network
 
-    for network in rt.list_records("network", rec.NetworkRecord):
+    for network in rt.state.list(rec.NetworkRecord):
         if network.status in (rec.CREATING, rec.DELETING):
 
             def undo(network: rec.NetworkRecord = network) -> None:
-                rt.driver(network).delete_network(rt.network_info(network))
+                rt.driver(network).delete_network(views.network_info(network))
                 _free_network(rt, network)
 
             verb = "rolled back" if network.status == rec.CREATING else "finished deleting"
@@ -178,19 +178,18 @@ def _settle_sandboxes(rt: Runtime, out: _Log) -> None:
     from cnm.endpoint import delete_endpoint, leave
     from cnm.sandbox import delete_sandbox, joined_endpoints
 
-    for sandbox in rt.list_records("sandbox", rec.SandboxRecord):
+    for sandbox in rt.state.list(rec.SandboxRecord):
         if sandbox.status in (rec.CREATING, rec.DELETING):
             verb = "rolled back" if sandbox.status == rec.CREATING else "finished deleting"
             out.repair(f"settle sandbox {sandbox.name}", f"{verb} sandbox {sandbox.name}", delete_sandbox, rt, sandbox)
         elif sandbox.status == rec.READY and not NetNS(sandbox.netns_path).exists():
             released = True
             joined = joined_endpoints(rt, sandbox.id)
-            unjoined = [e for e in rt.endpoints_owned_by(sandbox.id) if e.id not in {j.id for j in joined}]
+            unjoined = [e for e in rt.state.endpoints_owned_by(sandbox.id) if e.id not in {j.id for j in joined}]
             for endpoint in [*joined, *unjoined]:
                 action = delete_endpoint if endpoint.owned_by_sandbox else leave
                 released &= out.attempt(f"release endpoint {endpoint.name}", action, rt, endpoint).ok
-            with rt.store.transaction() as txn:
-                txn.put("sandbox", sandbox.id, rec.to_json(attrs.evolve(sandbox, status=DEAD)))
+            rt.state.put(attrs.evolve(sandbox, status=DEAD))
             left = "its endpoints left" if released else "some of its endpoints could not leave"
             out.did(f"sandbox {sandbox.name} lost its namespace: marked dead, {left}")
 
@@ -198,8 +197,8 @@ def _settle_sandboxes(rt: Runtime, out: _Log) -> None:
 def _settle_endpoints(rt: Runtime, out: _Log) -> None:
     from cnm.endpoint import _free_endpoint, delete_endpoint, leave
 
-    sandboxes = {s.id for s in rt.list_records("sandbox", rec.SandboxRecord)}
-    for endpoint in rt.list_records("endpoint", rec.EndpointRecord):
+    sandboxes = {s.id for s in rt.state.list(rec.SandboxRecord)}
+    for endpoint in rt.state.list(rec.EndpointRecord):
         if endpoint.owner_sandbox_id is not None and endpoint.owner_sandbox_id not in sandboxes:
             # Made by a sandbox for itself, and that sandbox is gone: it goes too.
             out.repair(
@@ -213,7 +212,7 @@ def _settle_endpoints(rt: Runtime, out: _Log) -> None:
         if endpoint.status == rec.READY:
             continue
         try:
-            rt.network_record(endpoint.network_id)
+            rt.state.get(rec.NetworkRecord, endpoint.network_id)
         except CNMError:
             out.repair(
                 f"forget endpoint {endpoint.name}",
@@ -240,12 +239,14 @@ def _settle_endpoints(rt: Runtime, out: _Log) -> None:
 
 
 def _restore_networks(rt: Runtime, out: _Log) -> None:
-    for network in rt.list_records("network", rec.NetworkRecord):
+    for network in rt.state.list(rec.NetworkRecord):
         driver = rt.driver(network)
         if (
             network.status == rec.READY
             and isinstance(driver, Reconciler)
-            and out.attempt(f"restore network {network.name}", driver.restore_network, rt.network_info(network)).value
+            and out.attempt(
+                f"restore network {network.name}", driver.restore_network, views.network_info(network)
+            ).value
         ):
             out.did(f"re-created the host objects of network {network.name}")
 
@@ -261,16 +262,16 @@ def _repair_joins(rt: Runtime, out: _Log) -> None:
     from cnm.endpoint import join, leave
 
     broken: dict[str, list[rec.EndpointRecord]] = {}
-    for endpoint in rt.list_records("endpoint", rec.EndpointRecord):
+    for endpoint in rt.state.list(rec.EndpointRecord):
         if endpoint.sandbox_id is None or endpoint.status != rec.READY:
             continue
-        network = rt.network_record(endpoint.network_id)
-        sandbox = rt.sandbox_record(endpoint.sandbox_id)
+        network = rt.state.get(rec.NetworkRecord, endpoint.network_id)
+        sandbox = rt.state.get(rec.SandboxRecord, endpoint.sandbox_id)
         driver = rt.driver(network)
         if sandbox.status != rec.READY or not isinstance(driver, Reconciler):
             continue
         intact = driver.endpoint_intact(
-            rt.network_info(network), rt.endpoint_info(endpoint), rt.sandbox_info(sandbox)
+            views.network_info(network), views.endpoint_info(endpoint), rt.sandbox_info(sandbox)
         ) and _interface_present(sandbox, endpoint.ifname)
         if not intact:
             broken.setdefault(sandbox.id, []).append(endpoint)
@@ -279,7 +280,7 @@ def _repair_joins(rt: Runtime, out: _Log) -> None:
         # old order under their old names: a route or a program naming eth0 finds it again, and no
         # step points the default route at an interface that is still missing.
         endpoints.sort(key=lambda e: e.join_seq)
-        sandbox = rt.sandbox_record(sandbox_id)
+        sandbox = rt.state.get(rec.SandboxRecord, sandbox_id)
         left = [e for e in endpoints if out.attempt(f"rejoin endpoint {e.name}", _leave_for_rejoin, leave, rt, e).ok]
         for e in left:
             # The address stays the same across the rejoin, so the sandbox's links stay valid.
@@ -299,12 +300,12 @@ def _leave_for_rejoin(leave: Callable[..., None], rt: Runtime, endpoint: rec.End
 
 
 def _join_as(join: Callable[..., None], rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord) -> None:
-    join(rt, rt.reload(endpoint), rt.reload(sandbox), ifname=endpoint.ifname)
+    join(rt, rt.state.reload(endpoint), rt.state.reload(sandbox), ifname=endpoint.ifname)
 
 
 def _collect_garbage(rt: Runtime, out: _Log) -> None:
-    networks = [n for n in rt.list_records("network", rec.NetworkRecord) if n.status == rec.READY]
-    endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+    networks = [n for n in rt.state.list(rec.NetworkRecord) if n.status == rec.READY]
+    endpoints = rt.state.list(rec.EndpointRecord)
     for name in sorted({n.driver for n in networks} | set(rt.registry.names())):
         try:
             driver = rt.registry.get(name)
@@ -314,12 +315,12 @@ def _collect_garbage(rt: Runtime, out: _Log) -> None:
             continue
         mine = [n for n in networks if n.driver == name]
         ids = {n.id for n in mine}
-        joined = [rt.endpoint_info(e) for e in endpoints if e.network_id in ids and e.sandbox_id]
-        infos = [rt.network_info(n) for n in mine]
+        joined = [views.endpoint_info(e) for e in endpoints if e.network_id in ids and e.sandbox_id]
+        infos = [views.network_info(n) for n in mine]
         garbage = out.attempt(f"collect garbage of driver {name}", driver.collect_garbage, infos, joined)
         for line in garbage.value or []:
             out.did(line)
-    sandboxes = rt.list_records("sandbox", rec.SandboxRecord)
+    sandboxes = rt.state.list(rec.SandboxRecord)
     known_ns = {os.path.basename(s.netns_path) for s in sandboxes}
     known_files = {os.path.basename(s.files_dir) for s in sandboxes}
     remove_dir: Callable[[str], object] = functools.partial(shutil.rmtree, ignore_errors=True)
@@ -335,8 +336,8 @@ def _collect_garbage(rt: Runtime, out: _Log) -> None:
 
 
 def _release_orphans(rt: Runtime, out: _Log) -> None:
-    networks = rt.list_records("network", rec.NetworkRecord)
-    endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+    networks = rt.state.list(rec.NetworkRecord)
+    endpoints = rt.state.list(rec.EndpointRecord)
     by_pool = {n.pool_id: n for n in networks if n.pool_id}
     for pool in rt.ipam.pools():
         network = by_pool.get(pool.id)

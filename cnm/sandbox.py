@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from cnm import _inspect, etchosts, resolvconf
-from cnm import _records as rec
+from cnm import etchosts, resolvconf
 from cnm import links as _links
+from cnm._core import inspect as _inspect
+from cnm._core import records as rec
+from cnm._core.records import new_id, now, validate_name
+from cnm._core.runtime import Runtime
 from cnm._handle import Handle
-from cnm._runtime import Runtime, new_id, now, validate_name
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
 from cnm.kernel import netns, routes
 from cnm.kernel.netns import Netlink, NetNS
@@ -84,7 +86,7 @@ class Sandbox(Handle[rec.SandboxRecord]):
     def shares(self) -> Sandbox | None:
         """In container mode, the sandbox whose namespace and files this one uses; else None."""
         owner = self._record.shares
-        return None if owner is None else Sandbox(self._rt, self._rt.sandbox_record(owner))
+        return None if owner is None else Sandbox(self._rt, self._rt.state.get(rec.SandboxRecord, owner))
 
     def sharers(self) -> list[Sandbox]:
         """The sandboxes created with ``network="container:<this one>"``, in name order."""
@@ -209,7 +211,9 @@ class Sandbox(Handle[rec.SandboxRecord]):
         mode, whose ``SandboxID`` and ``SandboxKey`` are empty, as Docker's are).
         """
         record = self._current()
-        joined = [(self._rt.network_record(e.network_id), e) for e in joined_endpoints(self._rt, record.id)]
+        joined = [
+            (self._rt.state.get(rec.NetworkRecord, e.network_id), e) for e in joined_endpoints(self._rt, record.id)
+        ]
         return _inspect.sandbox(
             record,
             joined,
@@ -242,15 +246,12 @@ class Sandbox(Handle[rec.SandboxRecord]):
 
 def joined_endpoints(rt: Runtime, sandbox_id: str) -> list[rec.EndpointRecord]:
     """The endpoints joined to a sandbox, in join order."""
-    return rt.endpoints_of_sandbox(sandbox_id)
+    return rt.state.endpoints_of_sandbox(sandbox_id)
 
 
 def sharers_of(rt: Runtime, sandbox_id: str) -> list[rec.SandboxRecord]:
     """The sandboxes sharing ``sandbox_id``'s namespace, in name order."""
-    with rt.store.transaction() as txn:
-        found = (txn.get("sandbox", v["id"]) for _, v in txn.list("sandbox.sharer", f"{sandbox_id}/"))
-        shared = [rec.from_json(rec.SandboxRecord, data) for data in found if data is not None]
-    return sorted(shared, key=lambda s: s.name)
+    return rt.state.sharers_of(sandbox_id)
 
 
 def _check_settings(hostname: str | None, dns: Sequence[str]) -> None:
@@ -363,10 +364,10 @@ def create_sandbox(
             raise InvalidConfig(
                 f"sandbox {name!r} shares the namespace of {share!r}: expose the ports on that sandbox instead"
             )
-        owner = rt.sandbox_record(share)
+        owner = rt.state.get(rec.SandboxRecord, share)
         if owner.shares is not None:
             # Sharing a sharer means sharing its owner: one owner, one check on delete.
-            owner = rt.sandbox_record(owner.shares)
+            owner = rt.state.get(rec.SandboxRecord, owner.shares)
     sandbox_id = new_id()
     record = _draft(
         rt,
@@ -384,19 +385,15 @@ def create_sandbox(
     # The owner is locked too: it cannot be deleted while a sharer of it is being made.
     lock = rt.locks.operation(sandboxes=[sandbox_id, None if owner is None else owner.id])
     with lock, Steps(f"create sandbox {name}") as undo:
-        with rt.store.transaction() as txn:
+        with rt.state.transaction() as tx:
             if owner is not None:
-                current = txn.get("sandbox", owner.id)
-                if current is None or current["status"] != rec.READY:
+                current = tx.get(rec.SandboxRecord, owner.id)
+                if current is None or current.status != rec.READY:
                     raise Conflict(f"sandbox {owner.name!r} is being deleted or is gone; it cannot be shared")
             try:
-                txn.insert("sandbox.name", name, {"id": sandbox_id})
+                tx.add(record)
             except KeyTaken as exc:
                 raise AlreadyExists(f"sandbox {name!r} already exists; pick another name or delete it first") from exc
-            txn.insert("sandbox", sandbox_id, rec.to_json(record))
-            if record.shares:
-                # Indexed so that deleting an owner finds its sharers without reading every sandbox.
-                txn.put("sandbox.sharer", f"{record.shares}/{sandbox_id}", {"id": sandbox_id})
         undo.done("record", lambda: _forget(rt, record))
         if mode == rec.PRIVATE:
             ns = netns.create(record.netns_path, loopback_up=True)
@@ -412,21 +409,17 @@ def create_sandbox(
 
 def mark_ready(rt: Runtime, record: rec.SandboxRecord) -> rec.SandboxRecord:
     """Mark a sandbox created with ``ready=False`` as done; the record as stored."""
-    with rt.store.transaction() as txn:
-        current = txn.get("sandbox", record.id)
+    with rt.state.transaction() as tx:
+        current = tx.get(rec.SandboxRecord, record.id)
         if current is None:
             raise NotFound(f"sandbox {record.name!r} vanished while it was being created; create it again")
-        record = attrs.evolve(rec.from_json(rec.SandboxRecord, current), status=rec.READY)
-        txn.put("sandbox", record.id, rec.to_json(record))
+        record = attrs.evolve(current, status=rec.READY)
+        tx.put(record)
     return record
 
 
 def _forget(rt: Runtime, record: rec.SandboxRecord) -> None:
-    with rt.store.transaction() as txn:
-        txn.delete("sandbox.name", record.name)
-        if record.shares:
-            txn.delete("sandbox.sharer", f"{record.shares}/{record.id}")
-        txn.delete("sandbox", record.id)
+    rt.state.remove(record)
 
 
 def _read(path: str) -> str:
@@ -511,12 +504,12 @@ def check_join(rt: Runtime, sandbox: rec.SandboxRecord, network: rec.NetworkReco
             private one joins the host network; ``none`` is combined with others.
     """
     if sandbox.mode == rec.CONTAINER:
-        owner = rt.sandbox_record(sandbox.shares or "").name
+        owner = rt.state.get(rec.SandboxRecord, sandbox.shares or "").name
         raise InvalidConfig(
             f"sandbox {sandbox.name!r} uses the namespace of sandbox {owner!r}; connect {owner!r} to "
             f"{network.name!r} instead"
         )
-    joined = [rt.network_record(e.network_id) for e in joined_endpoints(rt, sandbox.id)]
+    joined = [rt.state.get(rec.NetworkRecord, e.network_id) for e in joined_endpoints(rt, sandbox.id)]
     if sandbox.mode == rec.HOST and (not host_stack or joined):
         raise InvalidConfig(
             f"sandbox {sandbox.name!r} uses the host's own stack; it cannot join network {network.name!r}"
@@ -542,7 +535,7 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
 
     with rt.locks.operation(sandboxes=[sandbox.id]):
         try:
-            sandbox = rt.reload(sandbox)
+            sandbox = rt.state.reload(sandbox)
         except NotFound:
             return
         sharers = sharers_of(rt, sandbox.id)
@@ -552,15 +545,13 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
                 f"sandbox {sandbox.name!r} is shared by {names} (network='container:{sandbox.name}'); "
                 "delete those first"
             )
-        with rt.store.transaction() as txn:
-            sandbox = attrs.evolve(sandbox, status=rec.DELETING)
-            txn.put("sandbox", sandbox.id, rec.to_json(sandbox))
+        sandbox = rt.state.put(attrs.evolve(sandbox, status=rec.DELETING))
         # The namespace and files stay until every endpoint is out: a retry or reconcile finishes the job.
         with Teardown(f"delete sandbox {sandbox.name}") as teardown:
             teardown.run("drop legacy links", lambda: _links.drop_links(rt, sandbox.id))
             joined = joined_endpoints(rt, sandbox.id)
             # Owned but no longer joined (left, or a crash before the join): deleted all the same.
-            unjoined = [e for e in rt.endpoints_owned_by(sandbox.id) if e.id not in {j.id for j in joined}]
+            unjoined = [e for e in rt.state.endpoints_owned_by(sandbox.id) if e.id not in {j.id for j in joined}]
             for endpoint in [*reversed(joined), *unjoined]:
                 if endpoint.owned_by_sandbox and endpoint.owner_sandbox_id in (None, sandbox.id):
                     teardown.run(f"delete endpoint {endpoint.name}", functools.partial(delete_endpoint, rt, endpoint))

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from cnm import Controller, IPAMConfig, PortBinding, errors
-from cnm import _records as rec
+from cnm._core import records as rec
 from cnm.kernel import addresses, links, netns, sysctl
 from cnm.kernel.netns import NetNS
 from cnm.ovsdb import Ovsdb, PortSpec
@@ -62,8 +62,8 @@ def owned_rows(db: Ovsdb, owner: str) -> list[str]:
 def check_ovs_invariants(ctl: Controller, db: Ovsdb) -> None:
     """The store, the kernel and OVSDB agree after a reconcile; nothing is held twice or leaked."""
     rt = ctl._rt
-    networks = rt.list_records("network", rec.NetworkRecord)
-    endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+    networks = rt.state.list(rec.NetworkRecord)
+    endpoints = rt.state.list(rec.EndpointRecord)
     ovs_nets = {n.id: n for n in networks if n.driver == "ovs"}
     joined = {e.id: e for e in endpoints if e.sandbox_id and e.network_id in ovs_nets}
     # Host ends of veths: exactly those of joined endpoints.

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from cnm import Controller, IPAMConfig, PortBinding, errors
-from cnm import _records as rec
+from cnm._core import records as rec
 from cnm.firewall.nftables import NftablesFirewall
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
@@ -43,8 +43,8 @@ _OWN_LINK = re.compile(r"^(cnm0|cnm-[0-9a-f]{11}|cnm[0-9a-f]{12})$")
 def check_invariants(ctl: Controller) -> None:
     """The store and the kernel agree, and nothing is held twice or leaked (bridge networks)."""
     rt = ctl._rt
-    networks = rt.list_records("network", rec.NetworkRecord)
-    endpoints = rt.list_records("endpoint", rec.EndpointRecord)
+    networks = rt.state.list(rec.NetworkRecord)
+    endpoints = rt.state.list(rec.EndpointRecord)
     bridge_ids = {n.id for n in networks if n.driver == "bridge"}
     # Links: exactly the bridges of the networks and the veths of joined endpoints.
     expected = {str(n.options.get("bridge_name") or "cnm-" + n.id[:11]) for n in networks if n.id in bridge_ids}
@@ -63,9 +63,9 @@ def check_invariants(ctl: Controller) -> None:
 def check_common_invariants(ctl: Controller) -> None:
     """What holds whatever the drivers: settled records, namespaces, interfaces, allocations, rules."""
     rt = ctl._rt
-    networks = rt.list_records("network", rec.NetworkRecord)
-    endpoints = rt.list_records("endpoint", rec.EndpointRecord)
-    sandboxes = rt.list_records("sandbox", rec.SandboxRecord)
+    networks = rt.state.list(rec.NetworkRecord)
+    endpoints = rt.state.list(rec.EndpointRecord)
+    sandboxes = rt.state.list(rec.SandboxRecord)
     assert all(r.status == rec.READY for r in networks + endpoints), "an operation was left in flight"
     assert all(s.status in (rec.READY, "dead") for s in sandboxes)
     owners = {s.id for s in sandboxes}
@@ -78,7 +78,7 @@ def check_common_invariants(ctl: Controller) -> None:
         assert NetNS(s.netns_path).exists() == (s.status == rec.READY)
     for e in endpoints:
         if e.sandbox_id:
-            sandbox = rt.sandbox_record(e.sandbox_id)
+            sandbox = rt.state.get(rec.SandboxRecord, e.sandbox_id)
             with NetNS(sandbox.netns_path).netlink() as nl:
                 assert links.get_link(nl, e.ifname or "") is not None, f"{e.name} has no {e.ifname} in its sandbox"
     # Addresses and ports: held once, by someone who exists.
@@ -413,14 +413,13 @@ def test_an_owned_endpoint_goes_with_its_sandbox_even_after_a_leave(controller: 
 
 def test_reconcile_deletes_an_owned_endpoint_whose_sandbox_is_gone(controller: Controller) -> None:
     from cnm.kernel import netns
-    from cnm.sandbox import _forget
 
     net = controller.create_network("orph", ipam=IPAMConfig(subnet="10.17.0.0/24"))
     sb = controller.create_sandbox("a", network="orph", ports=[PortBinding(container_port=80, host_port=8083)])
     sb.endpoints()[0].leave()
     # What an older cnm's delete left: the sandbox gone, the endpoint it made still there.
     netns.remove(sb.netns_path)
-    _forget(controller._rt, sb._record)
+    controller._rt.state.remove(sb._record)
     report = controller.reconcile()
     assert "deleted endpoint a, whose sandbox is gone" in report.actions
     assert net.endpoints() == []

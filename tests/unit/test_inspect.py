@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cnm import _inspect
-from cnm import _records as rec
+from cnm._core import inspect as _inspect
+from cnm._core import records as rec
 from cnm.controller import DEFAULT_BRIDGE, DEFAULT_BRIDGE_OPTIONS
 from cnm.types import PortBinding
 

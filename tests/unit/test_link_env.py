@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cnm import _inspect, etchosts
-from cnm import _records as rec
+from cnm import etchosts
+from cnm._core import inspect as _inspect
+from cnm._core import records as rec
 from cnm.errors import InvalidConfig
 from cnm.links import hosts_names, link_env, parse_exposed
 

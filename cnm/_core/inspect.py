@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cnm import _records as rec
+from cnm._core import records as rec
 
 __all__ = ["endpoint_settings", "network", "sandbox"]
 

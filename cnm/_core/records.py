@@ -7,11 +7,15 @@ from finished state.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+import re
+import secrets
 from typing import Any, TypeVar
 
 import attrs
 
+from cnm.errors import InvalidConfig
 from cnm.types import PortBinding
 
 __all__ = [
@@ -20,8 +24,11 @@ __all__ = [
     "NetworkRecord",
     "SandboxRecord",
     "from_json",
+    "new_id",
+    "now",
     "ports_from_json",
     "ports_to_json",
+    "validate_name",
 ]
 
 _R = TypeVar("_R")
@@ -30,11 +37,34 @@ _R = TypeVar("_R")
 CREATING = "creating"
 READY = "ready"
 DELETING = "deleting"
+DEAD = "dead"
+"""Status of a sandbox whose namespace disappeared (e.g. after a host reboot); set by reconcile."""
 
 # Sandbox modes: whose network namespace a sandbox uses.
 PRIVATE = "private"  # its own, created with it and removed with it
 HOST = "host"  # the controller's host namespace, never removed
 CONTAINER = "container"  # another sandbox's, with that sandbox's files (``shares``)
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+
+
+def new_id() -> str:
+    """A fresh 64-hex-digit object id."""
+    return secrets.token_hex(32)
+
+
+def now() -> str:
+    """The current time in RFC 3339, as Docker prints it."""
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def validate_name(name: str, what: str) -> str:
+    """Refuse names Docker would refuse."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidConfig(
+            f"invalid {what} name {name!r}: use 1-128 characters [a-zA-Z0-9_.-], starting with a letter or digit"
+        )
+    return name
 
 
 @attrs.frozen(kw_only=True)
