@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import secrets
@@ -10,22 +9,21 @@ from collections.abc import Mapping, Sequence
 
 from cnm._core import records as rec
 from cnm._core.locks import StateLocks
-from cnm._core.records import validate_name
+from cnm._core.ops import networks, sandboxes
+from cnm._core.reconcile import reapply_firewall, reconcile
 from cnm._core.runtime import Runtime
 from cnm._core.state import State
 from cnm.driverapi import DriverContext, owner_mark
-from cnm.errors import InvalidConfig, NotFound
+from cnm.errors import NotFound
 from cnm.firewallapi import ClosableFirewall, Firewall, open_firewall
+from cnm.handles import Network, Sandbox
 from cnm.ipam import LocalIpam
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.network import Network, create_network
 from cnm.portmapper import PortAllocator, read_ephemeral_range
-from cnm.reconcile import ReconcileReport, reapply_firewall, reconcile
 from cnm.registry import DriverRegistry
-from cnm.sandbox import Sandbox, create_sandbox, delete_sandbox, mark_ready
 from cnm.store import KeyTaken, SqliteStore
-from cnm.types import IPAMConfig, PortBinding, PortRange
+from cnm.types import IPAMConfig, PortBinding, PortRange, ReconcileReport
 
 __all__ = ["DEFAULT_BRIDGE", "Controller", "default_bridge_name"]
 
@@ -165,7 +163,7 @@ class Controller:
             existing = self._network_names()
             for name, driver, options in wanted:
                 if name not in existing and driver in installed:
-                    create_network(
+                    networks.create_network(
                         self._rt,
                         name,
                         driver=driver,
@@ -232,9 +230,10 @@ class Controller:
 
         On any error nothing is left behind.
         """
-        return create_network(
+        record = networks.create_network(
             self._rt, name, driver=driver, ipam=ipam, options=options, internal=internal, labels=labels
         )
+        return Network(self._rt, record)
 
     def networks(self) -> list[Network]:
         """Every network, in name order."""
@@ -302,77 +301,19 @@ class Controller:
 
         On any error nothing is left behind.
         """
-        from cnm._core import records as rec
-        from cnm.endpoint import create_endpoint, join
-        from cnm.links import create_link
-        from cnm.steps import Steps
-
-        def make(mode: str, share: str | None = None, network_mode: str = "", *, ready: bool = True) -> Sandbox:
-            return create_sandbox(
-                self._rt,
-                name,
-                hostname=hostname,
-                dns=dns,
-                dns_search=dns_search,
-                dns_options=dns_options,
-                mode=mode,
-                share=share,
-                network_mode=network_mode,
-                exposed=exposed,
-                ready=ready,
-            )
-
-        if ports and not network:
-            raise InvalidConfig("ports need a network to publish them on; add network=")
-        if links and (not network or network.startswith("container:")):
-            raise InvalidConfig("links need a network the sandbox joins; add network= (not container mode)")
-        with self._rt.locks.operation():
-            for target, alias in links:
-                # Refused before anything is created; that the two meet on the network is checked at link time.
-                validate_name(alias, "link alias")
-                self._rt.state.get(rec.SandboxRecord, target)
-            if len({alias for _, alias in links}) != len(links):
-                raise InvalidConfig(f"links {list(links)!r} use one alias twice; give each link its own alias")
-            if not network:
-                return make(rec.PRIVATE)
-            if network.startswith("container:"):
-                if ports:
-                    raise InvalidConfig(
-                        f"sandbox {name!r} uses another sandbox's namespace; publish ports on that one instead"
-                    )
-                return make(rec.CONTAINER, share=network.removeprefix("container:"))
-            net = self._rt.state.get(rec.NetworkRecord, network)
-            # Host mode is whatever network gives the host's own stack (the host driver's).
-            host_stack = not self.registry.get(net.driver).capabilities.needs_sandbox_netns
-            # The sandbox stays "creating" until the endpoint, the join and the links are all made:
-            # reconcile rolls back a crash anywhere in between as one call (the endpoint, found by
-            # its owner id, goes with the sandbox), never leaving half of it.
-            with Steps(f"create sandbox {name} on network {net.name}") as steps:
-                sandbox = steps.run(
-                    "create the sandbox",
-                    lambda: make(rec.HOST if host_stack else rec.PRIVATE, network_mode=net.name, ready=False),
-                    undo=lambda: delete_sandbox(self._rt, sandbox._record),  # its endpoint and links go with it
-                )
-                endpoint = steps.run(
-                    "create its endpoint",
-                    lambda: create_endpoint(self._rt, net, name, ports=ports, owner_sandbox_id=sandbox.id),
-                )
-                steps.run("join", lambda: join(self._rt, endpoint._record, sandbox._record))
-                for target, alias in links:
-                    steps.run(
-                        f"link {alias}",
-                        functools.partial(
-                            create_link,
-                            self._rt,
-                            sandbox._record,
-                            target,
-                            alias,
-                            network=net.name,
-                            source_creating=True,
-                        ),
-                    )
-                done = steps.run("mark it ready", lambda: mark_ready(self._rt, sandbox._record))
-            return Sandbox(self._rt, done)
+        record = sandboxes.create_sandbox(
+            self._rt,
+            name,
+            hostname=hostname,
+            network=network,
+            ports=ports,
+            dns=dns,
+            dns_search=dns_search,
+            dns_options=dns_options,
+            exposed=exposed,
+            links=links,
+        )
+        return Sandbox(self._rt, record)
 
     def sandboxes(self) -> list[Sandbox]:
         """Every sandbox, in name order."""

@@ -14,7 +14,10 @@ import attrs
 
 from cnm.types import IPAddress
 
-__all__ = ["STANDARD_BLOCK", "HostEntry", "render", "write"]
+__all__ = ["HOST_HOSTS", "STANDARD_BLOCK", "HostEntry", "render", "write"]
+
+HOST_HOSTS = "/etc/hosts"
+"""The host's hosts file, copied into host-mode sandboxes."""
 
 STANDARD_BLOCK = (
     "127.0.0.1\tlocalhost\n"

@@ -22,6 +22,7 @@ __all__ = [
     "Pool",
     "PortBinding",
     "PortRange",
+    "ReconcileReport",
     "TransportProtocol",
 ]
 
@@ -352,7 +353,7 @@ class PortBinding:
             (or the network's ``host_binding_ipv4`` option). An IPv6 one is
             refused with :class:`InvalidConfig` until ports are published over IPv6.
 
-    An endpoint's :attr:`~cnm.endpoint.Endpoint.ports` returns the bindings
+    An endpoint's :attr:`~cnm.handles.Endpoint.ports` returns the bindings
     resolved: ``host_port`` holds the port(s) taken and ``host_ip`` the address
     actually bound, ``0.0.0.0`` for every address (as Docker shows it).
     A single port compares equal to its number: ``binding.host_port == 8080``.
@@ -432,3 +433,23 @@ class Pool:
     id: str
     subnet: IPNetwork
     ip_range: IPNetwork | None = None
+
+
+@attrs.frozen
+class ReconcileReport:
+    """What :meth:`cnm.Controller.reconcile` did, one line per action.
+
+    Attributes:
+        actions: each repair, in the order it was made.
+        errors: repairs that failed (the next reconcile retries them).
+    """
+
+    actions: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.actions or self.errors)
+
+    def __str__(self) -> str:
+        lines = list(self.actions) + [f"FAILED: {e}" for e in self.errors]
+        return "\n".join(lines) if lines else "nothing to do"

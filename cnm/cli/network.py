@@ -8,8 +8,7 @@ from typing import Any, TextIO
 
 from cnm import Controller, IPAMConfig, errors
 from cnm.cli._common import Leaf, each, key_value, link, print_inspect, print_json, print_table
-from cnm.endpoint import Endpoint
-from cnm.network import Network
+from cnm.handles import Endpoint, Network
 from cnm.steps import Steps
 
 __all__ = ["add_commands"]

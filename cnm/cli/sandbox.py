@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from cnm import Controller, PortBinding, errors
 from cnm.cli._common import Leaf, RunFailed, UsageError, each, key_value, link, print_inspect, print_json, print_table
-from cnm.sandbox import Sandbox
+from cnm.handles import Sandbox
 
 __all__ = ["add_commands"]
 

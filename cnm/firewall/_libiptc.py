@@ -48,9 +48,10 @@ def load_iptc() -> Any:
         if found:
             os.environ["XTABLES_LIBDIR"] = found[0]
     try:
-        import iptc  # imported on first use: importing it loads kernel modules and C libraries
-        import iptc.ip4tc
-        import iptc.xtables
+        # Imported on first use (each line noqa PLC0415): importing iptc loads kernel modules and C libraries.
+        import iptc  # noqa: PLC0415
+        import iptc.ip4tc  # noqa: PLC0415
+        import iptc.xtables  # noqa: PLC0415
     except Exception as exc:  # any import failure (missing C library, no extensions dir) makes the backend unusable
         raise KernelError(
             f"python-iptables cannot be loaded ({type(exc).__name__}: {exc}); "
@@ -62,7 +63,7 @@ def load_iptc() -> Any:
 @contextlib.contextmanager
 def iptc_errors(what: str) -> Iterator[None]:
     """The one place where python-iptables errors become :class:`KernelError`."""
-    import iptc.xtables  # only ever entered in the worker, after load_iptc
+    import iptc.xtables  # noqa: PLC0415 - only ever entered in the worker, after load_iptc
 
     try:
         yield

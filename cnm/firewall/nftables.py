@@ -73,7 +73,7 @@ _INSTALL_HINT = "install the libnftables Python bindings (Debian: apt-get instal
 def _load_nftables() -> Any:
     """Import the libnftables bindings, saying how to install them when they are missing."""
     try:
-        import nftables  # imported on first use, in the worker: it loads libnftables
+        import nftables  # noqa: PLC0415 - imported on first use, in the worker: it loads libnftables
     except ImportError as exc:
         raise KernelError(f"the nftables firewall backend cannot load libnftables ({exc}); {_INSTALL_HINT}") from exc
     return nftables

@@ -20,11 +20,13 @@ import pickle
 import re
 import signal
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import attrs
+from pyroute2 import IPRoute
 
 from cnm.errors import CNMError, KernelError
 from cnm.kernel.errors import map_netlink_errors
@@ -176,8 +178,6 @@ class NetNS:
         ``routes``; open one per operation and reuse it for every call of that
         operation (opening costs about a millisecond).
         """
-        from pyroute2 import IPRoute
-
         with map_netlink_errors(f"open netlink in {self.name}"):
             sock = self.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
             ipr = IPRoute(fileno=sock.detach())
@@ -248,8 +248,6 @@ class Netlink:
 def _is_netns_fd(fd: int) -> bool:
     # An nsfs file reports the namespace type through ioctl NS_GET_NSTYPE; a
     # plain file left behind by a crash does not.
-    import fcntl
-
     ns_get_nstype = 0xB703
     try:
         return fcntl.ioctl(fd, ns_get_nstype) == _CLONE_NEWNET
@@ -307,8 +305,6 @@ _IFF_UP = 0x1
 
 def _set_up_by_ioctl(ifname: str) -> None:
     """Bring ``ifname`` up in the calling thread's namespace with the classic interface ioctls."""
-    import fcntl
-    import struct
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         name = ifname.encode()

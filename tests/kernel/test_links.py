@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from cnm import Controller, IPAMConfig, PortBinding, errors
+from cnm.handles import Network, Sandbox
 from cnm.kernel.netns import NetNS
-from cnm.network import Network
-from cnm.sandbox import Sandbox
 from cnm.testing.hosts import iptables_save
 from cnm.testing.traffic import probe, serve
 

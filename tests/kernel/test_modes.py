@@ -19,11 +19,11 @@ import pytest
 
 from cnm import Controller, IPAMConfig, PortBinding
 from cnm.errors import Conflict, InvalidConfig, SandboxNotFound
-from cnm.etchosts import STANDARD_BLOCK
+from cnm.etchosts import HOST_HOSTS, STANDARD_BLOCK
+from cnm.handles import Sandbox
 from cnm.kernel import routes
 from cnm.kernel.netns import NetNS
 from cnm.resolvconf import HOST_RESOLV_CONF, read_host, render
-from cnm.sandbox import HOST_HOSTS, Sandbox
 from cnm.testing.hosts import Outside
 from cnm.testing.traffic import probe, serve
 

@@ -17,9 +17,9 @@ import pytest
 
 from cnm import Controller, IPAMConfig
 from cnm.etchosts import STANDARD_BLOCK
+from cnm.handles import Sandbox
 from cnm.kernel import routes
 from cnm.kernel.sysctl import get_sysctl, set_sysctl
-from cnm.sandbox import Sandbox
 from cnm.testing.hosts import Outside
 from cnm.testing.traffic import ping, probe, serve
 

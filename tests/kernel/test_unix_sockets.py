@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cnm import Controller
-from cnm.sandbox import Sandbox
+from cnm.handles import Sandbox
 from cnm.testing.traffic import probe_unix, serve_unix
 
 pytestmark = pytest.mark.kernel

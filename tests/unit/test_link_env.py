@@ -16,7 +16,7 @@ from cnm import etchosts
 from cnm._core import inspect as _inspect
 from cnm._core import records as rec
 from cnm.errors import InvalidConfig
-from cnm.links import hosts_names, link_env, parse_exposed
+from cnm.legacy_links import hosts_names, link_env, parse_exposed
 
 DOCKER = Path(__file__).parents[1] / "kernel" / "golden" / "links"
 

@@ -16,7 +16,7 @@ from cnm.kernel import links, netns
 @scenario("ovs", "an Open vSwitch network spanning two hosts, over VXLAN and then GRE")
 def _ovs(demo: Demo) -> Iterator[str]:
     # cnm.testing.ovs imports pytest; only this scenario needs it.
-    from cnm.testing.ovs import OvsDaemons, add_underlay_bridge, ovs_available
+    from cnm.testing.ovs import OvsDaemons, add_underlay_bridge, ovs_available  # noqa: PLC0415 - needs pytest
 
     reason = ovs_available()
     expect(reason is None, f"cannot run Open vSwitch here: {reason}")

@@ -12,11 +12,9 @@ from typing import cast
 import attrs
 
 from cnm.driverapi import JoinResult, PortPublisher
-from cnm.endpoint import Endpoint
 from cnm.errors import EndpointJoined, InvalidConfig, NotFound
+from cnm.handles import Endpoint, Network, Sandbox
 from cnm.kernel import addresses, links, routes
-from cnm.network import Network
-from cnm.sandbox import Sandbox
 from cnm.testing.conformance.rules import InjectedFailure
 from cnm.testing.conformance.spies import Call
 from cnm.testing.conformance.world import Snapshot, World, link_names

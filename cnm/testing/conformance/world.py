@@ -17,13 +17,11 @@ import attrs
 
 from cnm.controller import Controller
 from cnm.driverapi import Capabilities, Driver, DriverContext, JoinResult, PortPublisher
-from cnm.endpoint import Endpoint
 from cnm.firewall.iptables import IptablesFirewall
+from cnm.handles import Endpoint, Network, Sandbox
 from cnm.kernel import addresses, links, netns, routes
 from cnm.kernel.netns import NetNS
-from cnm.network import Network
 from cnm.registry import DriverFactory, DriverRegistry
-from cnm.sandbox import Sandbox
 from cnm.testing.conformance.rules import RULES, ConformanceError, Rule
 from cnm.testing.conformance.spies import CheckedFirewall, DriverSpy, PublishingSpy
 from cnm.testing.hosts import settled, stop_process, unmount_sandboxes

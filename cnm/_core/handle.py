@@ -1,4 +1,4 @@
-"""The base of the public CNM objects: a handle on one stored record (internal)."""
+"""The base of the public handles (:mod:`cnm.handles`): a handle on one stored record (internal)."""
 
 from __future__ import annotations
 

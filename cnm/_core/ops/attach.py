@@ -1,0 +1,254 @@
+"""Joining an endpoint to a sandbox and leaving it again (internal).
+
+A join records the intent (the endpoint ``creating`` in its sandbox), has the
+driver make the interface, configures it in the sandbox, publishes the ports,
+then settles the record and refreshes the sandbox's default route and hosts
+file; every step is undone if a later one fails. A leave goes the other way and
+goes on past failures (:class:`cnm.steps.Teardown`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+
+import attrs
+
+from cnm._core import records as rec
+from cnm._core import views
+from cnm._core.ops.legacy_links import drop_links
+from cnm._core.ops.refresh import refresh_files, update_gateway
+from cnm._core.runtime import Runtime
+from cnm.driverapi import JoinResult, PortPublisher
+from cnm.errors import AlreadyConnected, EndpointJoined, InvalidConfig, NotFound
+from cnm.kernel import addresses, links, routes
+from cnm.kernel.netns import Netlink
+from cnm.steps import Concurrent, Steps, Teardown
+
+__all__ = ["check_join", "join", "leave", "lock_endpoint", "save"]
+
+log = logging.getLogger(__name__)
+
+
+def save(rt: Runtime, record: rec.EndpointRecord) -> rec.EndpointRecord:
+    """Store an endpoint record as it is now; the record."""
+    return rt.state.put(record)
+
+
+def _next_ifname(rt: Runtime, sandbox: rec.SandboxRecord) -> str:
+    # One past the highest index in use, so names follow join order even after
+    # a leave (eth0 leaves, the next join is eth2 next to eth1), as Docker's are.
+    used = [
+        int(e.ifname[3:])
+        for e in rt.state.endpoints_of_sandbox(sandbox.id)
+        if e.ifname and e.ifname.startswith("eth") and e.ifname[3:].isdigit()
+    ]
+    return f"eth{max(used, default=-1) + 1}"
+
+
+def check_join(rt: Runtime, sandbox: rec.SandboxRecord, network: rec.NetworkRecord, *, host_stack: bool) -> None:
+    """Refuse a join the sandbox's mode does not allow, as ``docker network connect`` does.
+
+    Args:
+        rt: the controller's runtime.
+        sandbox: the sandbox about to be joined.
+        network: the endpoint's network.
+        host_stack: the network's driver gives the host's own stack (needs no
+            namespace of the sandbox's own: the host driver).
+
+    Raises:
+        InvalidConfig: a sharer joins anything; a host-mode sandbox joins a
+            network that needs its own namespace, or a second network; a
+            private one joins the host network; ``none`` is combined with others.
+    """
+    if sandbox.mode == rec.CONTAINER:
+        owner = rt.state.get(rec.SandboxRecord, sandbox.shares or "").name
+        raise InvalidConfig(
+            f"sandbox {sandbox.name!r} uses the namespace of sandbox {owner!r}; connect {owner!r} to "
+            f"{network.name!r} instead"
+        )
+    joined = [rt.state.get(rec.NetworkRecord, e.network_id) for e in rt.state.endpoints_of_sandbox(sandbox.id)]
+    if sandbox.mode == rec.HOST and (not host_stack or joined):
+        raise InvalidConfig(
+            f"sandbox {sandbox.name!r} uses the host's own stack; it cannot join network {network.name!r}"
+        )
+    if sandbox.mode != rec.HOST and host_stack:
+        raise InvalidConfig(
+            f"network {network.name!r} gives the host's own stack; only a sandbox created with "
+            f"network={network.name!r} can be on it"
+        )
+    if joined and (network.driver == "null" or any(n.driver == "null" for n in joined)):
+        raise InvalidConfig(
+            f"sandbox {sandbox.name!r} cannot be on a null network ('none') and on others at once; disconnect it first"
+        )
+
+
+def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, *, ifname: str | None = None) -> None:
+    """Join ``endpoint`` to ``sandbox``: driver join, address, routes, published ports, hosts file.
+
+    ``ifname`` is the interface name to use, for a rejoin that keeps the one
+    the endpoint had; the next free ethN by default.
+    """
+    with rt.locks.operation(sandboxes=[sandbox.id], networks=[endpoint.network_id]):
+        endpoint = rt.state.reload(endpoint)
+        sandbox = rt.state.reload(sandbox)
+        if endpoint.sandbox_id is not None:
+            if endpoint.sandbox_id == sandbox.id:
+                return
+            other = rt.state.get(rec.SandboxRecord, endpoint.sandbox_id).name
+            raise EndpointJoined(f"endpoint {endpoint.name!r} is already joined to sandbox {other!r}; leave it first")
+        network = rt.state.get(rec.NetworkRecord, endpoint.network_id)
+        # Docker's rule: one endpoint per network per sandbox; a second would be two interfaces on one subnet.
+        connected = [e.name for e in rt.state.endpoints_of_network(network.id) if e.sandbox_id == sandbox.id]
+        if connected:
+            raise AlreadyConnected(
+                f"sandbox {sandbox.name!r} is already connected to network {network.name!r} through endpoint "
+                f"{connected[0]!r}; leave that endpoint first, or join {endpoint.name!r} to another sandbox"
+            )
+        drv = rt.driver(network)
+        check_join(rt, sandbox, network, host_stack=not drv.capabilities.needs_sandbox_netns)
+        ifname = ifname or _next_ifname(rt, sandbox)
+        seq = sandbox.join_counter + 1
+        with (
+            Steps(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo,
+            contextlib.ExitStack() as sockets,
+        ):
+            with rt.state.transaction() as tx:
+                endpoint = attrs.evolve(
+                    endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq, status=rec.CREATING
+                )
+                tx.put(endpoint)
+                sandbox = attrs.evolve(sandbox, join_counter=seq)
+                tx.put(sandbox)
+            undo.done(
+                "record join",
+                lambda: save(
+                    rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY)
+                ),
+            )
+            net_info, ep_info, sb_info = (
+                views.network_info(network),
+                views.endpoint_info(endpoint),
+                rt.sandbox_info(sandbox),
+            )
+            result = drv.join(net_info, ep_info, sb_info, ifname)
+            undo.done("driver join", lambda: drv.leave(net_info, ep_info, sb_info))
+            publisher = drv if ep_info.ports and isinstance(drv, PortPublisher) else None
+            # A round trip to the firewall's worker: let it overlap the interface set-up.
+            publishing = (
+                None
+                if publisher is None
+                else Concurrent(
+                    f"join endpoint {endpoint.name}",
+                    "publish ports",
+                    lambda: publisher.publish_ports(net_info, ep_info),
+                )
+            )
+            nl = None  # one socket in the sandbox, for the interface and the default route
+            try:
+                if result.interface is not None:
+                    nl = sockets.enter_context(sb_info.netns.netlink())
+                    _configure_interface(nl, endpoint, result.interface, result)
+            finally:
+                publish_error = None if publishing is None else publishing.wait()
+                if publisher is not None and publish_error is None:
+                    undo.done("publish ports", lambda: publisher.unpublish_ports(net_info, ep_info))
+            if publish_error is not None:
+                raise publish_error
+            gateway = None if result.gateway is None else str(result.gateway)
+            # A driver that makes no interface (null, host) leaves the name free.
+            endpoint = save(
+                rt,
+                attrs.evolve(
+                    endpoint, gateway=gateway, ifname=None if result.interface is None else ifname, status=rec.READY
+                ),
+            )
+            update_gateway(rt, sandbox, nl)
+            refresh_files(rt, sandbox)
+    log.info("joined endpoint %s to sandbox %s as %s", endpoint.name, sandbox.name, ifname)
+
+
+def _configure_interface(nl: Netlink, endpoint: rec.EndpointRecord, interface: str, result: JoinResult) -> None:
+    if endpoint.address is not None:
+        addresses.add_address(nl, interface, ipaddress.IPv4Interface(endpoint.address))
+    links.set_link(nl, interface, up=True)
+    for route in result.routes:
+        routes.add_route(nl, route.destination, gateway=route.next_hop, ifname=interface)
+
+
+def lock_endpoint(rt: Runtime, endpoint: rec.EndpointRecord, held: contextlib.ExitStack) -> rec.EndpointRecord | None:
+    """Lock an endpoint's sandbox (if joined) and network, in that order; the record as it is then.
+
+    The sandbox must be known before its lock is taken, and may change while
+    the lock is awaited (another thread joined or left): then try again.
+    """
+    while True:
+        try:
+            before: rec.EndpointRecord = rt.state.reload(endpoint)
+        except NotFound:
+            return None
+        attempt = contextlib.ExitStack()
+        attempt.enter_context(rt.locks.operation(sandboxes=[before.sandbox_id], networks=[before.network_id]))
+        try:
+            now_: rec.EndpointRecord = rt.state.reload(endpoint)
+        except NotFound:
+            attempt.close()
+            return None
+        if now_.sandbox_id == before.sandbox_id:
+            held.push(attempt)
+            return now_
+        attempt.close()
+
+
+def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False, refresh: bool = True) -> None:
+    """Leave the endpoint's sandbox: drop its links there, withdraw ports, driver leave, move the route, update files.
+
+    ``keep_links`` keeps the sandbox's links on the network, for a leave that
+    is followed at once by a join of the same endpoint (same address).
+    ``refresh=False`` leaves the sandbox's default route and files as they
+    are, for a leave whose join follows at once and redoes both.
+    """
+    with contextlib.ExitStack() as held:
+        current = lock_endpoint(rt, endpoint, held)
+        if current is None or current.sandbox_id is None:
+            return
+        endpoint = current
+        network = rt.state.get(rec.NetworkRecord, endpoint.network_id)
+        sandbox = rt.state.get(rec.SandboxRecord, current.sandbox_id)
+        drv = rt.driver(network)
+        if not keep_links:
+            # Before the status changes: a link stands only while both ends are joined.
+            drop_links(rt, sandbox.id, network.id)
+        endpoint = save(rt, attrs.evolve(endpoint, status=rec.DELETING))
+        net_info, ep_info, sb_info = (
+            views.network_info(network),
+            views.endpoint_info(endpoint),
+            rt.sandbox_info(sandbox),
+        )
+        # The firewall round trip overlaps the driver's leave; both are idempotent, so a crash
+        # between them leaves a DELETING record that reconcile finishes.
+        unpublishing = (
+            Concurrent(
+                f"leave endpoint {endpoint.name}", "unpublish ports", lambda: drv.unpublish_ports(net_info, ep_info)
+            )
+            if ep_info.ports and isinstance(drv, PortPublisher)
+            else None
+        )
+        # Both steps are tried and both failures reported: the firewall rules and the interface are separate leaks.
+        with Teardown(f"leave endpoint {endpoint.name} from sandbox {sandbox.name}") as teardown:
+            try:
+                teardown.run("driver leave", lambda: drv.leave(net_info, ep_info, sb_info))
+            finally:
+                unpublish_error = None if unpublishing is None else unpublishing.wait()
+            if isinstance(unpublish_error, Exception):
+                unpublish_error.add_note(f"in step 'unpublish ports' of {teardown.operation}")
+                teardown.add(unpublish_error)
+            elif unpublish_error is not None:
+                raise unpublish_error
+        save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
+        if refresh and not sb_info.closing:
+            # A closing sandbox's routes and files go with its namespace and directory.
+            update_gateway(rt, sandbox)
+            refresh_files(rt, sandbox)
+    log.info("endpoint %s left sandbox %s", endpoint.name, sandbox.name)

@@ -1,0 +1,107 @@
+"""What a sandbox derives from the store: its hosts, resolv.conf and hostname files, and its default route (internal).
+
+The bottom of the operations: joins, leaves and links change records, then call
+:func:`refresh_files` and :func:`update_gateway` to bring the sandbox in line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+
+from cnm import etchosts, resolvconf
+from cnm._core import records as rec
+from cnm._core.runtime import Runtime
+from cnm.errors import NotFound
+from cnm.etchosts import HostEntry
+from cnm.kernel import routes
+from cnm.kernel.netns import Netlink, NetNS
+from cnm.legacy_links import hosts_names
+
+__all__ = ["host_entries", "links_from", "refresh_files", "update_gateway", "write_files"]
+
+log = logging.getLogger(__name__)
+
+
+def links_from(rt: Runtime, sandbox_id: str) -> list[rec.LinkRecord]:
+    """The settled links a sandbox made, oldest first."""
+    return [lk for lk in rt.state.links_of(sandbox_id) if lk.source_id == sandbox_id and lk.status == rec.READY]
+
+
+def host_entries(rt: Runtime, sandbox_id: str) -> list[HostEntry]:
+    """The hosts lines of a sandbox's links, oldest link first."""
+    entries = []
+    for link in links_from(rt, sandbox_id):
+        with contextlib.suppress(NotFound):
+            target = rt.state.get(rec.SandboxRecord, link.target_id)
+            names = hosts_names(link.alias, target.hostname, target.name)
+            entries.append(HostEntry(ipaddress.IPv4Address(link.target_ip), names))
+    return entries
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def write_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
+    """Write the sandbox's hostname, hosts and resolv.conf files (a sharer has none of its own)."""
+    if sandbox.mode == rec.CONTAINER:
+        return
+    etchosts.write(os.path.join(sandbox.files_dir, "hostname"), sandbox.hostname + "\n")
+    overrides = sandbox.dns or sandbox.dns_search or sandbox.dns_options
+    if sandbox.mode == rec.HOST and not overrides:
+        # The host's stack is the sandbox's, so even a loopback resolver (a
+        # local stub) works: copy the file as it is, as Docker does.
+        resolv = _read(resolvconf.HOST_RESOLV_CONF)
+    else:
+        resolv = resolvconf.render(resolvconf.read_host(), sandbox.dns, sandbox.dns_search, sandbox.dns_options)
+    etchosts.write(os.path.join(sandbox.files_dir, "resolv.conf"), resolv)
+    if sandbox.mode == rec.HOST:
+        etchosts.write(os.path.join(sandbox.files_dir, "hosts"), _read(etchosts.HOST_HOSTS) or etchosts.STANDARD_BLOCK)
+    refresh_files(rt, sandbox)
+
+
+def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
+    """Rewrite the hosts file from the sandbox's joined endpoints (one line per address) and its links.
+
+    Only a private-mode sandbox's: a host-mode one keeps its copy of the
+    host's file, and a sharer's file is its owner's.
+    """
+    if sandbox.mode != rec.PRIVATE:
+        return
+    own = [
+        etchosts.HostEntry(ipaddress.IPv4Interface(e.address).ip, (sandbox.hostname,))
+        for e in rt.state.endpoints_of_sandbox(sandbox.id)
+        if e.address is not None
+    ]
+    path = os.path.join(sandbox.files_dir, "hosts")
+    if os.path.isdir(sandbox.files_dir):
+        etchosts.write(path, etchosts.render(own, host_entries(rt, sandbox.id)))
+
+
+def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord, nl: Netlink | None = None) -> None:
+    """Point the default route at the first-joined endpoint that offers a gateway, or remove it.
+
+    Only in a namespace the sandbox owns: the host's routes (host mode) are
+    never touched, and a sharer has no endpoints of its own. ``nl``, if
+    given, is a netlink socket already open in the sandbox's namespace.
+    """
+    if not rt.owns_netns(sandbox):
+        return
+    ns = NetNS(sandbox.netns_path)
+    if nl is None and not ns.exists():
+        return
+    gateway_ep = next((e for e in rt.state.endpoints_of_sandbox(sandbox.id) if e.gateway is not None), None)
+    with contextlib.ExitStack() as stack:
+        if nl is None or nl.netns != ns:
+            nl = stack.enter_context(ns.netlink())
+        if gateway_ep is None or gateway_ep.ifname is None or gateway_ep.gateway is None:
+            routes.delete_route(nl, ipaddress.IPv4Network("0.0.0.0/0"))
+            return
+        routes.replace_default_route(nl, ipaddress.IPv4Address(gateway_ep.gateway), gateway_ep.ifname)
