@@ -124,7 +124,7 @@ class Network(Handle[rec.NetworkRecord]):
 
         Name, Id, Created, Scope, Driver, EnableIPv6, IPAM, Internal, Attachable,
         Ingress, ConfigFrom, ConfigOnly, Containers (by sandbox id), Options
-        (as given at creation) and Labels, with Docker's quirks; see :mod:`cnm._inspect`.
+        (as given at creation) and Labels, with Docker's quirks; see :mod:`cnm._core.inspect`.
         """
 
         record = self._rt.state.reload(self._record)
