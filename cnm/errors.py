@@ -15,6 +15,10 @@ Python caller would expect::
     ├── Forbidden(PermissionError)     e.g. deleting a predefined network
     ├── KernelError(OSError)           a netlink, iptables or OVSDB call failed
     ├── ResolverError(RuntimeError)    the DNS resolver process failed to start, reload or stop
+    ├── StoreUnavailable(ConnectionError)
+    │                                  the global store (etcd) cannot be reached in time
+    ├── TransactionConflict            an optimistic store transaction kept losing to
+    │                                  concurrent writers; nothing was written
     └── TeardownIncomplete(ExceptionGroup)
                                        a best-effort teardown went on past failures;
                                        ``.exceptions`` holds every one of them
@@ -47,7 +51,9 @@ __all__ = [
     "PortInUse",
     "ResolverError",
     "SandboxNotFound",
+    "StoreUnavailable",
     "TeardownIncomplete",
+    "TransactionConflict",
 ]
 
 
@@ -121,6 +127,18 @@ class Forbidden(CNMError, PermissionError):
 
 class ResolverError(CNMError, RuntimeError):
     """The DNS resolver process (:mod:`cnm.dns`) did not start, reload or stop as asked."""
+
+
+class StoreUnavailable(CNMError, ConnectionError):
+    """The global store (etcd) did not answer in time; nothing was written."""
+
+
+class TransactionConflict(CNMError):
+    """An optimistic store transaction conflicted with concurrent writers; nothing was written.
+
+    Stores that retry (:class:`cnm.store.etcd.EtcdStore`) raise it only once
+    their bounded retries are used up.
+    """
 
 
 class KernelError(CNMError, OSError):

@@ -19,7 +19,9 @@ and kept in the store, so every IPAM on the store uses the same /48.
 
 Every read-modify-write runs in one store transaction (serialised between
 threads and processes), and the store's unique keys are the last guard: two
-requests for the same subnet or address can never both insert it.
+requests for the same subnet or address can never both insert it. On a store
+whose transactions are optimistic (etcd, shared by several hosts) each public
+call is a body :func:`cnm.store.atomic` runs again when another writer won.
 
 Dynamic allocation is first-free, and stays cheap in a big, busy pool thanks to
 two hints in the pool record, both offsets into the dynamic range: ``next``, a
@@ -31,8 +33,10 @@ lowest free address is ``free[0]`` or else the first free one from ``next`` on.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Concatenate, ParamSpec, TypeVar
 
 from cnm.errors import AddressInUse, Exhausted, InvalidConfig, NotFound, PoolOverlap
 from cnm.ipam.pools import (
@@ -47,7 +51,7 @@ from cnm.ipam.pools import (
     reserved_addresses,
     ula_base,
 )
-from cnm.store import KeyTaken, Record, Store, Transaction
+from cnm.store import KeyTaken, Record, Store, Transaction, atomic
 from cnm.types import IPAddress, IPNetwork, Pool, parse_address, parse_network
 
 __all__ = ["DEFAULT_POOLS", "LocalIpam"]
@@ -78,6 +82,20 @@ def _address_of(network: IPNetwork, offset: int) -> IPAddress:
 
 def _describe(pool_id: str, owner: str) -> str:
     return f"pool {pool_id} of {owner!r}" if owner else f"pool {pool_id}"
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _atomic(method: Callable[Concatenate[LocalIpam, _P], _R]) -> Callable[Concatenate[LocalIpam, _P], _R]:
+    # The whole call is one transaction body, so an optimistic store can run it again on conflict;
+    # the method's own transactions join the one atomic() opens.
+    @functools.wraps(method)
+    def call(self: LocalIpam, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return atomic(self._store, lambda _txn: method(self, *args, **kwargs))
+
+    return call
 
 
 def _pool_of(pool_id: str, record: Record) -> Pool:
@@ -116,6 +134,7 @@ class LocalIpam:
         self._defaults = parse_default_pools(default_pools)
         self._ula_seed = ula_seed
 
+    @_atomic
     def default_pools(self) -> tuple[DefaultPool, ...]:
         """The default pools tried in order, the unique local /48 of IPv6 networks included."""
         with self._store.transaction() as txn:
@@ -140,6 +159,7 @@ class LocalIpam:
             logger.info("default IPv6 subnets come from %s", found["subnet"])
         return parse_network(found["subnet"], "unique local base")
 
+    @_atomic
     def request_pool(
         self,
         *,
@@ -217,6 +237,7 @@ class LocalIpam:
             "give the network an explicit subnet, or configure more default pools"
         )
 
+    @_atomic
     def release_pool(self, pool_id: str) -> None:
         """Give a pool and all its addresses back; a pool already gone is fine."""
         with self._store.transaction() as txn:
@@ -243,6 +264,7 @@ class LocalIpam:
             raise NotFound(f"IPAM pool {pool_id!r} not found; it was never requested or has been released")
         return record
 
+    @_atomic
     def request_address(self, pool_id: str, address: IPAddress | None = None, *, owner: str = "") -> IPAddress:
         """Allocate an address; see :meth:`cnm.ipamapi.Ipam.request_address`."""
         with self._store.transaction() as txn:
@@ -334,6 +356,7 @@ class LocalIpam:
             f"no free address left in {where}; release some, or use a bigger subnet or ip_range for the network"
         )
 
+    @_atomic
     def release_address(self, pool_id: str, address: IPAddress) -> None:
         """Give an address back; one not allocated (or a pool already gone) is fine."""
         address = parse_address(address)

@@ -6,9 +6,15 @@ keeps two processes from allocating the same address or host port: an
 :meth:`Transaction.insert` of a taken key raises :class:`KeyTaken`.
 
 :class:`SqliteStore` is the default (one file in the controller's state_dir,
-safe between threads and processes); :class:`MemoryStore` is for unit tests.
-Transactions nest: a transaction opened while the same thread already holds
-one joins it, so a caller can make several services' writes atomic.
+safe between threads and processes); :class:`MemoryStore` is for unit tests;
+:class:`cnm.store.etcd.EtcdStore` (the ``etcd`` extra) is the global scope
+shared by several hosts. Transactions nest: a transaction opened while the same
+thread already holds one joins it, so a caller can make several services'
+writes atomic.
+
+SQLite and memory transactions hold a lock; etcd's are optimistic and can lose
+to a concurrent writer at commit. :func:`atomic` runs a transaction body so that
+it is run again in that case, on any store.
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from cnm.errors import CNMError
 
-__all__ = ["KeyTaken", "MemoryStore", "Record", "SqliteStore", "Store", "Transaction"]
+__all__ = ["KeyTaken", "MemoryStore", "Record", "RetryingStore", "SqliteStore", "Store", "Transaction", "atomic"]
 
 Record = dict[str, Any]
+T = TypeVar("T")
 
 
 class KeyTaken(CNMError):
@@ -58,6 +65,29 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the store's resources."""
+
+
+@runtime_checkable
+class RetryingStore(Store, Protocol):
+    """A store whose transactions can conflict at commit and that can run a body again."""
+
+    def run(self, body: Callable[[Transaction], T]) -> T:
+        """Run ``body`` in a transaction, again on conflict (bounded); return what it returns."""
+
+
+def atomic(store: Store, body: Callable[[Transaction], T]) -> T:
+    """Run ``body(txn)`` in one transaction of ``store`` and return its result.
+
+    On a store with optimistic transactions (etcd) the body runs again when a
+    concurrent writer won, so it must have no effect outside the transaction;
+    a body that runs inside an open transaction of this thread joins it and
+    runs once (the outermost transaction retries). On SQLite or memory it runs
+    once under the store's lock.
+    """
+    if isinstance(store, RetryingStore):
+        return store.run(body)
+    with store.transaction() as txn:
+        return body(txn)
 
 
 _SCHEMA = """
