@@ -206,6 +206,9 @@ class EtcdStore:
         self.client = EtcdClient(endpoints, timeout=timeout, ca_cert=ca_cert, cert_cert=cert_cert, cert_key=cert_key)
         self.root = f"/cnm/{cluster}/".encode()
         self.attempts = attempts
+        #: Transaction bodies :meth:`run` ran again after a conflict, since the store was opened.
+        self.conflicts = 0
+        self._count_lock = threading.Lock()
         self._local = threading.local()
 
     @classmethod
@@ -258,18 +261,20 @@ class EtcdStore:
         if self.in_transaction:
             with self.transaction() as txn:
                 return body(txn)
-        delay = 0.002
+        delay = 0.02
         for attempt in range(1, self.attempts + 1):
             try:
                 with self.transaction() as txn:
                     return body(txn)
             except TransactionConflict:
+                with self._count_lock:
+                    self.conflicts += 1
                 if attempt == self.attempts:
                     break
                 logger.debug("etcd transaction conflicted (attempt %d of %d); running it again", attempt, self.attempts)
                 # Jittered backoff so that writers contending for the same keys spread out.
                 time.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not cryptography
-                delay = min(delay * 2, 0.25)
+                delay = min(delay * 2, 0.5)
         raise TransactionConflict(
             f"an etcd transaction conflicted with concurrent writers {self.attempts} times in a row; nothing was "
             "written: try the operation again, or spread out the writers (raise EtcdStore attempts= if this is normal)"

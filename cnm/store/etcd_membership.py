@@ -94,12 +94,14 @@ class Registration:
 
     def _register(self) -> None:
         lease = self._client.grant(self.ttl)
+        # Set before the key appears, so whoever sees the key sees this lease here too.
+        self.lease = lease
         try:
             self._client.txn([], [{"request_put": {"key": b64(self.key), "value": b64(self._value), "lease": lease}}])
         except BaseException:
+            # A failed put leaves a lease without a key: revoke it (the next renewal registers again).
             self._client.revoke(lease)
             raise
-        self.lease = lease
         logger.info("registered %s under lease %x (ttl %ds)", self.key.decode(), lease, self.ttl)
 
     def _keep_alive(self) -> None:

@@ -45,13 +45,13 @@ def test_join_and_leave_are_delivered(etcd_store: EtcdStore) -> None:
 
 
 def test_the_lease_is_kept_alive_past_its_ttl(etcd_store: EtcdStore) -> None:
-    registration = Registration(etcd_store, "mesh", "host-a", "192.0.2.1", ttl=2)
+    registration = Registration(etcd_store, "mesh", "host-a", "192.0.2.1", ttl=4)
     watch, events = _watch(etcd_store, "mesh")
     try:
         assert events.get(timeout=_WAIT).kind == "join"
-        # Three TTLs without a leave: the registration's thread renews the lease.
+        # Two TTLs without a leave: the registration's thread renews the lease (every ttl/3).
         with pytest.raises(queue.Empty):
-            events.get(timeout=6)
+            events.get(timeout=9)
         assert members(etcd_store, "mesh") == {"host-a": "192.0.2.1"}
     finally:
         watch.close()
@@ -113,17 +113,17 @@ def test_a_changed_address_is_a_new_join(etcd_store: EtcdStore) -> None:
 
 def test_watch_and_lease_survive_losing_a_member_of_three(etcd_cluster3: EtcdCluster) -> None:
     store = EtcdStore(etcd_cluster3.endpoints, cluster="c", timeout=2.0)
-    registration = Registration(store, "mesh", "host-a", "192.0.2.1", ttl=3)
+    registration = Registration(store, "mesh", "host-a", "192.0.2.1", ttl=5)
     watch, events = _watch(store, "mesh")
     try:
         assert events.get(timeout=_WAIT) == MemberEvent("join", "host-a", "192.0.2.1")
         # The watch stream and the keep-alives both go to the first member: kill it.
         etcd_cluster3.members[0].kill()
-        second = Registration(store, "mesh", "host-b", "192.0.2.2", ttl=3)
+        second = Registration(store, "mesh", "host-b", "192.0.2.2", ttl=5)
         assert events.get(timeout=_WAIT) == MemberEvent("join", "host-b", "192.0.2.2")
-        # Several TTLs later host-a is still there: its keep-alives moved on to a live member.
+        # More than a TTL later host-a is still there: its keep-alives moved on to a live member.
         with pytest.raises(queue.Empty):
-            events.get(timeout=7)
+            events.get(timeout=8)
         assert members(store, "mesh") == {"host-a": "192.0.2.1", "host-b": "192.0.2.2"}
         second.close()
         assert events.get(timeout=_WAIT) == MemberEvent("leave", "host-b", "192.0.2.2")
@@ -131,3 +131,21 @@ def test_watch_and_lease_survive_losing_a_member_of_three(etcd_cluster3: EtcdClu
         watch.close()
         registration.close()
         store.close()
+
+
+def test_a_lost_lease_is_registered_again(etcd_store: EtcdStore) -> None:
+    registration = Registration(etcd_store, "mesh", "host-a", "192.0.2.1", ttl=2)
+    watch, events = _watch(etcd_store, "mesh")
+    try:
+        assert events.get(timeout=_WAIT) == MemberEvent("join", "host-a", "192.0.2.1")
+        lost = registration.lease
+        # What etcd does when renewals could not reach it for a whole TTL: the lease and its key go.
+        etcd_store.client.revoke(lost)
+        assert events.get(timeout=_WAIT) == MemberEvent("leave", "host-a", "192.0.2.1")
+        # The next renewal finds the lease gone and registers under a new one.
+        assert events.get(timeout=_WAIT) == MemberEvent("join", "host-a", "192.0.2.1")
+        assert registration.lease != lost
+    finally:
+        watch.close()
+        registration.close()
+    assert members(etcd_store, "mesh") == {}
