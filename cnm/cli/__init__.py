@@ -12,6 +12,7 @@
             [-e KEY=VALUE] [--name N] [--hostname H] [-d] -- CMD...
     cnm exec [-d] [-e KEY=VALUE] SANDBOX -- CMD...
     cnm reconcile
+    cnm plugin serve --driver NAME [--ipam] [--socket PATH]
     cnm demo [SCENARIO...]
 
 Every command is a call (or a few) of :class:`cnm.Controller` and the objects
@@ -42,7 +43,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from cnm import Controller, errors
-from cnm.cli import network, sandbox
+from cnm.cli import network, plugin, sandbox
 from cnm.cli._common import (
     EXIT_CNM_FAILED_TO_RUN,
     EXIT_ERROR,
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     network.add_commands(commands, leaf)
     sandbox.add_commands(commands, leaf)
+    plugin.add_commands(commands, leaf)
     leaf(commands, "reconcile", _reconcile, "repair the store and the kernel after a crash; print what was done")
     p = leaf(commands, "demo", None, "run the demo of every scenario, in throwaway namespaces (python -m cnm.demo)")
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="run only these (default: all)")
@@ -169,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.handler is None:
         _run_demo(args)
     try:
-        return _dispatch(args)
+        standalone = getattr(args, "standalone", None)  # a command that needs no Controller (plugin serve)
+        return standalone(args) if standalone is not None else _dispatch(args)
     except UsageError as exc:
         command_parser: argparse.ArgumentParser = args.parser
         command_parser.error(str(exc))
