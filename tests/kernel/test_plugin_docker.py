@@ -1,0 +1,104 @@
+"""A real, unmodified Docker 20.10 engine using cnm's bridge driver and IPAM through ``cnm plugin serve``.
+
+One engine per pytest worker (tests/kernel/docker_engine.py), in a throwaway
+host namespace with an outside namespace linked to it (192.0.2.2). Skipped,
+with the reason, only where dockerd cannot run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from cnm.testing.hosts import nft_state
+from tests.kernel.docker_engine import IMAGE, PLUGIN, Engine, running_engine, unavailable
+
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")]
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    with running_engine(tmp_path_factory.mktemp("dk")) as e:
+        yield e
+
+
+def _ip_of(engine: Engine, container: str, network: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "' + network + '").IPAddress}}'
+    return engine.docker("inspect", "-f", fmt, container).stdout.strip()
+
+
+def _ping(engine: Engine, container: str, address: str) -> bool:
+    return (
+        engine.docker("exec", container, "ping", "-c", "3", "-i", "0.2", "-W", "1", address, check=False).returncode
+        == 0
+    )
+
+
+def _host_links(engine: Engine) -> set[str]:
+    out = subprocess.run(
+        ["ip", "-n", engine.host.path.rsplit("/", 1)[1], "-o", "link", "show"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def _http_from_outside(engine: Engine, port: int) -> str:
+    get = f"import urllib.request; print(urllib.request.urlopen('http://192.0.2.1:{port}/', timeout=5).read().decode())"
+    result = engine.outside.run(["python3", "-c", get], capture_output=True, text=True, timeout=30)
+    return result.stdout.strip()
+
+
+def test_containers_on_a_cnm_network_talk_reach_out_and_publish(engine: Engine) -> None:
+    d = engine.docker
+    net = "cnmnet1"
+    d("network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN, "--subnet", "10.89.1.0/24", net)
+    d("run", "-d", "--name", "a1", "--network", net, IMAGE, "sleep", "600")
+    d("run", "-d", "--name", "a2", "--network", net, "-p", "8080:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
+    a2 = _ip_of(engine, "a2", net)
+    assert a2.startswith("10.89.1.")
+    assert _ping(engine, "a1", a2)
+    assert _ping(engine, "a1", "a2")  # Docker's embedded DNS works on a remote network
+    assert _ping(engine, "a1", "192.0.2.2")  # the outside namespace, masqueraded by cnm's rules
+    assert _http_from_outside(engine, 8080) == "hello from cnm"
+    d("rm", "-f", "a1", "a2")
+    d("network", "rm", net)
+    assert not {n for n in _host_links(engine) if n.startswith("cnm")}
+    rules = nft_state(engine.host)
+    assert "10.89.1." not in rules
+    assert "8080" not in rules
+
+
+def test_connect_disconnect_and_a_plugin_killed_mid_life(engine: Engine) -> None:
+    d = engine.docker
+    net = "cnmnet2"
+    d("network", "create", "-d", PLUGIN, "--subnet", "10.89.2.0/24", net)
+    d("run", "-d", "--name", "b1", "--network", net, IMAGE, "sleep", "600")
+    d("run", "-d", "--name", "b2", IMAGE, "sleep", "600")  # on Docker's default bridge
+    d("network", "connect", net, "b2")
+    b1 = _ip_of(engine, "b1", net)
+    assert _ping(engine, "b2", b1)
+    assert "eth1" in d("exec", "b2", "ip", "-o", "link").stdout
+    d("network", "disconnect", net, "b2")
+    assert "eth1" not in d("exec", "b2", "ip", "-o", "link").stdout
+
+    engine.kill_plugin()
+    engine.start_plugin()
+    assert _ping(engine, "b1", b1)  # the network never depended on the plugin process
+    d("network", "connect", net, "b2")  # and Docker's next call finds everything it knew
+    assert _ping(engine, "b2", b1)
+    d("rm", "-f", "b1", "b2")
+    d("network", "rm", net)
+    assert not {n for n in _host_links(engine) if n.startswith("cnm")}
+    assert "10.89.2." not in nft_state(engine.host)
+
+
+def test_errors_reach_the_docker_cli(engine: Engine) -> None:
+    result = engine.docker("network", "create", "-d", PLUGIN, "-o", "nonsense=1", "cnmbad", check=False)
+    assert result.returncode != 0
+    assert "remote: unknown bridge option 'nonsense'" in result.stderr
+    assert "cnmbad" not in engine.docker("network", "ls").stdout
+    assert not {n for n in _host_links(engine) if n.startswith("cnm")}
