@@ -491,13 +491,24 @@ def render(result: Mapping[str, Any]) -> str:
         )
     for scenario, per in result["failures"].items():
         lines += ["", f"### {scenario}", ""]
-        for kind, found in per.items():
-            lines.append(f"- {labels[kind]}: `{json.dumps(found, default=_round_floats)}`")
+        for kind, reps in per.items():
+            for rep, found in enumerate(reps, 1):
+                lines.append(f"- {labels[kind]} #{rep}: {_brief(found)}")
     return "\n".join(lines)
 
 
-def _round_floats(value: Any) -> Any:
-    return round(value, 3) if isinstance(value, float) else str(value)
+def _brief(found: Mapping[str, Any]) -> str:
+    """One scenario's outcome on one line: errors cut to their class and first words, times in s."""
+    return "{" + "; ".join(f"{key}: {_brief_value(value)}" for key, value in found.items()) + "}"
+
+
+def _brief_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return _brief(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    text = str(value)
+    return text[:90] + "..." if len(text) > 90 else text
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -507,16 +518,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-n", type=int, default=100, help="rounds of every change (default %(default)s)")
     parser.add_argument("--reps", type=int, default=5, help="fresh processes per client for startup (default 5)")
     parser.add_argument("--rss-ports", type=int, default=100, help="ports in the memory figure (default 100)")
-    parser.add_argument("--quick", action="store_true", help="N=10, 2 processes, 20 ports (for CI)")
+    parser.add_argument("--fail-reps", type=int, default=3, help="runs of each failure scenario (default 3)")
+    parser.add_argument("--quick", action="store_true", help="N=10, 2 processes, 20 ports, 1 failure run (for CI)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--prefix", default="cnmbench-", help="name prefix of the temp dir (default %(default)s)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "REMOTE", "PORTS"), help=argparse.SUPPRESS)
     # The other benchmarks' options, accepted so that one ``./run bench ARGS`` line drives them all.
     parser.add_argument("-k", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--profile-n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--queries", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.reps, args.rss_ports = 10, 2, 20
+        args.n, args.reps, args.rss_ports, args.fail_reps = 10, 2, 20, 1
     if args.json:
         root, ext = os.path.splitext(args.json)
         args.json = f"{root}.ovsdb{ext or '.json'}"
@@ -560,7 +573,10 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         result["startup"] = measure_startup(hosts, args.reps, args.rss_ports, log)
         result["failures"] = {}
         for scenario, measure in SCENARIOS.items():
-            result["failures"][scenario] = {label: measure(label, host) for label, host in hosts.items()}
+            result["failures"][scenario] = {label: [] for label in hosts}
+            for _ in range(args.fail_reps):
+                for label, host in hosts.items():
+                    result["failures"][scenario][label].append(measure(label, host))
             print(f"failures: {scenario} done", file=log)
         return result
     finally:
@@ -602,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reps": args.reps,
         "rss_ports": args.rss_ports,
         "fail_timeout": FAIL_TIMEOUT,
+        "fail_reps": args.fail_reps,
         **_versions(),
     }
     print(render(result))
