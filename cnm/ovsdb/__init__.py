@@ -11,7 +11,9 @@ A change can wait until ovs-vswitchd has applied it (the ``next_cfg`` /
 ``cur_cfg`` handshake that ``ovs-vsctl`` uses), and then checks that every
 interface it added opened. An unreachable ovsdb-server fails at once, a
 stopped ovs-vswitchd after the timeout; both as :class:`cnm.errors.KernelError`
-naming the socket and what to do. Nothing here ever blocks without a limit.
+naming the socket and what to do. A server that goes away after a change was
+committed is waited for, within the same timeout: the change is not reported
+as failed while it stands. Nothing here ever blocks without a limit.
 
 Rows made by cnm carry ``external_ids`` (``cnm-network``, ``cnm-endpoint``...)
 so that cleanup finds exactly cnm's rows: see :meth:`Ovsdb.ports`.
@@ -54,6 +56,7 @@ DEFAULT_TIMEOUT = 10.0
 """Seconds a call (connection, transaction, wait for ovs-vswitchd) may take at most."""
 
 _WAIT_MARGIN_MS = 100  # the server's wait for ovs-vswitchd ends this long before the socket's deadline
+_RECONNECT = 0.05  # seconds between connection attempts after ovsdb-server went away mid-change
 
 
 class Ovsdb:
@@ -165,9 +168,39 @@ class Ovsdb:
                     f"{what} failed: the Open_vSwitch table has no row; initialise the database (ovs-vsctl init)",
                     errno.ENOENT,
                 )
-            self._wait_applied(conn, what, int(rows[0]["next_cfg"]), int(rows[0]["cur_cfg"]))
-            if check:
-                self._check_interfaces(conn, what, check)
+            self._applied(conn, what, int(rows[0]["next_cfg"]), int(rows[0]["cur_cfg"]), check)
+
+    def _applied(self, conn: Connection, what: str, target: int, seen: int, check: Sequence[str]) -> None:
+        """Wait for ovs-vswitchd and check ``check``'s interfaces, across a restart of ovsdb-server.
+
+        The change is committed by now: a lost connection says nothing about
+        it, so the wait goes on through a new one (same deadline) instead of
+        reporting a failure that a retry would meet as AlreadyExists.
+        """
+        current = conn
+        try:
+            while True:
+                try:
+                    self._wait_applied(current, what, target, seen)
+                    if check:
+                        self._check_interfaces(current, what, check)
+                    return
+                except ConnectionError as exc:
+                    log.warning("%s: lost ovsdb-server at %s after the commit (%s); waiting on", what, self.remote, exc)
+                    current.close()
+                    current = self._reconnect(conn.deadline)
+                    seen = -1  # unknown: the first wait returns at once with cur_cfg as it is now
+        finally:
+            current.close()
+
+    def _reconnect(self, deadline: float) -> Connection:
+        while True:
+            try:
+                return Connection(self.remote, deadline)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() + _RECONNECT > deadline:
+                    raise
+                time.sleep(_RECONNECT)
 
     def _wait_applied(self, conn: Connection, what: str, target: int, seen: int) -> None:
         """Return once ovs-vswitchd's ``cur_cfg`` (``seen`` now) reaches ``target``.

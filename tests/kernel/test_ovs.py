@@ -22,6 +22,7 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm.kernel import links, netns
 from cnm.kernel.netns import NetNS
+from cnm.ovsdb import Ovsdb, PortSpec
 from cnm.testing.hosts import Outside
 from cnm.testing.ovs import OvsDaemons, add_underlay_bridge
 from cnm.testing.traffic import ping, probe, serve
@@ -237,3 +238,35 @@ def test_stopped_daemons_fail_fast_and_leave_nothing_half_made(controller: Contr
     net.delete()
     assert cnm_rows(ovs) == []
     assert cnm_links(controller.host_netns) == []
+
+
+def test_a_committed_change_waits_through_an_ovsdb_server_restart(
+    controller: Controller, ovs_factory: OvsFactory
+) -> None:
+    # The port is committed, then ovsdb-server goes away while the change waits for a stopped
+    # ovs-vswitchd, and both come back: the call waits on through a new connection and succeeds.
+    # (Reported as failed, it would leave a row that a retry meets as AlreadyExists.)
+    ovs = ovs_factory(controller.host_netns)
+    ids = {"cnm-test": "restart"}
+    ovs.db.add_bridge("cnmrb", datapath_type="netdev", external_ids=ids)
+    ovs.stop_switch()
+
+    def restart_once_committed() -> None:
+        deadline = time.monotonic() + 30
+        while ovs.db.port("cnmrp") is None:
+            assert time.monotonic() < deadline, "the port was never committed"
+            time.sleep(0.02)
+        ovs.stop_server()
+        ovs.start_server()
+        ovs.start_switch()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        restarted = pool.submit(restart_once_committed)
+        Ovsdb(ovs.remote, timeout=60).add_port("cnmrb", PortSpec(name="cnmrp", type="internal", external_ids=ids))
+        restarted.result()
+    [iface] = [i for i in ovs.db.interfaces() if i.name == "cnmrp"]
+    assert iface.error is None
+    assert iface.ofport is not None
+    assert iface.ofport > 0
+    assert sorted(p.name for p in ovs.db.ports() if p.external_ids == ids) == ["cnmrb", "cnmrp"]
+    ovs.db.delete_bridge("cnmrb")
