@@ -33,6 +33,7 @@ __all__ = [
     "is_up",
     "link_index",
     "list_links",
+    "move_link",
     "require_index",
     "set_alias",
     "set_down_if_exists",
@@ -261,6 +262,30 @@ def set_link(
         spec["master"] = require_index(nl, master)
     with map_netlink_errors(f"set link {name} in {nl.netns.name}"):
         nl.ipr.link("set", **spec)
+
+
+def move_link(nl: Netlink, name: str, netns: NetNS, *, new_name: str | None = None, mac: str | None = None) -> None:
+    """Move link ``name`` into ``netns`` (renamed ``new_name``, with MAC ``mac``), down, as dockerd moves a plugin's.
+
+    The link is taken down first: a link can be renamed only while down, and
+    the caller brings it up once it is configured in its new namespace.
+    """
+    target = new_name or name
+    check_ifname(target)
+    spec: dict[str, Any] = {"index": require_index(nl, name), "state": "down"}
+    with map_netlink_errors(f"set link {name} down in {nl.netns.name}"):
+        nl.ipr.link("set", **spec)
+    spec = {"index": spec["index"], "ifname": target}
+    if mac is not None:
+        spec["address"] = mac
+    fd = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        spec["net_ns_fd"] = fd
+        with map_netlink_errors(f"move link {name} to {netns.name} as {target}"):
+            nl.ipr.link("set", **spec)
+    finally:
+        os.close(fd)
+    log.debug("moved link %s from %s to %s as %s", name, nl.netns.name, netns.name, target)
 
 
 def set_alias(nl: Netlink, name: str, alias: str) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
 from cnm.kernel.netns import NetNS
+from cnm.plugin import open_plugin
 from cnm.registry import ENTRY_POINT_GROUP, DriverFactory
 from cnm.testing.conformance import RULE_IDS, Report
 from cnm.testing.ovs import OvsDaemons
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.kernel
 CheckDriver = Callable[..., Report]
 OvsFactory = Callable[[NetNS], OvsDaemons]
 
-BUILTIN = ("bridge", "null", "host", "ovs")
+BUILTIN = ("bridge", "null", "host", "ovs", "remote")
 """Every driver this distribution registers; a new one must be added here (see the last test)."""
 
 NEEDS_OVS = {"ovs"}
@@ -55,6 +57,25 @@ def _ovs_hooks(request: pytest.FixtureRequest) -> dict[str, object]:
     return {"setup_host": setup_host, "leftovers": leftovers}
 
 
+def _remote_hooks(request: pytest.FixtureRequest) -> dict[str, object]:
+    """setup_host serves cnm's bridge driver with ``cnm plugin serve``'s server in each host namespace."""
+    tmp: Path = request.getfixturevalue("tmp_path")
+
+    def setup_host(host: NetNS) -> Mapping[str, object]:
+        where = tmp / f"plugin-{len(list(tmp.glob('plugin-*')))}"
+        plugin = open_plugin("bridge", state_dir=str(where), socket_path=str(where / "p.sock"), host_netns=host)
+        plugin.start()
+
+        def stop() -> None:
+            plugin.shutdown()
+            plugin.close()
+
+        request.addfinalizer(stop)
+        return {"socket": plugin.socket_path}
+
+    return {"setup_host": setup_host}
+
+
 _CASES = [
     pytest.param(name, rule, id=f"{name}-{rule}", marks=[pytest.mark.ovs] if name in NEEDS_OVS else [])
     for name in BUILTIN
@@ -66,7 +87,7 @@ _CASES = [
 def test_builtin_driver_keeps_the_contract(
     driver_conformance: CheckDriver, request: pytest.FixtureRequest, driver: str, rule: str
 ) -> None:
-    hooks = _ovs_hooks(request) if driver in NEEDS_OVS else {}
+    hooks = _ovs_hooks(request) if driver in NEEDS_OVS else _remote_hooks(request) if driver == "remote" else {}
     report = driver_conformance(_factory(driver), rules=[rule], **hooks)
     assert report.passed, str(report)
 
