@@ -247,7 +247,11 @@ class Host:
         self.path = os.path.join(workdir, f"{label}-host")
         self.netns = netns.create(self.path, loopback_up=True)
         self.daemons = OvsDaemons(self.netns, Path(workdir) / f"{label}-ovs")
-        self.daemons.start()
+        try:
+            self.daemons.start()
+        except BaseException:
+            self.close()
+            raise
         self.remote = self.daemons.remote
 
     def rows(self, table: str, name: str) -> int:
@@ -527,6 +531,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-k", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--profile-n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--per-thread", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.reps, args.rss_ports, args.fail_reps = 10, 2, 20, 1
@@ -584,6 +590,9 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             client.close()
         for host in hosts.values():
             host.close()
+        from cnm.kernel import netns
+
+        netns.release_directory(workdir)  # the self-mount netns.create made of it, or rmtree fails
         shutil.rmtree(workdir, ignore_errors=True)
 
 
