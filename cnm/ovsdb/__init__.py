@@ -384,6 +384,8 @@ class Ovsdb:
             row: dict[str, Json] = {"name": port.name, "interfaces": ["named-uuid", f"i{n}"], "external_ids": ids}
             if port.tag is not None:
                 row["tag"] = port.tag
+            if port.protected:
+                row["protected"] = True
             ops += [
                 {"op": "insert", "table": "Interface", "uuid-name": f"i{n}", "row": iface},
                 {"op": "insert", "table": "Port", "uuid-name": f"p{n}", "row": row},

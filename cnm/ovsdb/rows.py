@@ -114,6 +114,9 @@ class PortSpec:
         tag: the VLAN of an access port, or None.
         mtu: the MTU asked for the interface (``mtu_request``), or None.
         external_ids: set on both rows, so cleanup can find them.
+        protected: the Port's ``protected`` flag: the bridge's NORMAL forwarding
+            never passes traffic from one protected port to another (split
+            horizon, e.g. between the tunnels of a full mesh).
     """
 
     name: str
@@ -122,6 +125,7 @@ class PortSpec:
     tag: int | None = None
     mtu: int | None = None
     external_ids: Mapping[str, str] = attrs.field(factory=dict)
+    protected: bool = False
 
 
 def decode_bridge(row: Mapping[str, Json]) -> Bridge:

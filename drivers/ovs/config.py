@@ -137,13 +137,15 @@ class OvsOptions:
         vlan: a VLAN tag (1-4094). Networks with a VLAN share a bridge and are
             kept apart by their tags; the gateway sits on a tagged internal port.
         mtu: the sandboxes' MTU; by default 1500, or the underlay's MTU less the
-            tunnel header when there are peers.
+            tunnel header when there are peers (1500 less it with a tunnel_key
+            and no peers yet).
         masquerade: whether traffic leaving the host from the subnet is masqueraded.
         host_binding_ipv4: the default host address of published ports.
         peers: underlay IPv4 addresses of the other hosts of this network; one tunnel each.
         tunnel: ``vxlan`` or ``gre``.
         tunnel_key: the VNI (VXLAN) or key (GRE) of this network, the same on every
-            host; required with ``peers``.
+            host; required with ``peers``, and for peers set later
+            (:meth:`cnm_drivers.ovs.OvsDriver.set_peers`, from a global network's membership).
         local_ip: the underlay source address of the tunnels, if the host has several.
     """
 
@@ -185,8 +187,12 @@ class OvsOptions:
 
     @property
     def tunnel_overhead(self) -> int:
-        """Bytes the tunnel header takes from the underlay MTU (0 without peers)."""
-        return TUNNEL_OVERHEAD[self.tunnel] if self.peers else 0
+        """Bytes the tunnel header takes from the underlay MTU (0 for a network without peers or tunnel_key).
+
+        A tunnel_key without peers is a network whose peers come later
+        (:meth:`OvsDriver.set_peers`): its MTU leaves room for the header from the start.
+        """
+        return TUNNEL_OVERHEAD[self.tunnel] if self.peers or self.tunnel_key is not None else 0
 
     def to_json(self) -> dict[str, object]:
         """The options as stored with the network."""

@@ -115,6 +115,9 @@ class OvsDriver:
                     f"ovs option mtu={mtu} leaves no room for the {options.tunnel} header "
                     f"({options.tunnel_overhead} bytes) on the underlay; use mtu <= {room}"
                 )
+        elif mtu is None and options.tunnel_overhead:
+            # Peers come later (set_peers): leave room for their tunnel header on a 1500-byte underlay.
+            mtu = 1500 - options.tunnel_overhead
         resolved = OvsOptions.parse({**options.to_json(), "datapath": datapath, "mtu": mtu or 1500})
         return resolved.to_json()
 
@@ -154,6 +157,25 @@ class OvsDriver:
                 if options.datapath == "netdev":
                     tunnels.seed_neighbours(self._host, tunnels.underlay_for(self._host, db, options, options.datapath))
         log.info("ovs network %s ready on bridge %s (gateway port %s)", network.name, bridge, gateway_if)
+
+    def set_peers(self, network: NetworkInfo, peers: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Make the network's tunnels one per peer in ``peers`` now; the (added, removed) peers.
+
+        For networks whose hosts come and go (a global network's membership): the
+        network needs a ``tunnel_key``; its own ``local_ip`` in ``peers`` is skipped.
+        A peer the host has no usable route to changes nothing and raises InvalidConfig.
+        """
+        options = self.options(network)
+        return tunnels.sync_tunnels(
+            self._host,
+            self._db(options),
+            bridge=bridge_name(network, options),
+            network_id=network.id,
+            network_key=NETWORK_ID,
+            options=options,
+            peers=tuple(str(ipaddress.IPv4Address(p)) for p in peers),
+            external_ids={NETWORK_ID: network.id, OWNER: self._owner},
+        )
 
     def delete_network(self, network: NetworkInfo) -> None:
         """Remove the rules, every OVS row of the network, and its bridge; succeed if they are gone."""

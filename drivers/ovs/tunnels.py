@@ -7,6 +7,10 @@ through any other interface makes OVS drop the traffic silently). It also
 learns the underlay neighbours only by snooping ARP while a tunnel port
 exists, and drops the packets that find no neighbour; :func:`seed_neighbours`
 asks each peer once right after the tunnel ports appear.
+
+The peers come from the network's ``peers`` option, or change while the
+network lives (hosts joining and leaving a global network's membership):
+:func:`sync_tunnels` makes the tunnel ports exactly one per peer.
 """
 
 from __future__ import annotations
@@ -23,7 +27,18 @@ from cnm.ovsdb import Ovsdb, PortSpec
 
 from .config import OvsOptions
 
-__all__ = ["Underlay", "seed_neighbours", "tunnel_port_name", "tunnel_ports", "underlay_for"]
+__all__ = [
+    "Underlay",
+    "current_peers",
+    "seed_neighbours",
+    "sync_tunnels",
+    "tunnel_port_name",
+    "tunnel_ports",
+    "underlay_for",
+]
+
+PEER = "cnm-peer"
+"""The external_ids key of a tunnel port naming its peer's underlay address."""
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +76,10 @@ def tunnel_ports(network_id: str, options: OvsOptions, external_ids: dict[str, s
                 type=options.tunnel,
                 options=settings,
                 tag=options.vlan,
-                external_ids={**external_ids, "cnm-peer": peer},
+                external_ids={**external_ids, PEER: peer},
+                # Split horizon: what comes in from one peer never goes out to another. Every host
+                # tunnels to every other one, so a flood relayed between tunnels would loop forever.
+                protected=True,
             )
         )
     return ports
@@ -121,3 +139,53 @@ def seed_neighbours(host: NetNS, underlays: list[Underlay]) -> None:
             arp.send_arp_request(host, underlay.interface, underlay.peer)
         except KernelError as exc:
             log.warning("could not ask peer %s for its MAC: %s", underlay.peer, exc)
+
+
+def current_peers(db: Ovsdb, network_id: str, network_key: str) -> dict[str, str]:
+    """The network's tunnel ports now: peer address -> port name.
+
+    ``network_key`` is the external_ids key that holds the network id.
+    """
+    return {
+        port.external_ids[PEER]: port.name
+        for port in db.ports()
+        if port.external_ids.get(network_key) == network_id and PEER in port.external_ids
+    }
+
+
+def sync_tunnels(
+    host: NetNS,
+    db: Ovsdb,
+    *,
+    bridge: str,
+    network_id: str,
+    network_key: str,
+    options: OvsOptions,
+    peers: tuple[str, ...],
+    external_ids: dict[str, str],
+) -> tuple[list[str], list[str]]:
+    """Make the network's tunnel ports exactly one per address in ``peers``; (added, removed) peers.
+
+    Every new peer's underlay is checked first (:func:`underlay_for`), so a peer
+    the host cannot reach changes nothing. New ports are added in one OVSDB
+    transaction, then the ports of peers that left are deleted.
+
+    Raises:
+        InvalidConfig: the network has no tunnel_key, or a new peer cannot be reached.
+    """
+    if options.tunnel_key is None:
+        raise InvalidConfig("this ovs network has no tunnel_key; create it with one to give it peers")
+    wanted = tuple(dict.fromkeys(p for p in peers if p != options.local_ip))
+    have = current_peers(db, network_id, network_key)
+    new = attrs.evolve(options, peers=tuple(p for p in wanted if p not in have))
+    underlays = underlay_for(host, db, new, options.datapath)
+    if new.peers:
+        db.add_ports(bridge, tunnel_ports(network_id, new, external_ids))
+    gone = [peer for peer in have if peer not in wanted]
+    for peer in gone:
+        db.delete_port(have[peer])
+    if underlays and options.datapath == "netdev":
+        seed_neighbours(host, underlays)
+    if new.peers or gone:
+        log.info("tunnels of network %s: added %s, removed %s", network_id[:12], list(new.peers), gone)
+    return list(new.peers), gone
