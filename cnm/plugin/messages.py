@@ -135,7 +135,7 @@ class CreateNetworkRequest:
         options: the driver options given with ``docker network create -o``
             (``com.docker.network.generic``).
         enable_ipv6: ``--ipv6``.
-        internal: ``--internal`` (libnetwork puts it among the generic options).
+        internal: ``--internal`` (``com.docker.network.internal`` among the Options).
     """
 
     network_id: str
@@ -155,7 +155,9 @@ class CreateNetworkRequest:
         if not isinstance(generic, dict):
             raise ProtocolError(f"{where}: option {GENERIC!r} is {type(generic).__name__}, expected an object")
         generic = dict(generic)
-        internal = generic.pop(INTERNAL, False)
+        # libnetwork sends its own network's generic map as Options: --internal is a key of it, beside
+        # the user's -o options (com.docker.network.generic), not one of those.
+        internal = options.get(INTERNAL, generic.pop(INTERNAL, False))
         return cls(
             network_id=_str(data, "NetworkID", where, required=True),
             options=generic,

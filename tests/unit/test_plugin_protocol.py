@@ -314,3 +314,21 @@ def test_the_ipam_refuses_a_taken_subnet_and_answers_retries(tmp_path: Path) -> 
     assert ipam.release_address({"PoolID": pool["PoolID"], "Address": "10.7.0.128"}) == {}
     assert ipam.release_pool({"PoolID": pool["PoolID"]}) == {}
     store.close()
+
+
+def test_internal_is_read_where_libnetwork_puts_it() -> None:
+    from cnm.plugin.messages import CreateNetworkRequest
+
+    body = {
+        "NetworkID": "a" * 64,
+        "Options": {
+            "com.docker.network.enable_ipv6": False,
+            "com.docker.network.generic": {"com.docker.network.bridge.enable_icc": "false"},
+            "com.docker.network.internal": True,
+        },
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}],
+        "IPv6Data": [],
+    }
+    req = CreateNetworkRequest.parse(body)
+    assert req.internal
+    assert req.options == {"com.docker.network.bridge.enable_icc": "false"}
