@@ -9,7 +9,7 @@ per peer: a network's options name only its tunnel_key.
 
 Until the controller takes a global store (issue 21, phase 2), each host
 allocates from its own ip_range of the shared subnet, and this test is the glue
-between membership and driver that the controller will own.
+between membership and driver (cnm.testing.mesh) that the controller will own.
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,8 +32,8 @@ from cnm.driverapi import NetworkInfo
 from cnm.kernel import links, netns
 from cnm.kernel.netns import NetNS
 from cnm.store.etcd import EtcdStore
-from cnm.store.etcd_membership import MemberEvent, MembershipWatch, Registration
 from cnm.testing.etcd import EtcdCluster, start_cluster
+from cnm.testing.mesh import MeshMember
 from cnm.testing.ovs import OvsDaemons, add_underlay_bridge
 from cnm.testing.traffic import ping
 
@@ -80,33 +78,18 @@ class Host:
             ipam=IPAMConfig(subnet=SUBNET, ip_range=f"10.211.0.{32 * index}/27"),
             options={"ovsdb": ovs.remote, "tunnel_key": KEY},
         )
-        self._info = NetworkInfo(id=self.net.id, name="mesh", options=self.net.options)
-        self._driver: Any = self.ctl.registry.get("ovs")
-        self._peers: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self.errors: list[Exception] = []
-        self.watch = MembershipWatch(store, "mesh", self._on_event)
-        self.registration: Registration | None = Registration(store, "mesh", name, self.address, ttl=3)
+        self.member = MeshMember(
+            store,
+            self.ctl.registry.get("ovs"),  # type: ignore[arg-type]
+            NetworkInfo(id=self.net.id, name="mesh", options=self.net.options),
+            host=name,
+            address=self.address,
+        )
         self.sandbox = self.ctl.create_sandbox(f"c-{name}", network="mesh")
         self.ip = str(self.net.endpoint(f"c-{name}").ip)
 
-    def _on_event(self, event: MemberEvent) -> None:
-        with self._lock:
-            if event.host == self.name:
-                return
-            if event.kind == "join":
-                self._peers[event.host] = event.address
-            else:
-                self._peers.pop(event.host, None)
-            try:
-                self._driver.set_peers(self._info, sorted(self._peers.values()))
-            except Exception as exc:  # noqa: BLE001 - kept for the test to assert on
-                self.errors.append(exc)
-
     def close(self) -> None:
-        self.watch.close()
-        if self.registration is not None:
-            self.registration.close()
+        self.member.close()
         self.sandbox.delete()
         self.net.delete()
         self.ctl.close()
@@ -168,9 +151,7 @@ def test_tunnels_follow_the_membership_as_hosts_join_and_die(
 
         # Host c's membership now lives in an agent process, which is SIGKILLed: no goodbye,
         # its lease runs out and the others remove its tunnel.
-        assert c.registration is not None
-        c.registration.close()
-        c.registration = None
+        c.member.leave()
         agent = subprocess.Popen(
             [sys.executable, "-c", _AGENT, json.dumps([etcd.endpoints, "mesh-test", "c", c.address])],
             stdout=subprocess.PIPE,
@@ -187,7 +168,7 @@ def test_tunnels_follow_the_membership_as_hosts_join_and_die(
         )
         assert ping(a.sandbox, d.ip)
         assert not ping(a.sandbox, c.ip, count=2)
-        assert [e for h in hosts.values() for e in h.errors] == []
+        assert [e for h in hosts.values() for e in h.member.errors] == []
     finally:
         if agent is not None:
             if agent.poll() is None:
