@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,11 +71,18 @@ class RemoteClient:
     A connection per call rather than one kept alive: the driver has no
     moment to close one (drivers are not closed), and a plugin that restarted
     in between is reached again without a retry. A Unix connect costs little.
+
+    Args:
+        socket_path: the plugin's socket.
+        timeout: seconds to wait for a reply.
+        retry_for: seconds to keep trying, with backoff, while the plugin cannot be reached
+            (not started yet, restarting): dockerd's own budget is 30 s.
     """
 
-    def __init__(self, socket_path: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, socket_path: str, *, timeout: float = 60.0, retry_for: float = 30.0) -> None:
         self.socket_path = socket_path
         self._timeout = timeout
+        self._retry_for = retry_for
 
     def call(
         self,
@@ -93,17 +101,7 @@ class RemoteClient:
         """
         payload = b"" if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/vnd.docker.plugins.v1.2+json", "Content-Length": str(len(payload))}
-        conn = _UnixConnection(self.socket_path, self._timeout)
-        try:
-            conn.request("POST", f"/{method}", body=payload, headers=headers)
-            response = conn.getresponse()
-            status, raw = response.status, response.read()
-        except OSError as exc:
-            raise KernelError(
-                f"cannot reach the plugin at {self.socket_path} for {method}: {exc}; is it running?"
-            ) from exc
-        finally:
-            conn.close()
+        status, raw = self._post(method, payload, headers)
         if status == 404 and optional:
             return {}
         try:
@@ -112,8 +110,34 @@ class RemoteClient:
             raise KernelError(f"{method}: the plugin at {self.socket_path} replied {raw[:200]!r}, not JSON") from exc
         if not isinstance(reply, dict):
             raise KernelError(f"{method}: the plugin at {self.socket_path} replied {reply!r}, not a JSON object")
-        if reply.get("Err"):
-            raise refused(f"remote plugin: {reply['Err']}")
+        message = reply.get("Err") or reply.get("Error")  # some plugins spell it Error
+        if message:
+            raise refused(f"remote plugin: {message}")
         if status != 200:
             raise KernelError(f"{method}: the plugin at {self.socket_path} answered HTTP {status}")
         return reply
+
+    def _post(self, method: str, payload: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        deadline = time.monotonic() + self._retry_for
+        delay = 0.05
+        while True:
+            conn = _UnixConnection(self.socket_path, self._timeout)
+            try:
+                try:
+                    conn.connect()
+                except (FileNotFoundError, ConnectionRefusedError) as exc:
+                    if time.monotonic() + delay > deadline:
+                        raise KernelError(
+                            f"cannot reach the plugin at {self.socket_path} for {method} (tried for "
+                            f"{self._retry_for:.0f} s): {exc}; start the plugin"
+                        ) from exc
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                conn.request("POST", f"/{method}", body=payload, headers=headers)
+                response = conn.getresponse()
+                return response.status, response.read()
+            except OSError as exc:
+                raise KernelError(f"{method}: the plugin at {self.socket_path} failed to answer: {exc}") from exc
+            finally:
+                conn.close()
