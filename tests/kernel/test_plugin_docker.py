@@ -7,6 +7,7 @@ with the reason, only where dockerd cannot run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 from collections.abc import Iterator
 
@@ -129,3 +130,19 @@ def test_internal_and_icc_reach_the_driver(engine: Engine) -> None:
     assert _ping(engine, "i1", "10.89.4.1")  # the gateway still answers
     d("rm", "-f", "i1", "i2")
     d("network", "rm", "cnmnoicc")
+
+
+def test_concurrent_containers(engine: Engine) -> None:
+    """dockerd calls the plugin from several goroutines at once: every container gets its own address."""
+    d = engine.docker
+    d("network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN, "--subnet", "10.89.5.0/24", "cnmbusy")
+    names = [f"p{i}" for i in range(5)]
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda n: d("run", "-d", "--name", n, "--network", "cnmbusy", IMAGE, "sleep", "600"), names))
+    addresses = {_ip_of(engine, n, "cnmbusy") for n in names}
+    assert len(addresses) == len(names)
+    assert all(_ping(engine, "p0", a) for a in addresses - {_ip_of(engine, "p0", "cnmbusy")})
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda n: d("rm", "-f", n), names))
+    d("network", "rm", "cnmbusy")
+    assert not {n for n in _host_links(engine) if n.startswith("cnm")}
