@@ -26,7 +26,7 @@ import etcd3gw
 import requests
 from etcd3gw import exceptions as etcd_exceptions
 
-from cnm.errors import InvalidConfig, StoreUnavailable
+from cnm.errors import InvalidConfig, StoreUnavailable, TransactionConflict
 
 __all__ = ["EtcdClient", "KeyValue", "b64", "prefix_end", "unb64"]
 
@@ -80,6 +80,15 @@ def _kv(raw: dict[str, Any]) -> KeyValue:
     )
 
 
+def _reason(exc: Exception) -> str:
+    """A short why for a member that did not answer: the error's class, and an SSL verdict if there is one."""
+    text = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "certificate required", "SSLError", "timed out", "Connection refused"):
+        if marker in text:
+            return f"{type(exc).__name__} ({marker})"
+    return type(exc).__name__
+
+
 def parse_endpoint(text: str) -> tuple[str, str, int]:
     """``host:port``, ``[v6]:port`` or ``http(s)://host:port`` -> (protocol, host, port)."""
     protocol = "http"
@@ -130,6 +139,10 @@ class EtcdClient:
                     timeout=timeout,
                 )
             )
+            # requests lets REQUESTS_CA_BUNDLE (and proxy variables) override the session's own CA, so a
+            # ca_cert given here would be silently ignored where that variable is set: etcd is reached
+            # directly, with exactly the TLS settings given.
+            self._clients[-1].session.trust_env = False
         self._lock = threading.Lock()
         self._current = 0
         self._watches: set[requests.Response] = set()
@@ -142,7 +155,8 @@ class EtcdClient:
     def _unavailable(self, what: str, errors: list[str]) -> StoreUnavailable:
         return StoreUnavailable(
             f"etcd did not answer {what} within {self.timeout:g}s at any of {', '.join(self.endpoints)} "
-            f"({'; '.join(errors)}); nothing was written: start etcd or check the endpoints, then try again"
+            f"({'; '.join(errors)}); nothing was written: start etcd or check the endpoints and TLS settings, "
+            "then try again"
         )
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +167,7 @@ class EtcdClient:
             try:
                 result: dict[str, Any] = client.post(client.get_url(path), json=body)
             except _UNREACHABLE as exc:
-                errors.append(f"{self.endpoints[index]}: {type(exc).__name__}")
+                errors.append(f"{self.endpoints[index]}: {_reason(exc)}")
                 logger.debug("etcd member %s did not answer %s: %s", self.endpoints[index], path, exc)
                 continue
             except etcd_exceptions.Etcd3Exception as exc:
@@ -162,6 +176,12 @@ class EtcdClient:
                     # This member lost its quorum or leader; another may still have one.
                     errors.append(f"{self.endpoints[index]}: {detail.strip()}")
                     continue
+                if "compacted" in detail:
+                    # A snapshot read at a revision etcd has since compacted: the transaction must start over.
+                    raise TransactionConflict(
+                        f"etcd compacted the revision this transaction reads from ({detail.strip()}); nothing was "
+                        "written: run the operation again"
+                    ) from exc
                 hint = " (raise --max-txn-ops on the etcd members)" if "too many operations" in detail else ""
                 raise StoreUnavailable(
                     f"etcd at {self.endpoints[index]} refused {path}: {detail.strip()}{hint}; nothing was written"
@@ -229,7 +249,7 @@ class EtcdClient:
                     client.get_url("/watch"), json=body, stream=True, timeout=(self.timeout, None)
                 )
             except _UNREACHABLE as exc:
-                errors.append(f"{self.endpoints[index]}: {type(exc).__name__}")
+                errors.append(f"{self.endpoints[index]}: {_reason(exc)}")
                 continue
             with self._lock:
                 self._watches.add(resp)

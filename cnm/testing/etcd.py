@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["EtcdCluster", "EtcdMember", "free_port", "start_cluster"]
+__all__ = ["EtcdCluster", "EtcdMember", "EtcdTls", "free_port", "make_tls", "start_cluster"]
 
 _START_TIMEOUT = 60.0
 
@@ -34,6 +35,43 @@ def free_port() -> int:
         return port
 
 
+@attrs.frozen
+class EtcdTls:
+    """A test CA, a certificate for 127.0.0.1 that members serve with, and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_tls(directory: Path) -> EtcdTls:
+    """Make a throwaway CA and the server and client certificates it signs (openssl, one day)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    d = directory
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=cnm-test-ca",
+             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))  # fmt: skip
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=cnm-test-{name}",
+                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
+                 "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "1",
+                 "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.crt"))  # fmt: skip
+    return EtcdTls(
+        ca=d / "ca.crt",
+        server_cert=d / "server.crt",
+        server_key=d / "server.key",
+        client_cert=d / "client.crt",
+        client_key=d / "client.key",
+    )
+
+
 @attrs.define
 class EtcdMember:
     """One etcd process of a test cluster."""
@@ -43,12 +81,17 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     log: Path
+    tls: EtcdTls | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        """``127.0.0.1:<client port>``."""
-        return f"127.0.0.1:{self.client_port}"
+        """``127.0.0.1:<client port>``, or ``https://127.0.0.1:<client port>`` with TLS."""
+        return f"{self._scheme}127.0.0.1:{self.client_port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https://" if self.tls is not None else ""
 
     @property
     def peer_url(self) -> str:
@@ -61,8 +104,8 @@ class EtcdMember:
             _binary(),
             f"--name={self.name}",
             f"--data-dir={self.data_dir}",
-            f"--listen-client-urls=http://{self.endpoint}",
-            f"--advertise-client-urls=http://{self.endpoint}",
+            f"--listen-client-urls={self._url}",
+            f"--advertise-client-urls={self._url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
             f"--initial-cluster={initial_cluster}",
@@ -73,13 +116,29 @@ class EtcdMember:
             "--logger=zap",
             "--log-level=warn",
         ]
+        if self.tls is not None:
+            argv += [
+                f"--cert-file={self.tls.server_cert}",
+                f"--key-file={self.tls.server_key}",
+                f"--trusted-ca-file={self.tls.ca}",
+                "--client-cert-auth",
+            ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
+    @property
+    def _url(self) -> str:
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.client_port}"
+
     def serving(self) -> bool:
         """Whether this member answers /health as healthy."""
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as resp:
+            # Our own member's loopback URL, http or https.
+            with urllib.request.urlopen(f"{self._url}/health", timeout=1, context=context) as resp:  # noqa: S310
                 return b'"true"' in resp.read()
         except (urllib.error.URLError, OSError):
             return False
@@ -128,8 +187,12 @@ def _binary() -> str:
     return found
 
 
-def start_cluster(directory: Path, size: int = 1, names: Sequence[str] = ()) -> EtcdCluster:
+def start_cluster(
+    directory: Path, size: int = 1, names: Sequence[str] = (), *, tls: EtcdTls | None = None
+) -> EtcdCluster:
     """Start ``size`` members on free loopback ports under ``directory`` and wait until all serve.
+
+    With ``tls``, clients must use https and present the client certificate (peers talk plain HTTP).
 
     Raises:
         RuntimeError: a member did not serve within a minute (its log is named).
@@ -142,6 +205,7 @@ def start_cluster(directory: Path, size: int = 1, names: Sequence[str] = ()) -> 
             peer_port=free_port(),
             data_dir=directory / f"m{i}",
             log=directory / f"m{i}.log",
+            tls=tls,
         )
         for i in range(size)
     ]

@@ -17,7 +17,7 @@ from cnm.errors import InvalidConfig, StoreUnavailable, TransactionConflict
 from cnm.ipam import LocalIpam
 from cnm.store import Transaction, atomic
 from cnm.store.etcd import EtcdStore, parse_etcd_url
-from cnm.testing.etcd import EtcdCluster, free_port, start_cluster
+from cnm.testing.etcd import EtcdCluster, free_port, make_tls, start_cluster
 
 
 def _in_thread(
@@ -277,3 +277,44 @@ def test_parse_etcd_url() -> None:
             parse_etcd_url(bad)
     with pytest.raises(InvalidConfig, match="host:port"):
         EtcdStore(["nohost"])
+
+
+def test_a_snapshot_compacted_away_runs_the_body_again(etcd_store: EtcdStore) -> None:
+    calls = 0
+
+    def body(txn: Transaction) -> int:
+        nonlocal calls
+        calls += 1
+        txn.get("k", "a")
+        if calls == 1:
+            # Another writer moves on and etcd compacts the history this transaction reads from.
+            _, revision = etcd_store.client.txn([], [{"request_put": {"key": "eA==", "value": ""}}])
+            etcd_store.client.call("/kv/compaction", {"revision": revision, "physical": True})
+        txn.get("k", "b")
+        txn.put("k", "b", {"n": calls})
+        return calls
+
+    assert etcd_store.run(body) == 2
+    with etcd_store.transaction() as txn:
+        assert txn.get("k", "b") == {"n": 2}
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path / "tls")
+    cluster = start_cluster(tmp_path / "etcd", tls=tls)
+    try:
+        assert cluster.endpoints[0].startswith("https://127.0.0.1:")
+        store = EtcdStore(
+            cluster.endpoints, ca_cert=str(tls.ca), cert_cert=str(tls.client_cert), cert_key=str(tls.client_key)
+        )
+        ipam = LocalIpam(store)
+        pool = ipam.request_pool(owner="n")
+        assert str(ipam.request_address(pool.id)) == str(pool.subnet.network_address + 1)
+        store.close()
+        # Without the client certificate the member refuses the connection: a typed error, nothing written.
+        anonymous = EtcdStore(cluster.endpoints, ca_cert=str(tls.ca), timeout=2.0)
+        with pytest.raises(StoreUnavailable, match=r"https://127\.0\.0\.1"):
+            LocalIpam(anonymous).request_pool(owner="m")
+        anonymous.close()
+    finally:
+        cluster.stop()
