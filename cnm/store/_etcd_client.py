@@ -89,6 +89,16 @@ def _reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
+def _shut(resp: requests.Response) -> None:
+    try:
+        # Shut the socket down, not just close our file: that wakes a reader blocked on it.
+        sock = socket.socket(fileno=socket.dup(resp.raw.fileno()))
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    except (OSError, ValueError, AttributeError):
+        logger.debug("watch stream already closed")
+
+
 def parse_endpoint(text: str) -> tuple[str, str, int]:
     """``host:port``, ``[v6]:port`` or ``http(s)://host:port`` -> (protocol, host, port)."""
     protocol = "http"
@@ -145,7 +155,8 @@ class EtcdClient:
             self._clients[-1].session.trust_env = False
         self._lock = threading.Lock()
         self._current = 0
-        self._watches: set[requests.Response] = set()
+        # Each watch stream in progress, under the stop event of the watch it belongs to.
+        self._watches: dict[threading.Event, requests.Response] = {}
 
     def _order(self) -> list[int]:
         with self._lock:
@@ -252,7 +263,7 @@ class EtcdClient:
                 errors.append(f"{self.endpoints[index]}: {_reason(exc)}")
                 continue
             with self._lock:
-                self._watches.add(resp)
+                self._watches[stop] = resp
             try:
                 if stop.is_set():
                     return
@@ -262,7 +273,8 @@ class EtcdClient:
                     logger.info("etcd watch on %s ended: %s", self.endpoints[index], exc)
             finally:
                 with self._lock:
-                    self._watches.discard(resp)
+                    if self._watches.get(stop) is resp:
+                        del self._watches[stop]
                 resp.close()
             return
         raise self._unavailable("a watch", errors)
@@ -280,18 +292,19 @@ class EtcdClient:
                         raise ValueError(f"watch failed: {message['error']}")
                     yield message["result"]
 
+    def abort_watch(self, stop: threading.Event) -> None:
+        """End the stream of the watch whose stop event is ``stop`` (from any thread); set ``stop`` first."""
+        with self._lock:
+            resp = self._watches.get(stop)
+        if resp is not None:
+            _shut(resp)
+
     def abort_watches(self) -> None:
         """End every watch stream in progress (from any thread)."""
         with self._lock:
-            streams = list(self._watches)
+            streams = list(self._watches.values())
         for resp in streams:
-            try:
-                # Shut the socket down, not just close our file: that wakes a reader blocked on it.
-                sock = socket.socket(fileno=socket.dup(resp.raw.fileno()))
-                sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            except (OSError, ValueError, AttributeError):
-                logger.debug("watch stream already closed")
+            _shut(resp)
 
     def close(self) -> None:
         """End watches and close every member's HTTP session."""

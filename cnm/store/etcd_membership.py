@@ -197,5 +197,5 @@ class MembershipWatch:
     def close(self) -> None:
         """Stop watching; no callback runs after this returns."""
         self._stop.set()
-        self._client.abort_watches()
+        self._client.abort_watch(self._stop)
         self._thread.join()
