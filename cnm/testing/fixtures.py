@@ -19,7 +19,19 @@ from cnm.testing import namespace_prefix
 from cnm.testing.conformance.pytest_plugin import driver_conformance
 from cnm.testing.hosts import Outside, link_outside, stop_process, throwaway_namespaces, unmount_sandboxes
 
-__all__ = ["controller", "driver_conformance", "host_netns", "netns_factory", "outside", "processes"]
+__all__ = [
+    "FIREWALL_BACKENDS",
+    "controller",
+    "driver_conformance",
+    "firewall_backend",
+    "host_netns",
+    "netns_factory",
+    "outside",
+    "processes",
+]
+
+FIREWALL_BACKENDS = ("iptables", "nftables")
+"""The firewall backends that write rules: a test asking for ``firewall_backend`` runs on each."""
 
 
 @pytest.fixture
@@ -41,11 +53,25 @@ def outside(host_netns: NetNS, netns_factory: Callable[[str], NetNS]) -> Outside
     return link_outside(host_netns, netns_factory("o"))
 
 
+@pytest.fixture(params=FIREWALL_BACKENDS)
+def firewall_backend(request: pytest.FixtureRequest) -> str:
+    """Each firewall backend in turn; ``controller`` uses it when the test (or its module) asks for it.
+
+    ``pytestmark = pytest.mark.usefixtures("firewall_backend")`` runs a module's tests on every backend.
+    """
+    return str(request.param)
+
+
 @pytest.fixture
-def controller(tmp_path: Any, host_netns: NetNS) -> Iterator[Controller]:
-    """A Controller whose state_dir is the test's temp dir and whose host is ``host_netns``."""
+def controller(request: pytest.FixtureRequest, tmp_path: Any, host_netns: NetNS) -> Iterator[Controller]:
+    """A Controller whose state_dir is the test's temp dir and whose host is ``host_netns``.
+
+    Its firewall is ``firewall_backend``'s when the test uses that fixture, the default otherwise.
+    """
     state_dir = str(tmp_path / "state")
-    ctl = Controller(state_dir=state_dir, host_netns=host_netns)
+    backend = request.getfixturevalue("firewall_backend") if "firewall_backend" in request.fixturenames else None
+    kwargs: dict[str, Any] = {} if backend is None else {"firewall": backend}
+    ctl = Controller(state_dir=state_dir, host_netns=host_netns, **kwargs)
     try:
         yield ctl
     finally:

@@ -27,6 +27,8 @@ __all__ = [
     "OUTSIDE_ADDRESS",
     "TEARDOWN_GRACE",
     "Outside",
+    "firewall_rules",
+    "flush_firewall",
     "iptables_save",
     "link_outside",
     "nft_state",
@@ -173,3 +175,19 @@ def iptables_save(ns: NetNS) -> str:
         ["nsenter", f"--net={ns.path}", "--", "iptables-legacy-save"], capture_output=True, text=True, check=True
     ).stdout
     return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in out.splitlines() if not line.startswith("#"))
+
+
+def firewall_rules(ns: NetNS, backend: str) -> str:
+    """The rules firewall ``backend`` ("iptables" or "nftables") keeps in ``ns``, as comparable text."""
+    return nft_state(ns) if backend == "nftables" else iptables_save(ns)
+
+
+def flush_firewall(ns: NetNS, backend: str) -> None:
+    """Remove every rule of ``backend``'s kind from ``ns``, as someone's ``iptables -F`` or ``nft flush ruleset``."""
+    argvs = (
+        [["nft", "flush", "ruleset"]]
+        if backend == "nftables"
+        else [["iptables-legacy", "-t", table, "-F"] for table in ("filter", "nat")]
+    )
+    for argv in argvs:
+        subprocess.run(["nsenter", f"--net={ns.path}", "--", *argv], check=True)

@@ -17,6 +17,7 @@ from cnm.kernel.netns import NetNS
 from cnm.plugin import open_plugin
 from cnm.registry import ENTRY_POINT_GROUP, DriverFactory
 from cnm.testing.conformance import RULE_IDS, Report
+from cnm.testing.fixtures import FIREWALL_BACKENDS
 from cnm.testing.ovs import OvsDaemons
 
 pytestmark = pytest.mark.kernel
@@ -29,6 +30,9 @@ BUILTIN = ("bridge", "null", "host", "ovs", "remote")
 
 NEEDS_OVS = {"ovs"}
 """Drivers that need private Open vSwitch daemons in each host namespace of the kit."""
+
+WRITE_RULES = {"bridge", "ovs"}
+"""Drivers that ask the firewall for rules: the kit checks them on every backend (the others on one)."""
 
 
 def _factory(name: str) -> DriverFactory:
@@ -77,18 +81,21 @@ def _remote_hooks(request: pytest.FixtureRequest) -> dict[str, object]:
 
 
 _CASES = [
-    pytest.param(name, rule, id=f"{name}-{rule}", marks=[pytest.mark.ovs] if name in NEEDS_OVS else [])
+    pytest.param(
+        name, rule, firewall, id=f"{name}-{rule}-{firewall}", marks=[pytest.mark.ovs] if name in NEEDS_OVS else []
+    )
     for name in BUILTIN
     for rule in RULE_IDS
+    for firewall in (FIREWALL_BACKENDS if name in WRITE_RULES else FIREWALL_BACKENDS[:1])
 ]
 
 
-@pytest.mark.parametrize(("driver", "rule"), _CASES)
+@pytest.mark.parametrize(("driver", "rule", "firewall"), _CASES)
 def test_builtin_driver_keeps_the_contract(
-    driver_conformance: CheckDriver, request: pytest.FixtureRequest, driver: str, rule: str
+    driver_conformance: CheckDriver, request: pytest.FixtureRequest, driver: str, rule: str, firewall: str
 ) -> None:
     hooks = _ovs_hooks(request) if driver in NEEDS_OVS else _remote_hooks(request) if driver == "remote" else {}
-    report = driver_conformance(_factory(driver), rules=[rule], **hooks)
+    report = driver_conformance(_factory(driver), rules=[rule], firewall=firewall, **hooks)
     assert report.passed, str(report)
 
 

@@ -4,7 +4,8 @@ The scenes are Docker's own (``reference/docker/raw/2-default-bridge-*``,
 ``1e*``): same subnet, same addresses, hostnames set to the short ids Docker
 gave its containers, so the link's /etc/hosts and environment can be compared
 with Docker's captures byte for byte (``golden/links/docker_*``). Rule dumps are
-compared with ``golden/links/*.rules``; ``CNM_UPDATE_GOLDEN=1`` rewrites those.
+compared with ``golden/links/*.rules`` (iptables) and ``*.nft`` (nftables, as sorted JSON lines);
+``CNM_UPDATE_GOLDEN=1`` rewrites those. Every test runs on both firewall backends.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm.handles import Network, Sandbox
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import iptables_save
+from cnm.testing.hosts import firewall_rules
 from cnm.testing.traffic import probe, serve
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("firewall_backend")]
 
 Track = Callable[[subprocess.Popen[Any]], subprocess.Popen[Any]]
 
@@ -40,16 +41,21 @@ with socket.create_connection((addr, port), timeout=3) as s:
 """
 
 
+def backend(ctl: Controller) -> str:
+    """The name of the controller's firewall backend."""
+    return "nftables" if "Nftables" in type(ctl.firewall).__name__ else "iptables"
+
+
 def rules(ctl: Controller) -> str:
     """The host's rules with network ids replaced by ``<name-id>`` placeholders."""
-    text = iptables_save(ctl.host_netns).replace(ctl.owner_id, "<owner>")
+    text = firewall_rules(ctl.host_netns, backend(ctl)).replace(ctl.owner_id, "<owner>")
     for net in ctl.networks():
         text = text.replace(net.id[:12], f"<{net.name}-id>").replace(net.id[:11], f"<{net.name}-id>")
     return text
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
+def check_golden(name: str, text: str, ctl: Controller) -> None:
+    path = GOLDEN / (name if backend(ctl) == "iptables" else name.replace(".rules", ".nft"))
     if os.environ.get("CNM_UPDATE_GOLDEN") == "1":
         path.write_text(text)
     assert text == path.read_text(), f"differs from {path}; CNM_UPDATE_GOLDEN=1 regenerates it"
@@ -72,12 +78,12 @@ def read(path: str) -> str:
 
 
 @pytest.fixture
-def ctl(tmp_path: Path, host_netns: NetNS) -> Iterator[Controller]:
+def ctl(tmp_path: Path, host_netns: NetNS, firewall_backend: str) -> Iterator[Controller]:
     """A controller without predefined networks, so that a network can take Docker's 172.17.0.0/16."""
     from cnm.testing.hosts import unmount_sandboxes
 
     state = str(tmp_path / "state")
-    controller = Controller(state_dir=state, host_netns=host_netns, predefined=False)
+    controller = Controller(state_dir=state, host_netns=host_netns, firewall=firewall_backend, predefined=False)
     try:
         yield controller
     finally:
@@ -100,7 +106,7 @@ def icc_false_scene(ctl: Controller) -> tuple[Network, Sandbox, Sandbox]:
 def test_todomvc_link_on_icc_false_network(ctl: Controller, processes: Track) -> None:
     net, db, pub = icc_false_scene(ctl)
     before_link = rules(ctl)
-    check_golden("icc_false_no_links.rules", before_link)
+    check_golden("icc_false_no_links.rules", before_link, ctl)
 
     app = ctl.create_sandbox("app", hostname="aad5a7598168", network="icc", links=[("db", "db")])
     db_ip = str(net.endpoint("db").ip)
@@ -112,7 +118,7 @@ def test_todomvc_link_on_icc_false_network(ctl: Controller, processes: Track) ->
     assert app.inspect()["HostConfig"]["Links"] == ["/db:/app/db"]
     [link] = app.links()
     assert (link.name, link.ports, link.target, link.network) == ("/app/db", ("3306/tcp", "5432/udp"), db, net)
-    check_golden("icc_false_with_links.rules", rules(ctl))
+    check_golden("icc_false_with_links.rules", rules(ctl), ctl)
 
     for proto, port in (("tcp", 3306), ("udp", 5432), ("tcp", 8000)):
         processes(serve(db, proto, port))
@@ -127,19 +133,26 @@ def test_todomvc_link_on_icc_false_network(ctl: Controller, processes: Track) ->
         assert probe(pub, proto, db_ip, port, timeout=1) is None, (proto, port)
 
     # A restart keeps the link: a second controller on the same state_dir sees it and changes nothing.
-    with Controller(state_dir=ctl.state_dir, host_netns=ctl.host_netns, predefined=False) as again:
+    with Controller(
+        state_dir=ctl.state_dir, host_netns=ctl.host_netns, firewall=backend(ctl), predefined=False
+    ) as again:
         app2 = again.sandbox("app")
         assert app2.link_env() == docker_env("docker_icc_false_app")
         assert [lk.alias for lk in app2.links()] == ["db"]
-        check_golden("icc_false_with_links.rules", rules(again))
-        # Someone flushes cnm's chain: the link is cut; reapply_firewall brings its rules back.
-        subprocess.run(["nsenter", f"--net={again.host_netns.path}", "--", "iptables-legacy", "-F", "CNM"], check=True)
+        check_golden("icc_false_with_links.rules", rules(again), again)
+        # Someone flushes the link's rules (cnm's CNM chain, or its nftables links set): the link is cut;
+        # reapply_firewall brings them back.
+        if backend(again) == "iptables":
+            flush = ["iptables-legacy", "-F", "CNM"]
+        else:
+            flush = ["nft", "flush", "set", "inet", f"cnm_{again.owner_id}", f"links_{net.id[:12]}"]
+        subprocess.run(["nsenter", f"--net={again.host_netns.path}", "--", *flush], check=True)
         assert probe(app2, "tcp", db_ip, 3306, timeout=1) is None
         again.reapply_firewall()
-        check_golden("icc_false_with_links.rules", rules(again))
+        check_golden("icc_false_with_links.rules", rules(again), again)
         assert probe(app2, "tcp", db_ip, 3306) == app_ip
         again.reconcile()
-        check_golden("icc_false_with_links.rules", rules(again))
+        check_golden("icc_false_with_links.rules", rules(again), again)
 
     app.unlink("db")
     assert rules(ctl) == before_link
@@ -193,11 +206,11 @@ def test_links_go_away_cleanly(ctl: Controller, how: str) -> None:
 def test_default_bridge_link_matches_docker_and_adds_no_rules(controller: Controller) -> None:
     # Docker's 1c2 scene: db0 --expose 3306, app0 --link db0:db on the default bridge (icc on).
     db0 = controller.create_sandbox("db0", hostname="85ea1431e404", network="bridge", exposed=[3306])
-    before = iptables_save(controller.host_netns)
+    before = rules(controller)
     app0 = controller.create_sandbox("app0", hostname="28917edcc759", network="bridge", links=[("db0", "db")])
     assert read(app0.hosts_path) == (GOLDEN / "docker_app0.hosts").read_text()
     assert app0.link_env() == docker_env("docker_app0")
-    assert iptables_save(controller.host_netns) == before
+    assert rules(controller) == before
     assert app0.inspect()["HostConfig"]["Links"] == ["/db0:/app0/db"]
     db_inspect = db0.inspect()
     assert db_inspect["NetworkSettings"]["Ports"] == {"3306/tcp": None}
@@ -224,7 +237,7 @@ def test_bad_links_are_refused_and_leave_nothing(controller: Controller) -> None
         "db", network="a", exposed=["3306"], ports=[PortBinding(container_port=53, protocol="udp")]
     )
     controller.create_sandbox("far", network="b")
-    before = (iptables_save(controller.host_netns), read(app.hosts_path), link_rows(controller))
+    before = (rules(controller), read(app.hosts_path), link_rows(controller))
     with pytest.raises(errors.SandboxNotFound, match="ghost"):
         app.link("ghost", "g")
     with pytest.raises(errors.InvalidConfig, match="no network"):
@@ -240,16 +253,16 @@ def test_bad_links_are_refused_and_leave_nothing(controller: Controller) -> None
     with pytest.raises(errors.InvalidConfig, match="'db' has no address on network 'b'"):
         controller.create_sandbox("new", network="b", links=[("db", "db")])
     assert "new" not in [s.name for s in controller.sandboxes()]
-    assert (iptables_save(controller.host_netns), read(app.hosts_path), link_rows(controller)) == before
+    assert (rules(controller), read(app.hosts_path), link_rows(controller)) == before
     # A published port is exposed too.
     assert app.link("db", "db").ports == ("53/udp", "3306/tcp")
     with pytest.raises(errors.AlreadyExists, match="already has a link named 'db'"):
         app.link("db", "db")
     # Two aliases for one target share rules: removing one keeps the other's.
     app.link("db", "database")
-    with_links = iptables_save(controller.host_netns)
+    with_links = rules(controller)
     app.unlink("database")
-    assert iptables_save(controller.host_netns) == with_links
+    assert rules(controller) == with_links
     app.unlink("database")  # already gone: fine
     app.delete()
     assert link_rows(controller) == []

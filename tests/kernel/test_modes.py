@@ -86,6 +86,7 @@ def test_none_mode_has_loopback_only(controller: Controller) -> None:
     assert controller.network("none").endpoints() == []
 
 
+@pytest.mark.usefixtures("firewall_backend")  # the host's own traffic crosses whatever rules cnm keeps there
 def test_host_mode_is_the_host_namespace(controller: Controller, outside: Outside, processes: Track) -> None:
     # The host's own default route must survive the sandbox's join, leave and delete.
     with controller.host_netns.netlink() as nl:

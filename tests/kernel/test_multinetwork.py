@@ -43,6 +43,7 @@ def _ifnames(sandbox: Sandbox) -> dict[str, str | None]:
     return {ep.network.name: ep.ifname for ep in sandbox.endpoints()}
 
 
+@pytest.mark.usefixtures("firewall_backend")  # isolation and MASQUERADE are the firewall's
 def test_connect_and_disconnect_move_the_default_route(
     controller: Controller, outside: Outside, processes: Track
 ) -> None:
@@ -103,6 +104,7 @@ def test_internal_network_never_gives_the_default_route(controller: Controller) 
     sb.delete()
 
 
+@pytest.mark.usefixtures("firewall_backend")  # isolation and MASQUERADE are the firewall's
 def test_networks_isolated_and_dual_homed_sandbox_forwards_nothing(controller: Controller, processes: Track) -> None:
     a = controller.create_network("na", ipam=IPAMConfig(subnet="10.75.0.0/24"))
     b = controller.create_network("nb", ipam=IPAMConfig(subnet="10.76.0.0/24"))

@@ -27,7 +27,7 @@ from cnm._core import records as rec
 from cnm.firewall.nftables import NftablesFirewall
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside, iptables_save, nft_state, settled
+from cnm.testing.hosts import Outside, firewall_rules, flush_firewall, iptables_save, nft_state, settled
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel
@@ -348,10 +348,14 @@ def test_random_kills_then_reconcile(host_netns: NetNS, tmp_path: Path, seed: in
 
 
 def test_reboot_restores_networks(
-    host_netns: NetNS, outside: Outside, tmp_path: Path, processes: Callable[[subprocess.Popen[Any]], Any]
+    host_netns: NetNS,
+    outside: Outside,
+    tmp_path: Path,
+    processes: Callable[[subprocess.Popen[Any]], Any],
+    firewall_backend: str,
 ) -> None:
     state = str(tmp_path / "state")
-    with reopen(state, host_netns) as ctl:
+    with reopen(state, host_netns, firewall_backend) as ctl:
         ctl.create_network("boot", ipam=IPAMConfig(subnet="10.14.0.0/24"))
         ctl.create_sandbox("old", network="boot", ports=[PortBinding(container_port=80, host_port=8080)])
         bridge = "cnm-" + ctl.network("boot").id[:11]
@@ -359,11 +363,10 @@ def test_reboot_restores_networks(
     with host_netns.netlink() as nl:
         for name in (bridge, "cnm0"):
             links.delete_link(nl, name)
-    for table in ("filter", "nat"):
-        subprocess.run(["nsenter", f"--net={host_netns.path}", "--", "iptables-legacy", "-t", table, "-F"], check=True)
+    flush_firewall(host_netns, firewall_backend)
     for entry in os.listdir(os.path.join(state, "netns")):
         subprocess.run(["umount", os.path.join(state, "netns", entry)], check=True)
-    with reopen(state, host_netns) as ctl:
+    with reopen(state, host_netns, firewall_backend) as ctl:
         assert ctl.sandbox("old")._record.status == "dead"
         a = ctl.create_sandbox("a", network="boot", ports=[PortBinding(container_port=80, host_port=8080)])
         b = ctl.create_sandbox("b", network="boot")
@@ -377,20 +380,17 @@ def test_reboot_restores_networks(
 
 
 def test_reapply_after_a_flushed_firewall(
-    controller: Controller, outside: Outside, processes: Callable[[subprocess.Popen[Any]], Any]
+    controller: Controller, outside: Outside, processes: Callable[[subprocess.Popen[Any]], Any], firewall_backend: str
 ) -> None:
     controller.create_network("fl", ipam=IPAMConfig(subnet="10.15.0.0/24"))
     web = controller.create_sandbox("web", network="fl", ports=[PortBinding(container_port=80, host_port=8080)])
     processes(serve(web, "tcp", 80))
     processes(serve(outside, "tcp", 7000))
-    before = iptables_save(controller.host_netns)
-    for table in ("filter", "nat"):
-        subprocess.run(
-            ["nsenter", f"--net={controller.host_netns.path}", "--", "iptables-legacy", "-t", table, "-F"], check=True
-        )
+    before = firewall_rules(controller.host_netns, firewall_backend)
+    flush_firewall(controller.host_netns, firewall_backend)
     assert probe(outside, "tcp", str(outside.host_address), 8080, timeout=1) is None
     controller.reapply_firewall()
-    assert iptables_save(controller.host_netns) == before
+    assert firewall_rules(controller.host_netns, firewall_backend) == before
     assert probe(outside, "tcp", str(outside.host_address), 8080) == str(outside.address)
     assert probe(web, "tcp", str(outside.address), 7000) == str(outside.host_address)
     web.delete()

@@ -19,7 +19,7 @@ one test per rule so a failure names its rule::
 Each rule runs in a world of its own: a throwaway host namespace (prepared by
 the author's ``setup_host`` hook, e.g. to create a parent interface), a real
 :class:`~cnm.controller.Controller` bound to it whose registry holds only the
-driver under test, real sandboxes, and the real iptables firewall behind a
+driver under test, real sandboxes, and a real firewall (iptables by default, or nftables) behind a
 wrapper that can fail on demand. The driver is wrapped too, so the kit sees
 every verb and its arguments and can make a step fail after the driver did
 its part. Nothing outside the namespaces the kit creates is touched.
@@ -86,6 +86,7 @@ def check_driver(
     leftovers: Leftovers | None = None,
     rules: Collection[str] | None = None,
     netns_factory: Callable[[str], NetNS] | None = None,
+    firewall: str = "iptables",
 ) -> Report:
     """Check a driver against the contract, one fresh world per rule; raise if any rule breaks.
 
@@ -104,6 +105,7 @@ def check_driver(
         rules: the ids of the rules to check (see :data:`RULE_IDS`); all by default.
         netns_factory: makes the namespaces (the ``netns_factory`` fixture);
             by default the kit makes and removes its own.
+        firewall: the firewall backend behind the kit's recording spy ("iptables" or "nftables").
 
     Returns:
         The report, when every rule passed.
@@ -134,6 +136,7 @@ def check_driver(
                     leftovers=leftovers,
                     make_netns=make,
                     rule=rule,
+                    firewall=firewall,
                 )
             except Exception as exc:
                 raise InvalidConfig(

@@ -17,7 +17,7 @@ import attrs
 
 from cnm.controller import Controller
 from cnm.driverapi import Capabilities, Driver, DriverContext, JoinResult, PortPublisher
-from cnm.firewall.iptables import IptablesFirewall
+from cnm.firewall import open_firewall
 from cnm.handles import Endpoint, Network, Sandbox
 from cnm.kernel import addresses, links, netns, routes
 from cnm.kernel.netns import NetNS
@@ -99,6 +99,7 @@ class World:
         leftovers: Leftovers | None,
         make_netns: Callable[[str], NetNS],
         rule: Rule,
+        firewall: str = "iptables",
     ) -> None:
         self.driver = driver
         self.rule = rule
@@ -107,7 +108,7 @@ class World:
         self._counter = 0
         self._stack = contextlib.ExitStack()
         try:
-            self._start(factory, options, setup_host, make_netns)
+            self._start(factory, options, setup_host, make_netns, firewall)
         except BaseException:
             self._stack.close()
             raise
@@ -118,6 +119,7 @@ class World:
         options: Mapping[str, object],
         setup_host: SetupHost | None,
         make_netns: Callable[[str], NetNS],
+        firewall: str,
     ) -> None:
         self.host = make_netns("h")
         self._stack.callback(netns.remove, self.host.path)
@@ -127,9 +129,9 @@ class World:
         self._stack.callback(shutil.rmtree, self.state_dir, ignore_errors=True)
         self._stack.callback(netns.release_directory, os.path.join(self.state_dir, "netns"))
         self._stack.callback(self._unmount_sandboxes)
-        iptables = IptablesFirewall(self.host)
-        self._stack.callback(iptables.close)  # ends its worker process
-        self.firewall = CheckedFirewall(iptables)
+        backend = open_firewall(firewall, self.host)
+        self._stack.callback(backend.close)  # ends its worker process
+        self.firewall = CheckedFirewall(backend)
         self._spies: list[DriverSpy] = []
         registry = DriverRegistry(self._context_for, load_entry_points=False)
         registry.register(self.driver, self._wrap(factory))
