@@ -100,7 +100,8 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, 
             raise EndpointJoined(f"endpoint {endpoint.name!r} is already joined to sandbox {other!r}; leave it first")
         network = rt.state.get(rec.NetworkRecord, endpoint.network_id)
         # Docker's rule: one endpoint per network per sandbox; a second would be two interfaces on one subnet.
-        connected = [e.name for e in rt.state.endpoints_of_network(network.id) if e.sandbox_id == sandbox.id]
+        # Looked up among the sandbox's few endpoints, not the network's (thousands: one record read each).
+        connected = [e.name for e in rt.state.endpoints_of_sandbox(sandbox.id) if e.network_id == network.id]
         if connected:
             raise AlreadyConnected(
                 f"sandbox {sandbox.name!r} is already connected to network {network.name!r} through endpoint "
