@@ -57,10 +57,15 @@ from steptimer import OVERLAPPED, StepTimer
 HOST_PORT_BASE = 20000
 CONTAINER_PORT = 80
 CNI_DIR = "/usr/lib/cni"
-SUBNETS = {"cnm": "10.231.0.0/16", "cni": "10.232.0.0/16", "floor": "10.233.0.0/16"}
-IMPLS = ("cnm", "cni", "floor")
+SUBNETS = {"cnm": "10.231.0.0/16", "cnm-nft": "10.234.0.0/16", "cni": "10.232.0.0/16", "floor": "10.233.0.0/16"}
+IMPLS = ("cnm", "cnm-nft", "cni", "floor")
+#: cnm's rows and the firewall backend each runs on ("cnm" is the iptables backend, as before).
+CNM_BACKENDS = {"cnm": "iptables", "cnm-nft": "nftables"}
+#: Seconds of quiet before each timed call: the kernel finishes what the previous one left (the deferred
+#: free of a replaced iptables table, a namespace's teardown), instead of charging it to the next implementation.
+SETTLE = 0.05
 # What each row of the per-container table is: floor-unmount shares the floor worker.
-ROWS = ("cnm", "cni", "floor", "floor-unmount")
+ROWS = ("cnm", "cnm-nft", "cni", "floor", "floor-unmount")
 DEFAULT_KS = (10, 100, 250, 500, 1000)
 QUICK_KS = (10, 20)
 _CLONE_NEWNET = 0x40000000
@@ -150,15 +155,17 @@ def _verify(netns_path: str, host_path: str, subnet: str, host_port: int) -> Non
 class CnmImpl:
     """cnm through its public API, in the worker's host namespace."""
 
-    def __init__(self, tag: str, host_path: str, workdir: str) -> None:
+    def __init__(self, tag: str, host_path: str, workdir: str, impl: str = "cnm") -> None:
         from cnm import Controller, IPAMConfig
         from cnm.kernel.netns import NetNS
 
-        self.subnet = SUBNETS["cnm"]
+        self.subnet = SUBNETS[impl]
         self.host_path = host_path
-        self.state_dir = os.path.join(workdir, "cnm-state")
+        self.state_dir = os.path.join(workdir, f"{impl}-state")
         self.baseline_rss = _vm_status()
-        self.ctl = Controller(state_dir=self.state_dir, host_netns=NetNS(host_path), predefined=False)
+        self.ctl = Controller(
+            state_dir=self.state_dir, host_netns=NetNS(host_path), firewall=CNM_BACKENDS[impl], predefined=False
+        )
         self.net = self.ctl.create_network(
             "bench", ipam=IPAMConfig(subnet=self.subnet, gateway=str(_gateway(self.subnet)))
         )
@@ -391,6 +398,7 @@ def instrument(profiler: StepTimer) -> None:
     from cnm._core import records as _records
     from cnm._core.locks import StateLocks
     from cnm.firewall.iptables import IptablesFirewall
+    from cnm.firewall.nftables import NftablesFirewall
     from cnm.ipam import LocalIpam
     from cnm.kernel import addresses, links, netns, routes
     from cnm.portmapper import PortAllocator
@@ -403,6 +411,7 @@ def instrument(profiler: StepTimer) -> None:
         netns.NetNS, "netlink", "netlink socket open (helper thread + IPRoute)", "netlink socket close", lambda _: True
     )
     p.wrap(IptablesFirewall, "_run", "firewall: one call to the worker (xtables lock, libiptc read, commit)")
+    p.wrap(NftablesFirewall, "_run", "firewall: one call to the worker (one libnftables batch)")
     p.wrap(links, "add_veth", "link: veth create (peer born in netns, on bridge)")
     p.wrap(links, "set_hairpin", "link: hairpin on")
     p.wrap(links, "set_link", "link: set up")
@@ -444,8 +453,11 @@ class _Served:
         self.profiler: StepTimer | None = None
 
     def setup(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        classes = {"cnm": CnmImpl, "cni": CniImpl, "floor": FloorImpl}
-        self.target = classes[self.impl](self.tag, self.host_path, self.workdir)
+        if self.impl in CNM_BACKENDS:
+            self.target = CnmImpl(self.tag, self.host_path, self.workdir, self.impl)
+        else:
+            classes = {"cni": CniImpl, "floor": FloorImpl}
+            self.target = classes[self.impl](self.tag, self.host_path, self.workdir)
         return {}
 
     def _timed(self, what: str, i: int, mode: str) -> float:
@@ -667,10 +679,12 @@ def run(args: argparse.Namespace, log: IO[str]) -> dict[str, Any]:
         for name in os.listdir(netns.NETNS_RUN_DIR):
             if name.startswith(tag + "-"):
                 netns.remove(os.path.join(netns.NETNS_RUN_DIR, name))
-        with contextlib.suppress(FileNotFoundError):  # cnm's sandboxes, should a worker have died
-            for name in os.listdir(os.path.join(workdir, "cnm-state", "netns")):
-                netns.remove(os.path.join(workdir, "cnm-state", "netns", name))
-        netns.release_directory(os.path.join(workdir, "cnm-state", "netns"))
+        for impl in CNM_BACKENDS:
+            directory = os.path.join(workdir, f"{impl}-state", "netns")
+            with contextlib.suppress(FileNotFoundError):  # cnm's sandboxes, should a worker have died
+                for name in os.listdir(directory):
+                    netns.remove(os.path.join(directory, name))
+            netns.release_directory(directory)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -701,7 +715,9 @@ def _measure(args: argparse.Namespace, workers: dict[str, Worker], log: IO[str])
     for n in range(args.n):
         for impl, row, mode in jobs[n % len(jobs) :] + jobs[: n % len(jobs)]:
             i = new_id(impl)
+            time.sleep(SETTLE)
             adds[row].append(workers[impl].call(op="add", i=i)["seconds"])
+            time.sleep(SETTLE)
             dels[row].append(workers[impl].call(op="del", i=i, mode=mode)["seconds"])
     per_container = {row: {"add": _stats(adds[row]), "del": _stats(dels[row])} for row in ROWS}
     print(f"per-container: {args.n} rounds done", file=log)
@@ -718,28 +734,38 @@ def _measure(args: argparse.Namespace, workers: dict[str, Worker], log: IO[str])
         for _ in range(args.reps):
             for impl, row, mode in jobs:
                 i = new_id(impl)
+                time.sleep(SETTLE)
                 samples[row][0].append(workers[impl].call(op="add", i=i)["seconds"])
+                time.sleep(SETTLE)
                 samples[row][1].append(workers[impl].call(op="del", i=i, mode=mode)["seconds"])
         for row, (a, d) in samples.items():
             scaling[row][str(k)] = {"add": statistics.median(a) * 1000, "del": statistics.median(d) * 1000}
         print(f"scaling: k={k} done", file=log)
 
-    # 3. cnm's resident memory with max(k) endpoints.
+    # 3. cnm's resident memory with max(k) endpoints, on each firewall backend.
     while present < max(args.k):
-        workers["cnm"].call(op="add", i=new_id("cnm"))
+        for impl in CNM_BACKENDS:
+            workers[impl].call(op="add", i=new_id(impl))
         present += 1
-    rss = workers["cnm"].call(op="rss")
-    memory = {
-        "endpoints": present,
-        "vmrss_kb": rss["now"]["VmRSS"],
-        "vmhwm_kb": rss["now"]["VmHWM"],
-        "baseline_kb": rss["baseline"]["VmRSS"],
-        "after_controller_kb": rss["after_setup"]["VmRSS"],
-    }
-
+    memory = _memory(workers, present)
     # 4. cnm's per-step breakdown (instrumented, so a separate pass), at max(k) endpoints present.
-    breakdown = _breakdown(args, workers["cnm"], present, new_id)
+    breakdown = {impl: _breakdown(args, workers[impl], present, new_id) for impl in CNM_BACKENDS}
     return {"per_container": per_container, "scaling": scaling, "memory": memory, "breakdown": breakdown}
+
+
+def _memory(workers: dict[str, Worker], present: int) -> dict[str, Any]:
+    """VmRSS of each cnm worker, with ``present`` endpoints."""
+    memory = {}
+    for impl in CNM_BACKENDS:
+        rss = workers[impl].call(op="rss")
+        memory[impl] = {
+            "endpoints": present,
+            "vmrss_kb": rss["now"]["VmRSS"],
+            "vmhwm_kb": rss["now"]["VmHWM"],
+            "baseline_kb": rss["baseline"]["VmRSS"],
+            "after_controller_kb": rss["after_setup"]["VmRSS"],
+        }
+    return memory
 
 
 def _breakdown(args: argparse.Namespace, worker: Worker, present: int, new_id: Callable[[str], int]) -> dict[str, Any]:
@@ -749,7 +775,7 @@ def _breakdown(args: argparse.Namespace, worker: Worker, present: int, new_id: C
     for what in ("add", "del"):
         breakdown[what] = {"steps": defaultdict(lambda: [0.0, 0]), "total": 0.0}
     for _ in range(args.profile_n):
-        i = new_id("cnm")
+        i = new_id(worker.impl)
         for what in ("add", "del"):
             answer = worker.call(op="profile", what=what, i=i)
             breakdown[what]["total"] += answer["seconds"]
@@ -786,6 +812,8 @@ def _ratios(result: dict[str, Any]) -> dict[str, float]:
         "add cnm/floor": cnm_add / pc["floor"]["add"]["median"],
         "del cnm/floor (veth delete)": cnm_del / pc["floor"]["del"]["median"],
         "del cnm/floor-unmount": cnm_del / pc["floor-unmount"]["del"]["median"],
+        "add cnm-nft/cnm (nftables / iptables backend)": pc["cnm-nft"]["add"]["median"] / cnm_add,
+        "del cnm-nft/cnm (nftables / iptables backend)": pc["cnm-nft"]["del"]["median"] / cnm_del,
     }
     for row in ROWS:
         first, last = sc[row][str(ks[0])], sc[row][str(ks[-1])]
@@ -798,7 +826,8 @@ def render(result: dict[str, Any]) -> str:
     pc, sc, mem, ratios = result["per_container"], result["scaling"], result["memory"], result["ratios"]
     lines = ["| who | ADD median | min | max | DEL median | min | max |", "|---|---|---|---|---|---|---|"]
     labels = {
-        "cnm": "cnm (sandbox + endpoint + join + 1 port)",
+        "cnm": "cnm, iptables backend (sandbox + endpoint + join + 1 port)",
+        "cnm-nft": "cnm, nftables backend (the same)",
         "cni": "CNI bridge + host-local + portmap (iptables-legacy)",
         "floor": "floor: ip -batch + iptables-legacy-restore, DEL deletes the veth",
         "floor-unmount": "floor, DEL only unmounts the netns",
@@ -821,17 +850,18 @@ def render(result: dict[str, Any]) -> str:
         )
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in ratios.items()]
-    lines += [
-        "",
-        f"cnm worker VmRSS with {mem['endpoints']} endpoints: {mem['vmrss_kb'] / 1024:.1f} MB "
-        f"(peak {mem['vmhwm_kb'] / 1024:.1f} MB; {mem['baseline_kb'] / 1024:.1f} MB after imports, "
-        f"{mem['after_controller_kb'] / 1024:.1f} MB with the Controller and its network)",
-    ]
-    for what in ("add", "del"):
-        b = result["breakdown"][what]
+    for impl, m in mem.items():
         lines += [
             "",
-            f"cnm {what.upper()} per step, {b['total_ms']:.1f} ms instrumented, "
+            f"{impl} worker VmRSS with {m['endpoints']} endpoints: {m['vmrss_kb'] / 1024:.1f} MB "
+            f"(peak {m['vmhwm_kb'] / 1024:.1f} MB; {m['baseline_kb'] / 1024:.1f} MB after imports, "
+            f"{m['after_controller_kb'] / 1024:.1f} MB with the Controller and its network)",
+        ]
+    for impl, what in ((impl, what) for impl in result["breakdown"] for what in ("add", "del")):
+        b = result["breakdown"][impl][what]
+        lines += [
+            "",
+            f"{impl} ({CNM_BACKENDS[impl]}) {what.upper()} per step, {b['total_ms']:.1f} ms instrumented, "
             f"{b['containers_present']} containers present (exclusive ms per container, calls):",
             "",
             "| step | ms | calls |",

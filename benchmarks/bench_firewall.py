@@ -1,4 +1,4 @@
-"""What publishing one port costs cnm's iptables firewall as published ports accumulate on one network.
+"""What publishing one port costs each of cnm's firewall backends as published ports accumulate on one network.
 
 Run as root (``sudo ./run bench [options]``, or ``python benchmarks/bench_firewall.py``). Everything
 happens in one throwaway host namespace, created with ``cnm.kernel.netns.create`` under a temp
@@ -6,14 +6,19 @@ dir and removed at the end; the machine's own namespace and tables are never tou
 lock is a file in the same temp dir: the namespace is private, so nothing else writes its tables,
 and other users of ``/run/xtables.lock`` on the machine cannot add waiting time to the figures.
 
-For each ``k`` (default 10, 100, 250, 500, 1000), ports are published on one network until ``k``
-are there (one :meth:`IptablesFirewall.add_ports` call per port, as containers do), then
-``add_ports`` and ``remove_ports`` of one more port are timed ``--reps`` times and the median is
-reported, as the caller sees it (the round trip to the firewall's worker process included).
+Both backends run side by side in one run, each in a host namespace of its own: the iptables
+backend (:class:`IptablesFirewall`, libiptc) and the nftables backend (:class:`NftablesFirewall`,
+libnftables), measured in turn at each ``k``. For each ``k`` (default 10, 100, 250, 500, 1000),
+ports are published on one network until ``k`` are there (one ``add_ports`` call per port, as
+containers do), then ``add_ports`` and ``remove_ports`` of one more port are timed ``--reps`` times
+and the median is reported, as the caller sees it (the round trip to the firewall's worker process
+included).
 
 A second firewall in the same namespace, whose worker was forked after timers were wrapped around
-the worker's steps (:mod:`cnm.firewall.iptables` is monkeypatched from here; the library is not
-changed), gives the phases of the same two calls inside the worker: waiting for the xtables lock,
+the worker's steps (:mod:`cnm.firewall.iptables` and :mod:`cnm.firewall.nftables` are
+monkeypatched from here; the library is not changed), gives the phases of the same two calls
+inside the worker. For nftables: building the batch, libnftables' ``json_cmd`` (parsing the JSON,
+the netlink transaction, the kernel's commit) and any listing. For iptables: waiting for the xtables lock,
 reading each table (``iptc_init``: the kernel's copy of the table, parsed by libiptc), building
 rules, libiptc lookups (``iptc_check_entry``, ``iptc_is_chain``), Python scans of a chain's rules,
 changing the table in memory, committing each table (libiptc compiles the table, the kernel
@@ -42,6 +47,8 @@ from typing import Any
 
 from steptimer import StepTimer
 
+BACKENDS = ("iptables", "nftables")
+SETTLE = 1.0  # seconds of quiet before a backend's samples
 DEFAULT_KS = (10, 100, 250, 500, 1000)
 QUICK_KS = (10, 100)
 SUBNET = ipaddress.IPv4Network("10.231.0.0/16")
@@ -51,8 +58,37 @@ _PHASES_OP = "bench_phases"
 
 
 # --------------------------------------------------------------------------------------------- phases
-def instrument(phases: StepTimer) -> None:
+def instrument(phases: StepTimer, backend: str) -> None:
     """Wrap the worker's steps with timers, before the worker is forked (it inherits them)."""
+    if backend == "nftables":
+        _instrument_nftables(phases)
+    else:
+        _instrument_iptables(phases)
+
+
+def _serve_timed(server_class: Any, phases: StepTimer) -> None:
+    serve = server_class.__call__
+
+    def call(server: Any, request: Any) -> object:
+        # The worker process has its own copy of ``phases`` (fork): this request hands its figures back.
+        if getattr(request, "method", None) == _PHASES_OP:
+            return phases.take()
+        with phases.timed("worker: other (Python glue, building the batch)"):
+            return serve(server, request)
+
+    server_class.__call__ = call
+
+
+def _instrument_nftables(phases: StepTimer) -> None:
+    from cnm.firewall import nftables
+
+    _serve_timed(nftables._Server, phases)
+    phases.wrap(nftables._Server, "_batch", "libnftables json_cmd: the batch (parse, netlink transaction, commit)")
+    phases.wrap(nftables._Server, "_exists", "libnftables: list tables (only after a failed removal)")
+    phases.wrap(nftables._Server, "_foreign", "libnftables: list other tables' forward chains")
+
+
+def _instrument_iptables(phases: StepTimer) -> None:
     from cnm.firewall import _iptables_session as session
     from cnm.firewall._libiptc import Table
 
@@ -95,7 +131,17 @@ def _mapping(i: int) -> Any:
     )
 
 
-def _count_rules(host_path: str) -> dict[str, int]:
+def _count_rules(host_path: str, backend: str) -> dict[str, int]:
+    if backend == "nftables":
+        listed = subprocess.run(
+            ["nsenter", f"--net={host_path}", "nft", "-j", "list", "ruleset"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        items = json.loads(listed)["nftables"]
+        elements = sum(len(body.get("elem", [])) for item in items for body in item.values() if isinstance(body, dict))
+        return {"rules": sum(1 for item in items if "rule" in item), "elements": elements}
     counts = {}
     for table in ("filter", "nat"):
         saved = subprocess.run(
@@ -108,66 +154,115 @@ def _count_rules(host_path: str) -> dict[str, int]:
     return counts
 
 
-def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
-    """Publish ports up to max(k), timing one more port's add and remove at each k; then clean up."""
+def _open(backend: str, host: Any, lock: str) -> Any:
     from cnm.firewall.iptables import IptablesFirewall
-    from cnm.firewallapi import FirewallNetwork
+    from cnm.firewall.nftables import NftablesFirewall
+
+    return NftablesFirewall(host) if backend == "nftables" else IptablesFirewall(host, lock_path=lock)
+
+
+class _Backend:
+    """One backend's host namespace and its two firewalls: a plain one (timed) and an instrumented one."""
+
+    def __init__(self, backend: str, workdir: str, phases: StepTimer) -> None:
+        from cnm.firewallapi import FirewallNetwork
+        from cnm.kernel import netns
+
+        self.name = backend
+        self.host_path = os.path.join(workdir, f"host-{backend}")
+        lock = os.path.join(workdir, "xtables.lock")
+        self.firewalls: list[Any] = []
+        host = netns.create(self.host_path)
+        self.network = FirewallNetwork(
+            id=secrets.token_hex(32), interface="cnmb-" + secrets.token_hex(5), subnet=SUBNET
+        )
+        self.plain = _open(backend, host, lock)
+        self.firewalls.append(self.plain)
+        self.plain.setup_network(self.network)  # forks the plain worker before any timer is wrapped
+        instrument(phases, backend)
+        self.timed = _open(backend, host, lock)
+        self.firewalls.append(self.timed)
+        self.timed.setup_network(self.network)  # forks the instrumented worker
+        self.timed._worker.call(_request(_PHASES_OP))
+        self.published = 0
+
+    def fill(self, k: int, extra: Any) -> None:
+        """Publish up to ``k`` ports, then one untimed add and remove of ``extra`` (the kernel settles)."""
+        while self.published < k:
+            self.plain.add_ports(self.network, [_mapping(self.published)])
+            self.published += 1
+        self.plain.add_ports(self.network, [extra])
+        self.plain.remove_ports(self.network, [extra])
+
+    def sample(self, extra: Any) -> tuple[float, float]:
+        """One timed add and remove of ``extra``, seconds."""
+        start = time.perf_counter()
+        self.plain.add_ports(self.network, [extra])
+        middle = time.perf_counter()
+        self.plain.remove_ports(self.network, [extra])
+        return middle - start, time.perf_counter() - middle
+
+    def row(self, k: int, adds: list[float], removes: list[float], reps: int, extra: Any) -> dict[str, Any]:
+        """The figures at ``k``: median and minimum of the samples, rule counts, the worker's phases."""
+        row: dict[str, Any] = {
+            "k": k,
+            "add_ms": statistics.median(adds) * 1e3,
+            "remove_ms": statistics.median(removes) * 1e3,
+            "add_min_ms": min(adds) * 1e3,
+            "remove_min_ms": min(removes) * 1e3,
+            "rules": _count_rules(self.host_path, self.name),
+        }
+        for verb in ("add", "remove"):
+            row[f"{verb}_phases"] = _phase_sample(self.timed, verb, self.network, extra, reps)
+        return row
+
+    def close(self) -> None:
+        from cnm.kernel import netns
+
+        for firewall in self.firewalls:
+            firewall.close()
+        netns.remove(self.host_path)
+
+
+def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """For each backend, publish ports up to max(k), timing one more port's add and remove at each k."""
     from cnm.kernel import netns
 
     ks = sorted(set(args.k))
     workdir = tempfile.mkdtemp(prefix=f"{args.prefix}{secrets.token_hex(3)}-")
-    host_path = os.path.join(workdir, "host")
-    lock = os.path.join(workdir, "xtables.lock")
-    firewalls: list[IptablesFirewall] = []
+    backends: list[_Backend] = []
     try:
-        host = netns.create(host_path)
-        network = FirewallNetwork(id=secrets.token_hex(32), interface="cnmb-" + secrets.token_hex(5), subnet=SUBNET)
-        plain = IptablesFirewall(host, lock_path=lock)
-        firewalls.append(plain)
-        plain.setup_network(network)  # forks the plain worker before any timer is wrapped
-        phases = StepTimer(single_thread=True)  # the worker serves requests in one thread of its own
-        instrument(phases)
-        timed = IptablesFirewall(host, lock_path=lock)
-        firewalls.append(timed)
-        timed.setup_network(network)  # forks the instrumented worker
-        timed._worker.call(_request(_PHASES_OP))
-
-        published = 0
-        rows: list[dict[str, Any]] = []
+        phases = StepTimer(single_thread=True)  # each worker serves requests in one thread of its own
+        for name in BACKENDS:
+            backends.append(_Backend(name, workdir, phases))
+        rows: dict[str, list[dict[str, Any]]] = {b.name: [] for b in backends}
         extra = _mapping(max(ks) + 1)  # never among the k
         for k in ks:
-            while published < k:
-                plain.add_ports(network, [_mapping(published)])
-                published += 1
-            adds, removes = [], []
-            for _ in range(args.reps):
-                start = time.perf_counter()
-                plain.add_ports(network, [extra])
-                middle = time.perf_counter()
-                plain.remove_ports(network, [extra])
-                adds.append(middle - start)
-                removes.append(time.perf_counter() - middle)
-            row: dict[str, Any] = {
-                "k": k,
-                "add_ms": statistics.median(adds) * 1e3,
-                "remove_ms": statistics.median(removes) * 1e3,
-                "rules": _count_rules(host_path),
-            }
-            for verb in ("add", "remove"):
-                row[f"{verb}_phases"] = _phase_sample(timed, verb, network, extra, args.reps)
-            rows.append(row)
-            print(f"k={k}: add {row['add_ms']:.2f} ms, remove {row['remove_ms']:.2f} ms", file=log)
-        return {"rows": rows}
+            samples: dict[str, tuple[list[float], list[float]]] = {b.name: ([], []) for b in backends}
+            for backend in backends:
+                backend.fill(k, extra)
+            for backend in backends:
+                # Each backend's samples apart, after a pause: the kernel's deferred freeing of a replaced
+                # iptables table (megabytes at k=1000) would otherwise land on the other backend's calls.
+                time.sleep(SETTLE)
+                for _ in range(args.reps):
+                    add, remove = backend.sample(extra)
+                    samples[backend.name][0].append(add)
+                    samples[backend.name][1].append(remove)
+            for backend in backends:
+                row = backend.row(k, *samples[backend.name], args.reps, extra)
+                rows[backend.name].append(row)
+                print(f"{backend.name} k={k}: add {row['add_ms']:.2f} ms, remove {row['remove_ms']:.2f} ms", file=log)
+        return {"backends": {name: {"rows": r} for name, r in rows.items()}}
     finally:
-        for firewall in firewalls:
-            firewall.close()
-        netns.remove(host_path)  # succeeds when create failed and nothing is there
+        for backend in backends:
+            backend.close()
         netns.release_directory(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _request(method: str, *args: Any) -> Any:
-    from cnm.kernel.worker import Request
+    from cnm.firewall._worker import Request
 
     return Request(method=method, what=method, args=args)
 
@@ -198,41 +293,54 @@ def _phase_sample(firewall: Any, verb: str, network: Any, port: Any, reps: int) 
 
 # --------------------------------------------------------------------------------------------- report
 def render(result: dict[str, Any]) -> str:
-    """The results as Markdown tables."""
-    rows = result["rows"]
+    """The results as Markdown tables: both backends side by side, then each one's phases."""
+    per = {name: body["rows"] for name, body in result["backends"].items()}
+    names = list(per)
     lines = [
         "### One port's add_ports / remove_ports with k ports already published (median ms)",
         "",
-        "| k | rules filter / nat | add_ports | remove_ports |",
-        "|---|---|---|---|",
+        "| k | " + " | ".join(f"{n} add | {n} remove | {n} {_size_label(n)}" for n in names) + " |",
+        "|---|" + "---|---|---|" * len(names),
     ]
-    for row in rows:
-        rules = row["rules"]
+    for index, row in enumerate(per[names[0]]):
+        cells = []
+        for name in names:
+            r = per[name][index]
+            size = " / ".join(str(v) for v in r["rules"].values())
+            cells.append(f"{r['add_ms']:.2f} | {r['remove_ms']:.2f} | {size}")
+        lines.append(f"| {row['k']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name in names:
+        first, last = per[name][0], per[name][-1]
         lines.append(
-            f"| {row['k']} | {rules['filter']} / {rules['nat']} | {row['add_ms']:.2f} | {row['remove_ms']:.2f} |"
+            f"- {name}: add_ports at k={last['k']} / k={first['k']}: {last['add_ms'] / first['add_ms']:.2f} "
+            f"(minimum {last['add_min_ms'] / first['add_min_ms']:.2f}); "
+            f"remove_ports: {last['remove_ms'] / first['remove_ms']:.2f} "
+            f"(minimum {last['remove_min_ms'] / first['remove_min_ms']:.2f})"
         )
-    first, last = rows[0], rows[-1]
-    lines += [
-        "",
-        f"add_ports at k={last['k']} / k={first['k']}: {last['add_ms'] / first['add_ms']:.2f}; "
-        f"remove_ports: {last['remove_ms'] / first['remove_ms']:.2f}",
-    ]
-    for verb in ("add", "remove"):
-        names = sorted(
-            {name for row in rows for name in row[f"{verb}_phases"]} - {"total"},
-            key=lambda name: -last[f"{verb}_phases"].get(name, 0.0),
-        )
-        lines += [
-            "",
-            f"### Phases of {verb}_ports inside the instrumented worker (median exclusive ms)",
-            "",
-            "| phase | " + " | ".join(f"k={row['k']}" for row in rows) + " |",
-            "|---" * (len(rows) + 1) + "|",
-        ]
-        for name in [*names, "total"]:
-            cells = " | ".join(f"{row[f'{verb}_phases'].get(name, 0.0):.3f}" for row in rows)
-            lines.append(f"| {name} | {cells} |")
+    for name in names:
+        rows = per[name]
+        last = rows[-1]
+        for verb in ("add", "remove"):
+            phase_names = sorted(
+                {phase for row in rows for phase in row[f"{verb}_phases"]} - {"total"},
+                key=lambda phase: -last[f"{verb}_phases"].get(phase, 0.0),
+            )
+            lines += [
+                "",
+                f"### {name}: phases of {verb}_ports inside the instrumented worker (median exclusive ms)",
+                "",
+                "| phase | " + " | ".join(f"k={row['k']}" for row in rows) + " |",
+                "|---" * (len(rows) + 1) + "|",
+            ]
+            for phase in [*phase_names, "total"]:
+                cells = " | ".join(f"{row[f'{verb}_phases'].get(phase, 0.0):.3f}" for row in rows)
+                lines.append(f"| {phase} | {cells} |")
     return "\n".join(lines)
+
+
+def _size_label(backend: str) -> str:
+    return "rules / elements" if backend == "nftables" else "rules filter / nat"
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -242,7 +350,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "-k", type=int, nargs="+", default=list(DEFAULT_KS), help="published ports to time at (default %(default)s)"
     )
-    parser.add_argument("--reps", type=int, default=7, help="timed add/remove pairs at each k (default 7)")
+    parser.add_argument("--reps", type=int, default=15, help="timed add/remove pairs at each k (default 15)")
     parser.add_argument("--quick", action="store_true", help=f"k={QUICK_KS}, 3 reps (for CI)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--prefix", default="cnmbench-", help="name prefix of the temp dir (default %(default)s)")
@@ -266,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench_firewall: needs root (it creates a network namespace): sudo ./run bench")
-    if shutil.which("nsenter") is None or shutil.which("iptables-legacy-save") is None:
-        sys.exit("bench_firewall: nsenter and iptables-legacy-save must be on PATH")
+    if any(shutil.which(tool) is None for tool in ("nsenter", "iptables-legacy-save", "nft")):
+        sys.exit("bench_firewall: nsenter, iptables-legacy-save and nft must be on PATH")
     os.environ.setdefault("XTABLES_LIBDIR", "/usr/lib/x86_64-linux-gnu/xtables")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # through run()'s cleanup
     started = datetime.datetime.now(datetime.UTC)

@@ -41,14 +41,16 @@ def test_quick_benchmark_runs_every_implementation_and_writes_its_json(tmp_path:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "verified:" in proc.stderr  # every implementation passed its ping and published-port check
     result = json.loads(out.read_text())
-    rows = {"cnm", "cni", "floor", "floor-unmount"}
+    rows = {"cnm", "cnm-nft", "cni", "floor", "floor-unmount"}
     assert set(result["per_container"]) == rows
     assert all(result["per_container"][row][op]["n"] == 5 for row in rows for op in ("add", "del"))
     assert all(set(result["scaling"][row]) == {"10", "20"} for row in rows)
-    assert result["memory"]["endpoints"] == 20
-    assert result["breakdown"]["add"]["steps"]
-    assert result["breakdown"]["del"]["steps"]
+    for impl in ("cnm", "cnm-nft"):  # both firewall backends, side by side
+        assert result["memory"][impl]["endpoints"] == 20
+        assert result["breakdown"][impl]["add"]["steps"]
+        assert result["breakdown"][impl]["del"]["steps"]
     assert "add cnm/CNI" in result["ratios"]
+    assert "add cnm-nft/cnm" in result["ratios"]
     assert "| cnm " in proc.stdout
     assert not [name for name in os.listdir("/run/netns") if name.startswith(prefix)]
 
@@ -59,6 +61,8 @@ def test_quick_firewall_benchmark_runs_and_writes_its_json(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr[-4000:]
     # Like ./run bench, a --json path gets the firewall's figures beside it, not over it.
     result = json.loads((tmp_path / "bench.firewall.json").read_text())
-    assert [row["k"] for row in result["rows"]] == result["meta"]["k"]
-    assert all(row["add_ms"] > 0 and row["remove_ms"] > 0 for row in result["rows"])
-    assert "add_ports" in proc.stdout
+    assert set(result["backends"]) == {"iptables", "nftables"}
+    for backend in result["backends"].values():
+        assert [row["k"] for row in backend["rows"]] == result["meta"]["k"]
+        assert all(row["add_ms"] > 0 and row["remove_ms"] > 0 for row in backend["rows"])
+    assert "nftables add" in proc.stdout
