@@ -262,7 +262,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
 
 
 def _request(method: str, *args: Any) -> Any:
-    from cnm.firewall._worker import Request
+    from cnm.kernel.worker import Request
 
     return Request(method=method, what=method, args=args)
 

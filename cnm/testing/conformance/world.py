@@ -17,7 +17,7 @@ import attrs
 
 from cnm.controller import Controller
 from cnm.driverapi import Capabilities, Driver, DriverContext, JoinResult, PortPublisher
-from cnm.firewall import open_firewall
+from cnm.firewallapi import open_firewall
 from cnm.handles import Endpoint, Network, Sandbox
 from cnm.kernel import addresses, links, netns, routes
 from cnm.kernel.netns import NetNS
