@@ -41,7 +41,7 @@ from cnm.firewallapi import Firewall
 from cnm.kernel.netns import NetNS
 from cnm.plugin import messages as msg
 from cnm.plugin import ports as ports_mod
-from cnm.plugin.state import ENDPOINT, NETWORK, EndpointRecord, JoinRecord, NetworkRecord
+from cnm.plugin.state import ENDPOINT, NETWORK, EndpointRecord, JoinRecord, NetworkRecord, docker_mac, sandbox_ifname
 from cnm.steps import StepObserver, Steps, Teardown
 from cnm.store import Store, Transaction
 
@@ -50,16 +50,6 @@ __all__ = ["NetworkPlugin", "docker_mac", "sandbox_ifname"]
 log = logging.getLogger(__name__)
 
 Route = Callable[[object], dict[str, object]]
-
-
-def sandbox_ifname(endpoint_id: str) -> str:
-    """The interface the driver makes for Docker to move into the container: ``cnmj`` + 11 digits of the id."""
-    return "cnmj" + endpoint_id[:11]
-
-
-def docker_mac(address: ipaddress.IPv4Interface) -> str:
-    """Docker's MAC for an address: ``02:42:`` and the address bytes."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in address.ip.packed)
 
 
 def _pools(data: tuple[msg.IPAMData, ...]) -> tuple[IPAMData, ...]:
@@ -471,6 +461,10 @@ class NetworkPlugin:
                 if ep.join is not None and ep.join.state == "joining":
                     ep = self._leave(net_record, ep)
                     done.append(f"undid the half-made join of endpoint {ep.info.name}")
+            with self._store.transaction() as txn:
+                publishing = {k for k, v in txn.list(ENDPOINT) if v["ports_state"]}
+            if ports_mod.release_orphans(self._store, publishing):
+                done.append("gave back host ports a killed plugin had reserved for no published endpoint")
             done += self._repair_driver(list(ready.values()))
         for line in done:
             log.info("reconcile: %s", line)

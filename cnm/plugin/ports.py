@@ -13,7 +13,7 @@ from cnm.plugin.state import HOST_PORT
 from cnm.store import KeyTaken, Store, Transaction
 from cnm.types import PortBinding
 
-__all__ = ["EPHEMERAL_PORTS", "release", "reserve"]
+__all__ = ["EPHEMERAL_PORTS", "release", "release_orphans", "reserve"]
 
 EPHEMERAL_PORTS = range(49153, 61000)
 """Host ports for ``-p CONTAINER`` without a host port: Docker's own range (49153-60999)."""
@@ -50,9 +50,13 @@ def reserve(store: Store, endpoint_id: str, entries: tuple[msg.PortMapEntry, ...
 
 def _take_port(txn: Transaction, endpoint_id: str, entry: msg.PortMapEntry, candidates: range) -> int:
     for port in candidates:
+        key = f"{entry.protocol}/{port}"
         try:
-            txn.insert(HOST_PORT, f"{entry.protocol}/{port}", {"endpoint": endpoint_id})
+            txn.insert(HOST_PORT, key, {"endpoint": endpoint_id})
         except KeyTaken:
+            held = txn.get(HOST_PORT, key)
+            if held is not None and held.get("endpoint") == endpoint_id:
+                return port  # its own already: a repeated call, or one a killed plugin began
             continue
         return port
     if len(candidates) == 1:
@@ -63,6 +67,17 @@ def _take_port(txn: Transaction, endpoint_id: str, entry: msg.PortMapEntry, cand
     raise Exhausted(
         f"no free host port in {candidates[0]}-{candidates[-1]}/{entry.protocol}; stop a container that publishes one"
     )
+
+
+def release_orphans(store: Store, keep: set[str]) -> int:
+    """Give back every host port held by an endpoint not in ``keep``; how many."""
+    released = 0
+    with store.transaction() as txn:
+        for key, value in txn.list(HOST_PORT):
+            if value.get("endpoint") not in keep:
+                txn.delete(HOST_PORT, key)
+                released += 1
+    return released
 
 
 def release(store: Store, endpoint_id: str) -> None:

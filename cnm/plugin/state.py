@@ -32,12 +32,22 @@ from cnm.driverapi import EndpointInfo, IPAMData, NetworkInfo
 from cnm.store import Store, Transaction
 from cnm.types import PortBinding
 
-__all__ = ["EndpointRecord", "JoinRecord", "NetworkRecord", "owner_id"]
+__all__ = ["EndpointRecord", "JoinRecord", "NetworkRecord", "docker_mac", "owner_id", "sandbox_ifname"]
 
 NETWORK = "plugin.network"
 ENDPOINT = "plugin.endpoint"
 HOST_PORT = "plugin.hostport"
 META = "plugin.meta"
+
+
+def sandbox_ifname(endpoint_id: str) -> str:
+    """The interface the driver makes for Docker to move into the container: ``cnmj`` + 11 digits of the id."""
+    return "cnmj" + endpoint_id[:11]
+
+
+def docker_mac(address: ipaddress.IPv4Interface) -> str:
+    """Docker's MAC for an address: ``02:42:`` and the address bytes."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.ip.packed)
 
 
 def owner_id(store: Store) -> str:
