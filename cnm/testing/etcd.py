@@ -111,8 +111,8 @@ class EtcdMember:
             f"--initial-cluster={initial_cluster}",
             f"--initial-cluster-state={state}",
             "--initial-cluster-token=cnm-test",
-            "--heartbeat-interval=50",
-            "--election-timeout=500",
+            "--heartbeat-interval=100",
+            "--election-timeout=1000",
             "--logger=zap",
             "--log-level=warn",
         ]

@@ -43,7 +43,7 @@ class MeshMember:
     """
 
     def __init__(
-        self, store: EtcdStore, driver: PeerSetter, network: NetworkInfo, *, host: str, address: str, ttl: int = 3
+        self, store: EtcdStore, driver: PeerSetter, network: NetworkInfo, *, host: str, address: str, ttl: int = 5
     ) -> None:
         self.host = host
         self._driver = driver
