@@ -29,7 +29,7 @@ from cnm.firewallapi import ClosableFirewall, open_firewall
 from cnm.ipam import LocalIpam
 from cnm.kernel.netns import NetNS
 from cnm.plugin.client import PluginClient, PluginError
-from cnm.plugin.ipam import IpamPlugin
+from cnm.plugin.ipam import IpamPlugin, host_networks
 from cnm.plugin.network import NetworkPlugin
 from cnm.plugin.server import PluginHandler, PluginServer
 from cnm.plugin.state import owner_id
@@ -165,7 +165,7 @@ def open_plugin(
             )
             network = NetworkPlugin(registry.get(driver), store, host_netns=host, firewall=fw, observer=observer)
             handlers.append(network)
-        ipam_plugin = IpamPlugin(LocalIpam(store)) if ipam else None
+        ipam_plugin = IpamPlugin(LocalIpam(store), exclude=lambda: host_networks(host)) if ipam else None
         if ipam_plugin is not None:
             handlers.append(ipam_plugin)
         server = PluginServer(socket_path or default_socket(driver or "ipam"), handlers)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cnm.ipamapi import Ipam
+from cnm.kernel import addresses, routes
+from cnm.kernel.netns import NetNS
 from cnm.plugin import messages as msg
-from cnm.types import parse_address, parse_network
+from cnm.types import IPNetwork, parse_address, parse_network
 
-__all__ = ["GLOBAL_ADDRESS_SPACE", "LOCAL_ADDRESS_SPACE", "IpamPlugin"]
+__all__ = ["GLOBAL_ADDRESS_SPACE", "LOCAL_ADDRESS_SPACE", "IpamPlugin", "host_networks"]
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +30,29 @@ GLOBAL_ADDRESS_SPACE = "CnmGlobal"
 Route = Callable[[object], dict[str, object]]
 
 
+def host_networks(host: NetNS) -> list[IPNetwork]:
+    """The IPv4 networks of ``host``'s addresses and routes (Docker's docker0 among them), loopback aside."""
+    with host.netlink() as nl:
+        found: list[IPNetwork] = [a.network for a in addresses.list_addresses(nl) if a.version == 4]
+        found += [r.destination for r in routes.list_routes(nl) if r.destination.prefixlen > 0]
+    return [n for n in found if not n.is_loopback and not n.is_link_local]
+
+
 class IpamPlugin:
     """Serves a cnm IPAM as Docker's remote IPAM driver.
 
     Args:
         ipam: the address manager, e.g. ``LocalIpam(store)``.
+        exclude: what a default pool must not overlap, asked at each request;
+            e.g. ``lambda: host_networks(host)``, so that a network without
+            ``--subnet`` never lands on docker0's or the host's own subnets.
     """
 
     implements = "IpamDriver"
 
-    def __init__(self, ipam: Ipam) -> None:
+    def __init__(self, ipam: Ipam, *, exclude: Callable[[], Sequence[IPNetwork]] | None = None) -> None:
         self.ipam = ipam
+        self._exclude = exclude
 
     def routes(self) -> dict[str, Route]:
         """The protocol's methods this plugin answers, by their path without the slash."""
@@ -60,11 +74,12 @@ class IpamPlugin:
         return {"LocalDefaultAddressSpace": LOCAL_ADDRESS_SPACE, "GlobalDefaultAddressSpace": GLOBAL_ADDRESS_SPACE}
 
     def request_pool(self, body: object) -> dict[str, object]:
-        """A subnet for a network: the one asked for, or the first free default pool."""
+        """A subnet for a network: the one asked for, or the first free default pool clear of the host's networks."""
         req = msg.RequestPoolRequest.parse(body)
         subnet = parse_network(req.pool) if req.pool else None
         ip_range = parse_network(req.sub_pool, "ip range") if req.sub_pool else None
-        pool = self.ipam.request_pool(subnet=subnet, ip_range=ip_range, v6=req.v6, owner="docker")
+        exclude = self._exclude() if subnet is None and self._exclude is not None else ()
+        pool = self.ipam.request_pool(subnet=subnet, ip_range=ip_range, exclude=exclude, v6=req.v6, owner="docker")
         log.info("pool %s handed out (%s)", pool.id, pool.subnet)
         return {"PoolID": pool.id, "Pool": str(pool.subnet), "Data": {}}
 

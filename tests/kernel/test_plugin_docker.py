@@ -8,6 +8,7 @@ with the reason, only where dockerd cannot run.
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import subprocess
 from collections.abc import Iterator
 
@@ -135,7 +136,11 @@ def test_internal_and_icc_reach_the_driver(engine: Engine) -> None:
 def test_concurrent_containers(engine: Engine) -> None:
     """dockerd calls the plugin from several goroutines at once: every container gets its own address."""
     d = engine.docker
-    d("network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN, "--subnet", "10.89.5.0/24", "cnmbusy")
+    d("network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN, "cnmbusy")  # a default pool from cnm's IPAM
+    subnet = ipaddress.ip_network(
+        d("network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "cnmbusy").stdout.strip()
+    )
+    assert not subnet.overlaps(ipaddress.ip_network("172.17.0.0/16"))  # clear of docker0 in the engine's namespace
     names = [f"p{i}" for i in range(5)]
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
         list(pool.map(lambda n: d("run", "-d", "--name", n, "--network", "cnmbusy", IMAGE, "sleep", "600"), names))
