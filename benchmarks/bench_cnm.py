@@ -660,7 +660,7 @@ def _check_prerequisites() -> None:
 
 def run(args: argparse.Namespace, log: IO[str]) -> dict[str, Any]:
     """The whole benchmark: setup, per-container, scaling, memory, breakdown; then cleanup."""
-    from cnm.kernel import netns
+    from cnm.kernel import netns, netns_dirs
 
     tag = args.prefix + secrets.token_hex(3)
     workdir = tempfile.mkdtemp(prefix=f"{tag}-")
@@ -684,7 +684,7 @@ def run(args: argparse.Namespace, log: IO[str]) -> dict[str, Any]:
             with contextlib.suppress(FileNotFoundError):  # cnm's sandboxes, should a worker have died
                 for name in os.listdir(directory):
                     netns.remove(os.path.join(directory, name))
-            netns.release_directory(directory)
+            netns_dirs.release_directory(directory)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -226,7 +226,7 @@ class _Backend:
 
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """For each backend, publish ports up to max(k), timing one more port's add and remove at each k."""
-    from cnm.kernel import netns
+    from cnm.kernel import netns_dirs
 
     ks = sorted(set(args.k))
     workdir = tempfile.mkdtemp(prefix=f"{args.prefix}{secrets.token_hex(3)}-")
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     finally:
         for backend in backends:
             backend.close()
-        netns.release_directory(workdir)
+        netns_dirs.release_directory(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

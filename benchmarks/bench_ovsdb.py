@@ -590,9 +590,9 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             client.close()
         for host in hosts.values():
             host.close()
-        from cnm.kernel import netns
+        from cnm.kernel import netns_dirs
 
-        netns.release_directory(workdir)  # the self-mount netns.create made of it, or rmtree fails
+        netns_dirs.release_directory(workdir)  # the self-mount netns.create made of it, or rmtree fails
         shutil.rmtree(workdir, ignore_errors=True)
 
 

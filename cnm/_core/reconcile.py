@@ -48,7 +48,7 @@ from cnm._core.runtime import Runtime
 from cnm.driverapi import Linker, Reconciler
 from cnm.errors import CNMError
 from cnm.firewallapi import Firewall, NetworkRules
-from cnm.kernel import links, netns
+from cnm.kernel import links, netns, netns_dirs
 from cnm.kernel.netns import NetNS
 from cnm.types import ReconcileReport
 
@@ -139,7 +139,9 @@ def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
 def _unshadow_namespaces(rt: Runtime, out: _Log) -> None:
     # First: a sandbox whose namespace is hidden under a later mount of the
     # directory would otherwise be taken for one that lost its namespace.
-    for line in out.attempt(f"clear shadowed mounts of {rt.netns_dir}", netns.clear_shadowed, rt.netns_dir).value or []:
+    for line in (
+        out.attempt(f"clear shadowed mounts of {rt.netns_dir}", netns_dirs.clear_shadowed, rt.netns_dir).value or []
+    ):
         out.did(line)
 
 

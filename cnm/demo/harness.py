@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from cnm import Controller
-from cnm.kernel import links, netns
+from cnm.kernel import links, netns, netns_dirs
 from cnm.kernel.netns import NetNS
 from cnm.testing import traffic
 from cnm.testing.hosts import HOST_UPLINK_ADDRESS, OUTSIDE_ADDRESS, link_outside, stop_process
@@ -353,7 +353,7 @@ class Environment:
             for top, dirs, _ in os.walk(self.state_dir):
                 if "netns" in dirs:
                     path = os.path.join(top, "netns")
-                    step(f"the mount of {path}", lambda p=path: netns.release_directory(p))  # type: ignore[misc]
+                    step(f"the mount of {path}", lambda p=path: netns_dirs.release_directory(p))  # type: ignore[misc]
         for ns in reversed(self.namespaces):
             step(f"namespace {ns.path}", lambda n=ns: netns.remove(n.path))  # type: ignore[misc]
         if self.state_dir is not None:

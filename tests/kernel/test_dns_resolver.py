@@ -30,7 +30,7 @@ import pytest
 
 from cnm.dns import Entry, NetworkDNS, Resolver
 from cnm.errors import ResolverError
-from cnm.kernel import addresses, links, netns, routes
+from cnm.kernel import addresses, links, netns, netns_dirs, routes
 from cnm.kernel.netns import NetNS
 from cnm.kernel.process import command_in
 from cnm.testing.hosts import Outside
@@ -378,4 +378,4 @@ def test_the_resolver_exits_when_its_host_namespace_is_gone(tmp_path: Any) -> No
     finally:
         res.stop()
         netns.remove(host.path)
-        netns.release_directory(str(tmp_path / "ns"))
+        netns_dirs.release_directory(str(tmp_path / "ns"))

@@ -56,7 +56,7 @@ def test_a_namespace_made_in_a_plain_directory_is_removable_after_iproute2_sets_
         textwrap.dedent(
             """
             import sys
-            from cnm.kernel import netns
+            from cnm.kernel import netns, netns_dirs
             d = sys.argv[1]
             a = netns.create(os.path.join(d, "a"))
             iproute2_setup(d)
@@ -66,7 +66,7 @@ def test_a_namespace_made_in_a_plain_directory_is_removable_after_iproute2_sets_
             assert nsfs_under(d) == [], nsfs_under(d)
             # The directory is one shared mount of itself, made once however often it is used.
             b = netns.create(os.path.join(d, "b"))
-            netns.prepare_directory(d)
+            netns_dirs.prepare_directory(d)
             with open("/proc/self/mountinfo") as f:
                 at = [line for line in f if line.split()[4] == d]
             assert len(at) == 1 and "shared:" in at[0], at

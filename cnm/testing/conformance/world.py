@@ -19,7 +19,7 @@ from cnm.controller import Controller
 from cnm.driverapi import Capabilities, Driver, DriverContext, JoinResult, PortPublisher
 from cnm.firewallapi import open_firewall
 from cnm.handles import Endpoint, Network, Sandbox
-from cnm.kernel import addresses, links, netns, routes
+from cnm.kernel import addresses, links, netns, netns_dirs, routes
 from cnm.kernel.netns import NetNS
 from cnm.registry import DriverFactory, DriverRegistry
 from cnm.testing.conformance.rules import RULES, ConformanceError, Rule
@@ -127,7 +127,7 @@ class World:
         self.options: dict[str, object] = {**options, **(extra or {})}
         self.state_dir = tempfile.mkdtemp(prefix="cnm-conformance-")
         self._stack.callback(shutil.rmtree, self.state_dir, ignore_errors=True)
-        self._stack.callback(netns.release_directory, os.path.join(self.state_dir, "netns"))
+        self._stack.callback(netns_dirs.release_directory, os.path.join(self.state_dir, "netns"))
         self._stack.callback(self._unmount_sandboxes)
         backend = open_firewall(firewall, self.host)
         self._stack.callback(backend.close)  # ends its worker process
