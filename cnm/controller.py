@@ -257,6 +257,7 @@ class Controller:
         dns_options: Sequence[str] = (),
         exposed: Sequence[object] = (),
         links: Sequence[tuple[str, str]] = (),
+        aliases: Sequence[str] = (),
     ) -> Sandbox:
         """Create a sandbox, and with ``network`` connect it in one call, as ``docker run --net`` does.
 
@@ -288,6 +289,11 @@ class Controller:
                 (``["3306/tcp", "5432/udp"]``), as ``--expose``.
             links: legacy links ``(target, alias)`` to sandboxes on ``network``,
                 as ``--link target:alias``; see :meth:`Sandbox.link`.
+            aliases: network-scoped aliases of the sandbox on ``network``, as
+                ``--network-alias``: names the other sandboxes there resolve
+                (user-defined networks; see docs/dns.md). On such a network
+                the sandbox's name and hostname resolve anyway, and its
+                resolv.conf names cnm's resolver, with ``dns`` as its upstreams.
 
         Raises:
             NotFound: the network or the sandbox to share does not exist.
@@ -312,6 +318,7 @@ class Controller:
             dns_options=dns_options,
             exposed=exposed,
             links=links,
+            aliases=aliases,
         )
         return Sandbox(self._rt, record)
 

@@ -96,6 +96,7 @@ class Network(Handle[rec.NetworkRecord]):
         ports: Sequence[PortBinding] = (),
         ip: str | ipaddress.IPv4Address | None = None,
         exposed: Sequence[object] = (),
+        aliases: Sequence[str] = (),
     ) -> Endpoint:
         """Create an endpoint on this network, with an address and its published ports.
 
@@ -105,17 +106,23 @@ class Network(Handle[rec.NetworkRecord]):
             ip: a specific address to take instead of the next free one.
             exposed: ports exposed without publishing (``"3306/tcp"``), as
                 ``--expose``; they are what a legacy link to the sandbox allows.
+            aliases: network-scoped aliases (``--network-alias``): names that
+                other sandboxes on this network resolve to the endpoint's
+                address once it is joined, besides the sandbox's name and
+                hostname (docs/dns.md). Several endpoints may share one
+                (round-robin). User-defined networks only.
 
         Raises:
             AlreadyExists: an endpoint of that name exists on the network.
             AddressInUse: ``ip`` is taken.
             PortInUse: an explicit host port is taken.
             Exhausted: no free address or host port is left.
-            InvalidConfig: bad ports or address, or ports on a driver that cannot publish them.
+            InvalidConfig: bad ports or address, or ports on a driver that cannot publish them;
+                an alias that is not a DNS name, or aliases on a network without names.
         """
 
         record = endpoints.create_endpoint(
-            self._rt, self._rt.state.reload(self._record), name, ports=ports, ip=ip, exposed=exposed
+            self._rt, self._rt.state.reload(self._record), name, ports=ports, ip=ip, exposed=exposed, aliases=aliases
         )
         return Endpoint(self._rt, record)
 
@@ -189,6 +196,11 @@ class Endpoint(Handle[rec.EndpointRecord]):
     def exposed(self) -> tuple[str, ...]:
         """The ports exposed through this endpoint (``"3306/tcp"``); its published ports are exposed too."""
         return tuple(self._record.exposed)
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Its network-scoped aliases (lowercase), resolvable on its network while it is joined."""
+        return tuple(self._record.aliases)
 
     @property
     def sandbox(self) -> Sandbox | None:

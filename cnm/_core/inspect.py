@@ -100,7 +100,8 @@ def endpoint_settings(net: rec.NetworkRecord, ep: rec.EndpointRecord) -> dict[st
     return {
         "IPAMConfig": None,
         "Links": None,
-        "Aliases": None,
+        # Docker's: null on the default bridge, else the network aliases then the short id.
+        "Aliases": None if net.predefined else [*ep.aliases, (ep.sandbox_id or ep.id)[:12]],
         "NetworkID": net.id,
         "EndpointID": ep.id,
         "Gateway": ep.gateway or "",

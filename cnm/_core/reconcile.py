@@ -21,7 +21,9 @@ idempotent, so an interrupted operation can always be finished or undone:
   removed, and so are allocations nobody owns;
 * legacy links half made or half removed are removed, and so are links whose
   sandboxes or network vanished;
-* finally the firewall is rebuilt from the store, links' rules included.
+* the firewall is rebuilt from the store, links' rules included;
+* finally the resolver's files are rewritten from the store and the resolver
+  (re)started if a network with names has sandboxes, stopped if none has.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import attrs
 
 from cnm._core import records as rec
 from cnm._core import views
+from cnm._core.ops import names
 from cnm._core.ops.attach import join, leave
 from cnm._core.ops.endpoints import delete_endpoint, free_endpoint
 from cnm._core.ops.legacy_links import link_info, settle_links
@@ -108,6 +111,8 @@ def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
         _collect_garbage(rt, out)
         _release_orphans(rt, out)
         out.attempt("re-apply the firewall", reapply_firewall, rt, firewall)
+        for line in out.attempt("restore the resolver's names", names.restore, rt).value or []:
+            out.did(line)
     return ReconcileReport(tuple(out.actions), tuple(out.errors))
 
 

@@ -115,6 +115,7 @@ class EndpointRecord:
     owned_by_sandbox: bool = False
     owner_sandbox_id: str | None = None
     exposed: list[str] = attrs.field(factory=list)
+    aliases: list[str] = attrs.field(factory=list)
     created: str = ""
     status: str = READY
 

@@ -80,18 +80,13 @@ def _network_rm(ctl: Controller, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _network_connect(ctl: Controller, args: argparse.Namespace, out: TextIO) -> int:
-    if args.alias:
-        # A network-scoped alias is a name other sandboxes resolve through the embedded DNS,
-        # which cnm does not have yet; a legacy link's alias is what exists today.
-        raise errors.InvalidConfig(
-            "--alias (a network-scoped alias) needs cnm's embedded DNS, which does not exist yet; "
-            "use --link SANDBOX:ALIAS for a legacy-link alias"
-        )
     net = ctl.network(args.network)
     sandbox = ctl.sandbox(args.sandbox)
     with Steps(f"connect sandbox {sandbox.name} to network {net.name}") as steps:
         # The endpoint is named after the sandbox, as Docker names a container's endpoint.
-        endpoint = steps.run("create endpoint", lambda: net.create_endpoint(sandbox.name, ip=args.ip))
+        endpoint = steps.run(
+            "create endpoint", lambda: net.create_endpoint(sandbox.name, ip=args.ip, aliases=args.alias)
+        )
         steps.done("create endpoint", endpoint.delete)
         steps.run("join", lambda: endpoint.join(sandbox), undo=endpoint.leave)
         for target, alias in args.link:
@@ -226,7 +221,11 @@ def add_commands(commands: Any, leaf: Leaf) -> None:
         help="a legacy link to a sandbox on this network (repeatable)",
     )
     p.add_argument(
-        "--alias", action="append", default=[], help="a network-scoped alias (needs the embedded DNS: refused for now)"
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name other sandboxes on the network resolve to this one (user-defined networks; repeatable)",
     )
     p = leaf(net_cmds, "disconnect", _network_disconnect, "disconnect a sandbox from a network, deleting its endpoint")
     p.add_argument("network")

@@ -38,6 +38,7 @@ def _create_sandbox(ctl: Controller, args: argparse.Namespace, name: str) -> San
         dns_options=args.dns_option,
         exposed=args.expose,
         links=args.link,
+        aliases=args.network_alias,
     )
 
 
@@ -209,6 +210,14 @@ def _sandbox_options(parser: argparse.ArgumentParser, *, network_default: str | 
     )
     parser.add_argument(
         "--link", type=link, action="append", default=[], metavar="NAME:ALIAS", help="a legacy link (repeatable)"
+    )
+    parser.add_argument(
+        "--network-alias",
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name other sandboxes on --network resolve to this one (user-defined networks; repeatable)",
     )
     parser.add_argument("--hostname", help="the hostname inside (default: the name)")
     parser.add_argument("--dns", action="append", default=[], metavar="IP", help="a DNS server (repeatable)")

@@ -39,6 +39,7 @@ __all__ = [
     "ConfigDir",
     "Entry",
     "NetworkDNS",
+    "is_dns_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ LOADED_FILE = ".loaded"
 _NAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?:\.(?!-)[a-z0-9_-]{1,63})*$")
 # Ids and network names end up as file names and space-separated fields.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_dns_name(value: str) -> bool:
+    """True if ``value`` can be served as a name (labels of letters, digits, '-' and '_'; any case)."""
+    name = value.lower().rstrip(".")
+    return len(name) <= 253 and bool(_NAME.match(name))
 
 
 def _name(value: str) -> str:
@@ -326,6 +333,14 @@ class ConfigDir:
             out[network.name] = network
         return out
 
+    def text(self, filename: str) -> str | None:
+        """A file's text as it is, or None."""
+        try:
+            with open(os.path.join(self.path, filename)) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
     def get(self, name: str) -> NetworkDNS | None:
         """One network, or None."""
         return self.read().get(name)
@@ -338,6 +353,15 @@ class ConfigDir:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.path, twin))
         log.debug("resolver config: wrote %s (%d entries)", network.filename, len(network.entries))
+
+    def remove_file(self, filename: str) -> bool:
+        """Remove one file by its file name; False if there was none."""
+        with self._locked():
+            try:
+                os.unlink(os.path.join(self.path, filename))
+            except FileNotFoundError:
+                return False
+        return True
 
     def remove(self, name: str) -> bool:
         """Remove the network's file; False if there was none."""

@@ -290,7 +290,7 @@ def _strand(host_netns: NetNS, tmp_path: Path, name: str) -> None:
         ctl.sandbox(name).delete()
 
 
-def test_connect_with_links_and_a_refused_alias(cli: Cli) -> None:
+def test_connect_with_links_and_aliases(cli: Cli) -> None:
     cli("network", "create", "net1", "--subnet", "10.80.0.0/24")
     cli("sandbox", "create", "db", "--network", "net1", "--expose", "5432")
     cli("sandbox", "create", "app")
@@ -303,10 +303,12 @@ def test_connect_with_links_and_a_refused_alias(cli: Cli) -> None:
     cli("network", "disconnect", "net1", "app")
     _one_line_error(cli("network", "connect", "net1", "app", "--link", "nosuch:x", status=1), "'nosuch' not found")
     assert [e["Name"] for e in _json(cli("endpoint", "ls", "net1", "--format", "json"))] == ["db"]
-    # Network-scoped aliases need the embedded DNS: refused, nothing made.
-    alias = cli("network", "connect", "net1", "app", "--alias", "web", status=1)
-    _one_line_error(alias, "--alias", "embedded DNS", "--link")
-    assert [e["Name"] for e in _json(cli("endpoint", "ls", "net1", "--format", "json"))] == ["db"]
+    # A network-scoped alias: resolved by the others on the network (docs/dns.md).
+    cli("network", "connect", "net1", "app", "--alias", "web")
+    app_ip = next(e for e in _json(cli("endpoint", "ls", "net1", "--format", "json")) if e["Name"] == "app")
+    assert cli("exec", "db", "--", "getent", "hosts", "web").stdout.split() == [app_ip["IPAddress"], "web"]
+    run = cli("run", "--network", "net1", "--network-alias", "job", "--", "getent", "hosts", "job", "app")
+    assert run.stdout.split()[1::2] == ["job", "app"]
     cli("sandbox", "rm", "app", "db")
     cli("network", "rm", "net1")
 

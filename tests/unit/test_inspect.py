@@ -159,6 +159,7 @@ def _joined(settings: dict[str, Any], sandbox_id: str) -> list[tuple[rec.Network
             mac=n["MacAddress"] or None,
             gateway=n["Gateway"] or None,
             sandbox_id=sandbox_id,
+            aliases=[a for a in n["Aliases"] or () if a != sandbox_id[:12]],
             ports=rec.ports_to_json(
                 [
                     PortBinding(container_port=int(p.split("/")[0]), host_port=int(b["HostPort"]), host_ip=b["HostIp"])
@@ -172,8 +173,8 @@ def _joined(settings: dict[str, Any], sandbox_id: str) -> list[tuple[rec.Network
     return joined
 
 
-# Docker's values cnm does not model: network aliases, per-endpoint IPAM requests and driver options.
-_UNMODELLED = {"Aliases", "IPAMConfig", "DriverOpts"}
+# Docker's values cnm does not model: per-endpoint IPAM requests and driver options.
+_UNMODELLED = {"IPAMConfig", "DriverOpts"}
 
 
 @pytest.mark.parametrize(
@@ -251,7 +252,9 @@ def test_mode_network_settings_match_docker(mode: str, name: str) -> None:
             network_mode=mode,
         )
         (net_name, entry), *_ = docker["Networks"].items()
-        network = rec.NetworkRecord(id=entry["NetworkID"], name=net_name, driver=mode.replace("none", "null"))
+        network = rec.NetworkRecord(
+            id=entry["NetworkID"], name=net_name, driver=mode.replace("none", "null"), predefined=True
+        )
         joined = [(network, rec.EndpointRecord(id=entry["EndpointID"], name="n1", network_id=network.id))]
     got = _inspect.sandbox(record, joined, hosts_path="h", resolv_conf_path="r", hostname_path="n")["NetworkSettings"]
     assert list(got) == list(docker)

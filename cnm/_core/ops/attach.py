@@ -18,6 +18,7 @@ import attrs
 from cnm._core import records as rec
 from cnm._core import views
 from cnm._core.ops.legacy_links import drop_links
+from cnm._core.ops.names import sync_network
 from cnm._core.ops.refresh import refresh_files, update_gateway
 from cnm._core.runtime import Runtime
 from cnm.driverapi import JoinResult, PortPublisher
@@ -167,6 +168,7 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, 
             )
             update_gateway(rt, sandbox, nl)
             refresh_files(rt, sandbox)
+            sync_network(rt, network)  # the resolver serves the new names before join returns
     log.info("joined endpoint %s to sandbox %s as %s", endpoint.name, sandbox.name, ifname)
 
 
@@ -248,6 +250,7 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
             elif unpublish_error is not None:
                 raise unpublish_error
         save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
+        sync_network(rt, network)
         if refresh and not sb_info.closing:
             # A closing sandbox's routes and files go with its namespace and directory.
             update_gateway(rt, sandbox)

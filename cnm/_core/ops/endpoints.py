@@ -12,6 +12,7 @@ import attrs
 from cnm._core import records as rec
 from cnm._core import views
 from cnm._core.ops.attach import leave, lock_endpoint, save
+from cnm._core.ops.names import check_aliases
 from cnm._core.records import new_id, now, validate_name
 from cnm._core.runtime import Runtime
 from cnm._core.views import mac_for
@@ -37,6 +38,7 @@ def create_endpoint(
     owned_by_sandbox: bool = False,
     owner_sandbox_id: str | None = None,
     exposed: Sequence[object] = (),
+    aliases: Sequence[str] = (),
 ) -> rec.EndpointRecord:
     """Create an endpoint: reserve its name, address and host ports, then tell the driver.
 
@@ -45,6 +47,7 @@ def create_endpoint(
     """
     validate_name(name, "endpoint")
     exposed_ports = parse_exposed(exposed)
+    dns_aliases = check_aliases(rt, network, list(aliases))
     drv = rt.driver(network)
     if ports and not isinstance(drv, PortPublisher):
         raise InvalidConfig(f"driver {network.driver!r} of network {network.name!r} cannot publish ports; drop ports=")
@@ -63,6 +66,7 @@ def create_endpoint(
             owned_by_sandbox=owned_by_sandbox or owner_sandbox_id is not None,
             owner_sandbox_id=owner_sandbox_id,
             exposed=exposed_ports,
+            aliases=dns_aliases,
             created=now(),
             status=rec.CREATING,
         )

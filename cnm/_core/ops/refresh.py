@@ -13,6 +13,7 @@ import os
 
 from cnm import etchosts, resolvconf
 from cnm._core import records as rec
+from cnm._core.ops.names import resolver_address
 from cnm._core.runtime import Runtime
 from cnm.errors import NotFound
 from cnm.etchosts import HostEntry
@@ -20,7 +21,7 @@ from cnm.kernel import routes
 from cnm.kernel.netns import Netlink, NetNS
 from cnm.legacy_links import hosts_names
 
-__all__ = ["host_entries", "links_from", "refresh_files", "update_gateway", "write_files"]
+__all__ = ["host_entries", "links_from", "refresh_files", "update_gateway", "write_files", "write_resolv_conf"]
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +55,39 @@ def write_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
     if sandbox.mode == rec.CONTAINER:
         return
     etchosts.write(os.path.join(sandbox.files_dir, "hostname"), sandbox.hostname + "\n")
-    overrides = sandbox.dns or sandbox.dns_search or sandbox.dns_options
-    if sandbox.mode == rec.HOST and not overrides:
-        # The host's stack is the sandbox's, so even a loopback resolver (a
-        # local stub) works: copy the file as it is, as Docker does.
-        resolv = _read(resolvconf.HOST_RESOLV_CONF)
-    else:
-        resolv = resolvconf.render(resolvconf.read_host(), sandbox.dns, sandbox.dns_search, sandbox.dns_options)
-    etchosts.write(os.path.join(sandbox.files_dir, "resolv.conf"), resolv)
+    write_resolv_conf(rt, sandbox)
     if sandbox.mode == rec.HOST:
         etchosts.write(os.path.join(sandbox.files_dir, "hosts"), _read(etchosts.HOST_HOSTS) or etchosts.STANDARD_BLOCK)
     refresh_files(rt, sandbox)
 
 
+def write_resolv_conf(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
+    """Write the sandbox's resolv.conf: cnm's resolver on a network with names, else the host's servers."""
+    overrides = sandbox.dns or sandbox.dns_search or sandbox.dns_options
+    nameserver = resolver_address(rt, sandbox) if sandbox.mode == rec.PRIVATE else None
+    if nameserver is not None:
+        # Its dns= servers are the resolver's upstreams for it now (names.network_dns).
+        resolv = resolvconf.render_resolver(resolvconf.read_host(), nameserver, sandbox.dns_search, sandbox.dns_options)
+    elif sandbox.mode == rec.HOST and not overrides:
+        # The host's stack is the sandbox's, so even a loopback resolver (a
+        # local stub) works: copy the file as it is, as Docker does.
+        resolv = _read(resolvconf.HOST_RESOLV_CONF)
+    else:
+        resolv = resolvconf.render(resolvconf.read_host(), sandbox.dns, sandbox.dns_search, sandbox.dns_options)
+    if os.path.isdir(sandbox.files_dir):
+        etchosts.write(os.path.join(sandbox.files_dir, "resolv.conf"), resolv)
+
+
 def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
-    """Rewrite the hosts file from the sandbox's joined endpoints (one line per address) and its links.
+    """Rewrite the hosts file from the sandbox's joined endpoints (one line per address) and its links, and resolv.conf.
 
     Only a private-mode sandbox's: a host-mode one keeps its copy of the
-    host's file, and a sharer's file is its owner's.
+    host's file, and a sharer's file is its owner's. resolv.conf follows the
+    joins: it names cnm's resolver while the sandbox is on a network with names.
     """
     if sandbox.mode != rec.PRIVATE:
         return
+    write_resolv_conf(rt, sandbox)
     own = [
         etchosts.HostEntry(ipaddress.IPv4Interface(e.address).ip, (sandbox.hostname,))
         for e in rt.state.endpoints_of_sandbox(sandbox.id)

@@ -50,6 +50,7 @@ def create_sandbox(
     dns_options: Sequence[str] = (),
     exposed: Sequence[object] = (),
     links: Sequence[tuple[str, str]] = (),
+    aliases: Sequence[str] = (),
 ) -> rec.SandboxRecord:
     """Create a sandbox and, with ``network``, connect it in one call; see :meth:`cnm.Controller.create_sandbox`."""
 
@@ -70,6 +71,8 @@ def create_sandbox(
 
     if ports and not network:
         raise InvalidConfig("ports need a network to publish them on; add network=")
+    if aliases and (not network or network.startswith("container:")):
+        raise InvalidConfig("aliases are names on a network the sandbox joins; add network= (not container mode)")
     if links and (not network or network.startswith("container:")):
         raise InvalidConfig("links need a network the sandbox joins; add network= (not container mode)")
     with rt.locks.operation():
@@ -101,7 +104,7 @@ def create_sandbox(
             )
             endpoint = steps.run(
                 "create its endpoint",
-                lambda: create_endpoint(rt, net, name, ports=ports, owner_sandbox_id=sandbox.id),
+                lambda: create_endpoint(rt, net, name, ports=ports, owner_sandbox_id=sandbox.id, aliases=aliases),
             )
             steps.run("join", lambda: join(rt, endpoint, sandbox))
             for target, alias in links:

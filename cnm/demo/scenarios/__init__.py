@@ -11,9 +11,10 @@ from cnm.demo.scenarios import isolation
 from cnm.demo.scenarios import objects
 from cnm.demo.scenarios import modes
 from cnm.demo.scenarios import legacy_links
+from cnm.demo.scenarios import names
 from cnm.demo.scenarios import ovs
 from cnm.demo.scenarios import mesh
 from cnm.demo.scenarios import inspect
 # isort: on
 
-__all__ = ["bridge", "inspect", "isolation", "legacy_links", "mesh", "modes", "objects", "ovs", "ports"]
+__all__ = ["bridge", "inspect", "isolation", "legacy_links", "mesh", "modes", "names", "objects", "ovs", "ports"]
