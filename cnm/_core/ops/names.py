@@ -87,15 +87,17 @@ def network_dns(rt: Runtime, network: rec.NetworkRecord) -> NetworkDNS | None:
     """The resolver's file for ``network`` from the store, or None if no sandbox is joined to it."""
     if network.gateway is None:
         return None  # not DNS-enabled: nothing to listen on
+    joined = [
+        e
+        for e in rt.state.endpoints_of_network(network.id)
+        if e.sandbox_id is not None and e.address is not None and e.status != rec.DELETING
+    ]
+    # One read of the sandboxes, not one per endpoint: this runs at every join and leave.
+    sandboxes = {s.id: s for s in rt.state.list(rec.SandboxRecord)} if joined else {}
     entries = []
-    for endpoint in rt.state.endpoints_of_network(network.id):
-        if endpoint.sandbox_id is None or endpoint.address is None or endpoint.status == rec.DELETING:
-            continue
-        try:
-            sandbox = rt.state.get(rec.SandboxRecord, endpoint.sandbox_id)
-        except NotFound:
-            continue
-        if sandbox.status in (rec.DELETING, rec.DEAD):
+    for endpoint in joined:
+        sandbox = sandboxes.get(endpoint.sandbox_id or "")
+        if sandbox is None or endpoint.address is None or sandbox.status in (rec.DELETING, rec.DEAD):
             continue
         entries.append(
             Entry(
