@@ -87,13 +87,14 @@ def network_dns(rt: Runtime, network: rec.NetworkRecord) -> NetworkDNS | None:
     """The resolver's file for ``network`` from the store, or None if no sandbox is joined to it."""
     if network.gateway is None:
         return None  # not DNS-enabled: nothing to listen on
-    joined = [
-        e
-        for e in rt.state.endpoints_of_network(network.id)
-        if e.sandbox_id is not None and e.address is not None and e.status != rec.DELETING
-    ]
-    # One read of the sandboxes, not one per endpoint: this runs at every join and leave.
-    sandboxes = {s.id: s for s in rt.state.list(rec.SandboxRecord)} if joined else {}
+    # One read, one transaction, not one per endpoint: this runs at every join and leave.
+    with rt.state.transaction() as tx:
+        joined = [
+            e
+            for e in tx.endpoints_of_network(network.id)
+            if e.sandbox_id is not None and e.address is not None and e.status != rec.DELETING
+        ]
+        sandboxes = {s.id: s for s in tx.list(rec.SandboxRecord)} if joined else {}
     entries = []
     for endpoint in joined:
         sandbox = sandboxes.get(endpoint.sandbox_id or "")
