@@ -97,10 +97,12 @@ class Engine:
 
     # --- the engine -----------------------------------------------------------------------
     def start(self) -> None:
+        """Start containerd and dockerd (again, after :meth:`stop_engine`); import the image the first time."""
         dk = self.root
-        (dk / "ctd").mkdir(parents=True)
+        first = not (dk / "ctd").exists()
+        (dk / "ctd").mkdir(parents=True, exist_ok=True)
         (dk / "ctd" / "config.toml").write_text(_CONTAINERD.format(dk=dk))
-        (dk / "daemon.json").write_text('{"storage-driver": "overlay2"}\n')
+        (dk / "daemon.json").write_text('{"storage-driver": "overlay2", "shutdown-timeout": 1}\n')
         (dk / "launch.sh").write_text(_LAUNCHER)
         self._dockerd = subprocess.Popen(
             [
@@ -121,7 +123,8 @@ class Engine:
             if self._dockerd.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"dockerd did not start: {self.log()[-3000:]}")
             time.sleep(0.2)
-        self._import_image()
+        if first:
+            self._import_image()
 
     def _import_image(self) -> None:
         rootfs = self.root / "rootfs"
@@ -192,19 +195,7 @@ class Engine:
                 ids = self.docker("ps", "-aq", check=False).stdout.split()
                 if ids:
                     self.docker("rm", "-f", *ids, check=False)
-            self._dockerd.send_signal(signal.SIGTERM)
-            try:
-                self._dockerd.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._dockerd.kill()
-                self._dockerd.wait()
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            pid = int((self.root / "containerd.pid").read_text())
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                os.kill(pid, 0)  # raises ProcessLookupError once it is gone
-                time.sleep(0.1)
-            os.kill(pid, signal.SIGKILL)
+        self.stop_engine()
         if self.plugin is not None:
             self.plugin.terminate()
             self.plugin.wait(timeout=10)
@@ -218,6 +209,35 @@ class Engine:
                         d.rmdir()
                 with contextlib.suppress(OSError):
                     top.rmdir()
+
+    def stop_engine(self) -> None:
+        """Stop dockerd (as systemd would: SIGTERM; it stops its containers) and then containerd, by PID."""
+        if self._dockerd is not None and self._dockerd.poll() is None:
+            self._dockerd.send_signal(signal.SIGTERM)
+            try:
+                self._dockerd.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._dockerd.kill()
+                self._dockerd.wait()
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            pid_file = self.root / "containerd.pid"
+            pid = int(pid_file.read_text())
+            pid_file.unlink()  # a second stop must not signal a recycled PID
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not _alive(pid):
+                    return
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: containerd is orphaned when dockerd exits, and may stay a zombie for a while."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @contextlib.contextmanager

@@ -151,3 +151,18 @@ def test_concurrent_containers(engine: Engine) -> None:
         list(pool.map(lambda n: d("rm", "-f", n), names))
     d("network", "rm", "cnmbusy")
     assert not {n for n in _host_links(engine) if n.startswith("cnm")}
+
+
+def test_the_engine_restarts_with_its_cnm_networks(engine: Engine) -> None:
+    """dockerd stopped (its containers with it) and started again: the plugin's network is there and works."""
+    d = engine.docker
+    d("network", "create", "-d", PLUGIN, "--subnet", "10.89.6.0/24", "cnmkept")
+    d("run", "-d", "--name", "k1", "--stop-timeout", "1", "--network", "cnmkept", IMAGE, "sleep", "600")
+    engine.stop_engine()
+    engine.start()
+    assert "cnmkept" in d("network", "ls", "--format", "{{.Name}}").stdout.split()
+    d("start", "k1")  # Docker's calls after its restart: CreateEndpoint, Join... for the same network
+    assert _ping(engine, "k1", "10.89.6.1")
+    d("rm", "-f", "k1")
+    d("network", "rm", "cnmkept")
+    assert not {n for n in _host_links(engine) if n.startswith("cnm")}
