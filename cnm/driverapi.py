@@ -12,7 +12,9 @@ crash. Deletes succeed when the object is already gone.
 Optional abilities are separate small protocols, checked with ``isinstance``:
 :class:`PortPublisher` (published ports), :class:`Linker` (legacy links'
 firewall rules) and :class:`Reconciler` (repair after a crash or a reboot,
-firewall re-application, garbage collection).
+firewall re-application, garbage collection). A driver that publishes ports
+through the firewall implements :class:`PortPublisher` (and its share of
+``Reconciler.firewall_rules``) with :class:`PortPublishing`.
 
 A minimal driver (the built-in null driver is the example to copy)::
 
@@ -33,12 +35,13 @@ A minimal driver (the built-in null driver is the example to copy)::
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from cnm.firewallapi import Firewall, LinkRule, NetworkRules
+from cnm.firewallapi import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping, port_mappings
+from cnm.kernel import conntrack
 from cnm.kernel.netns import NetNS
 from cnm.types import IPAddress, PortBinding, TransportProtocol
 
@@ -54,6 +57,7 @@ __all__ = [
     "NetworkInfo",
     "NetworkRequest",
     "PortPublisher",
+    "PortPublishing",
     "Reconciler",
     "SandboxInfo",
     "StaticRoute",
@@ -267,6 +271,65 @@ class PortPublisher(Protocol):
 
     def unpublish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         """Withdraw ``endpoint.ports``; called before leave; idempotent."""
+
+
+class PortPublishing:
+    """Published ports through the firewall, for any driver whose endpoints have an address behind a host interface.
+
+    The bridge and OVS drivers use it; so can a third-party driver. It turns
+    an endpoint's resolved ports into the firewall's :class:`~cnm.firewall.PortMapping`
+    list, DNATs them on publish and withdraws them on unpublish, and on both
+    forgets the host's UDP conntrack entries for those host ports
+    (:func:`cnm.kernel.conntrack.flush_udp_flows`): an entry made before the
+    DNAT existed, or for a deleted endpoint, would otherwise keep a client's
+    datagrams going where they went before.
+
+    Args:
+        context: the driver's context (its host namespace and firewall).
+        firewall_network: how the firewall sees a network (the driver's own method).
+
+    Example::
+
+        self._ports = PortPublishing(context, self.firewall_network)
+
+        def publish_ports(self, network, endpoint):
+            self._ports.publish(network, endpoint)
+
+        def unpublish_ports(self, network, endpoint):
+            self._ports.unpublish(network, endpoint)
+    """
+
+    def __init__(self, context: DriverContext, firewall_network: Callable[[NetworkInfo], FirewallNetwork]) -> None:
+        self._host = context.host_netns
+        self._firewall = context.firewall
+        self._firewall_network = firewall_network
+
+    @staticmethod
+    def mappings(endpoint: EndpointInfo) -> list[PortMapping]:
+        """The firewall's mappings of ``endpoint``'s published ports; none without an address."""
+        return port_mappings(endpoint.address, endpoint.ports, owner=f"endpoint {endpoint.name!r}")
+
+    def publish(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """DNAT the endpoint's host ports to it; then forget UDP flows its ports had before."""
+        mappings = self.mappings(endpoint)
+        self._firewall.add_ports(self._firewall_network(network), mappings)
+        # After the DNAT: a datagram arriving between flush and DNAT would make a new, wrong entry.
+        self._flush_udp(mappings)
+
+    def unpublish(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
+        """Withdraw the endpoint's DNAT rules and forget its UDP flows; idempotent."""
+        mappings = self.mappings(endpoint)
+        self._firewall.remove_ports(self._firewall_network(network), mappings)
+        self._flush_udp(mappings)
+
+    def rules(self, network: NetworkInfo, endpoints: Sequence[EndpointInfo]) -> NetworkRules:
+        """The network's rules with the published ports of ``endpoints`` (for ``Reconciler.firewall_rules``)."""
+        ports = tuple(m for e in endpoints for m in self.mappings(e))
+        return NetworkRules(network=self._firewall_network(network), ports=ports)
+
+    def _flush_udp(self, mappings: Sequence[PortMapping]) -> None:
+        keys = [(m.host_ip, port) for m in mappings if m.protocol == "udp" for port in m.host_port]
+        conntrack.flush_udp_flows(self._host, keys)
 
 
 @attrs.frozen(kw_only=True)

@@ -19,15 +19,16 @@ from cnm.driverapi import (
     NetworkInfo,
     NetworkRequest,
     PortPublisher,
+    PortPublishing,
     Reconciler,
     SandboxInfo,
     owner_mark,
 )
 from cnm.errors import InvalidConfig
-from cnm.firewallapi import FirewallNetwork, LinkRule, NetworkRules, PortMapping, port_mappings
+from cnm.firewallapi import FirewallNetwork, LinkRule, NetworkRules
 from cnm.kernel import links
 
-from . import setup
+from . import steps
 from .config import BridgeOptions
 
 __all__ = ["BridgeDriver"]
@@ -54,6 +55,7 @@ class BridgeDriver:
     def __init__(self, context: DriverContext) -> None:
         self._host = context.host_netns
         self._firewall = context.firewall
+        self._ports = PortPublishing(context, self.firewall_network)
         self._mark = owner_mark(context.owner)
         self._warned_unmarked: set[str] = set()
 
@@ -92,7 +94,7 @@ class BridgeDriver:
         """Create the bridge with the gateway address, set the sysctls, install the firewall rules."""
         if not network.ipv4:
             raise InvalidConfig(f"network {network.name!r} has no address pool; the bridge driver needs one")
-        setup.create_network(
+        steps.create_network(
             self._host,
             self._firewall,
             bridge=self.bridge_name(network),
@@ -127,7 +129,7 @@ class BridgeDriver:
 
     def join(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo, ifname: str) -> JoinResult:
         """Make a veth whose inner end is born in the sandbox as ``ifname``, its outer end on the bridge."""
-        setup.attach_veth(
+        steps.attach_veth(
             self._host,
             sandbox.netns,
             host_name=host_veth_name(endpoint.id),
@@ -159,18 +161,14 @@ class BridgeDriver:
             else:
                 links.delete_link(nl, host_veth_name(endpoint.id))
 
-    # --- published ports -----------------------------------------------------------
-    @staticmethod
-    def _mappings(endpoint: EndpointInfo) -> list[PortMapping]:
-        return port_mappings(endpoint.address, endpoint.ports, owner=f"endpoint {endpoint.name!r}")
-
+    # --- published ports (the kit's PortPublishing) ------------------------------------
     def publish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
-        """DNAT the endpoint's host ports to it."""
-        self._firewall.add_ports(self.firewall_network(network), self._mappings(endpoint))
+        """DNAT the endpoint's host ports to it; see :class:`~cnm.driverapi.PortPublishing`."""
+        self._ports.publish(network, endpoint)
 
     def unpublish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
-        """Withdraw the endpoint's DNAT rules."""
-        self._firewall.remove_ports(self.firewall_network(network), self._mappings(endpoint))
+        """Withdraw the endpoint's DNAT rules and forget its UDP flows."""
+        self._ports.unpublish(network, endpoint)
 
     # --- legacy links -------------------------------------------------------------------
     def link_rules(self, network: NetworkInfo, links: Sequence[LinkInfo]) -> tuple[LinkRule, ...]:
@@ -198,7 +196,7 @@ class BridgeDriver:
         with self._host.netlink() as nl:
             if links.get_link(nl, bridge) is not None:
                 return False
-        setup.restore_bridge(
+        steps.restore_bridge(
             self._host, bridge=bridge, mtu=self.options(network).mtu, gateway=network.ipv4[0].gateway, mark=self._mark
         )
         log.info("re-created bridge %s of network %s", bridge, network.name)
@@ -206,8 +204,7 @@ class BridgeDriver:
 
     def firewall_rules(self, network: NetworkInfo, endpoints: Sequence[EndpointInfo]) -> NetworkRules | None:
         """The network's rules and the published ports of its joined endpoints."""
-        ports = tuple(m for e in endpoints for m in self._mappings(e))
-        return NetworkRules(network=self.firewall_network(network), ports=ports)
+        return self._ports.rules(network, endpoints)
 
     def endpoint_intact(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo) -> bool:
         """True if the endpoint's veth is still on its bridge."""

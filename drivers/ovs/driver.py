@@ -14,7 +14,7 @@ find exactly cnm's rows. All OVSDB work goes through :mod:`cnm.ovsdb`.
 
 After a crash, a reboot or a wiped database the driver repairs itself as a
 :class:`~cnm.driverapi.Reconciler`: it re-creates what is missing of a
-network (:func:`.setup.restore_network`) and removes rows and veths nobody
+network (:func:`.steps.restore_network`) and removes rows and veths nobody
 owns, in every OVSDB server it has ever used (:mod:`.recovery`).
 """
 
@@ -35,19 +35,20 @@ from cnm.driverapi import (
     NetworkInfo,
     NetworkRequest,
     PortPublisher,
+    PortPublishing,
     Reconciler,
     SandboxInfo,
     owner_mark,
 )
 from cnm.errors import InvalidConfig, KernelError
-from cnm.firewallapi import FirewallNetwork, NetworkRules, PortMapping, port_mappings
+from cnm.firewallapi import FirewallNetwork, NetworkRules
 from cnm.kernel import ethtool, links
 from cnm.ovsdb import Ovsdb, PortSpec
 from cnm.steps import Steps
 
-from . import recovery, setup, tunnels
+from . import recovery, steps, tunnels
 from .config import OvsOptions
-from .setup import ENDPOINT_ID, NETWORK_ID, OWNER, SHARED, bridge_name, gateway_interface, host_veth_name
+from .steps import ENDPOINT_ID, NETWORK_ID, OWNER, SHARED, bridge_name, gateway_interface, host_veth_name
 
 __all__ = ["OvsDriver", "gateway_interface", "host_veth_name"]
 
@@ -66,6 +67,7 @@ class OvsDriver:
     def __init__(self, context: DriverContext) -> None:
         self._host = context.host_netns
         self._firewall = context.firewall
+        self._ports = PortPublishing(context, self.firewall_network)
         self._owner = context.owner
         self._remotes = recovery.RemoteBook(os.path.join(context.state_dir, REMOTES_FILE))
 
@@ -137,9 +139,9 @@ class OvsDriver:
                 db.add_bridge(bridge, datapath_type=options.datapath, mtu=self._mtu(options), external_ids=ids)
                 undo.done("create bridge", lambda: db.delete_bridge(bridge))
             else:
-                if setup.ensure_shared_bridge(db, bridge, options.datapath):
+                if steps.ensure_shared_bridge(db, bridge, options.datapath):
                     undo.done("create shared bridge", lambda: db.delete_bridge(bridge))
-                setup.check_vlan_free(db, bridge, options.vlan, network)
+                steps.check_vlan_free(db, bridge, options.vlan, network)
                 db.add_port(
                     bridge,
                     PortSpec(
@@ -147,13 +149,13 @@ class OvsDriver:
                     ),
                 )
                 undo.done("add gateway port", lambda: db.delete_port(gateway_if))
-            setup.ensure_gateway(self._host, gateway_if, network.ipv4[0].gateway)
+            steps.ensure_gateway(self._host, gateway_if, network.ipv4[0].gateway)
             fw_network = self.firewall_network(network)
             self._firewall.setup_network(fw_network)
             undo.done("firewall rules", lambda: self._firewall.teardown_network(fw_network))
             if options.peers:
                 db.add_ports(bridge, tunnels.tunnel_ports(network.id, options, ids))
-                undo.done("add tunnels", lambda: setup.delete_ports(db, network.id, keep=(bridge,)))
+                undo.done("add tunnels", lambda: steps.delete_ports(db, network.id, keep=(bridge,)))
                 if options.datapath == "netdev":
                     tunnels.seed_neighbours(self._host, tunnels.underlay_for(self._host, db, options, options.datapath))
         log.info("ovs network %s ready on bridge %s (gateway port %s)", network.name, bridge, gateway_if)
@@ -183,7 +185,7 @@ class OvsDriver:
         db = self._db(options)
         bridge = bridge_name(network, options)
         self._firewall.teardown_network(self.firewall_network(network))
-        setup.delete_ports(db, network.id, keep=(bridge,))
+        steps.delete_ports(db, network.id, keep=(bridge,))
         found = db.bridge(bridge)
         if found is None:
             return
@@ -210,9 +212,9 @@ class OvsDriver:
         with Steps(f"join endpoint {endpoint.name} to ovs network {network.name}") as undo:
             with self._host.netlink() as nl:
                 links.add_veth(nl, host_name, ifname, sandbox.netns, peer_mac=endpoint.mac, mtu=self._mtu(options))
-                undo.done("create veth", lambda: setup.delete_link(self._host, host_name))
+                undo.done("create veth", lambda: steps.delete_link(self._host, host_name))
                 links.set_alias(nl, host_name, owner_mark(self._owner))
-            setup.silence_host_end(self._host, host_name)
+            steps.silence_host_end(self._host, host_name)
             if options.datapath == "netdev":
                 # The userspace datapath forwards the partial checksums of offloaded packets
                 # as they are, and the receiver drops them: ping works, TCP does not.
@@ -237,7 +239,7 @@ class OvsDriver:
 
     def _unplug(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         host_name = host_veth_name(endpoint.id)
-        setup.delete_link(self._host, host_name)
+        steps.delete_link(self._host, host_name)
         try:
             self._db(self.options(network)).delete_port(host_name)
         except KernelError as exc:
@@ -245,18 +247,14 @@ class OvsDriver:
             # tagged with the network and endpoint, and delete_network removes it.
             log.warning("endpoint %s: its OVS port %s stays in OVSDB for now: %s", endpoint.name, host_name, exc)
 
-    # --- published ports -----------------------------------------------------------
-    @staticmethod
-    def _mappings(endpoint: EndpointInfo) -> list[PortMapping]:
-        return port_mappings(endpoint.address, endpoint.ports, owner=f"endpoint {endpoint.name!r}")
-
+    # --- published ports (the kit's PortPublishing) ------------------------------------
     def publish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
-        """DNAT the endpoint's host ports to it."""
-        self._firewall.add_ports(self.firewall_network(network), self._mappings(endpoint))
+        """DNAT the endpoint's host ports to it; see :class:`~cnm.driverapi.PortPublishing`."""
+        self._ports.publish(network, endpoint)
 
     def unpublish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
-        """Withdraw the endpoint's DNAT rules."""
-        self._firewall.remove_ports(self.firewall_network(network), self._mappings(endpoint))
+        """Withdraw the endpoint's DNAT rules and forget its UDP flows."""
+        self._ports.unpublish(network, endpoint)
 
     # --- reconciliation ---------------------------------------------------------------
     def restore_network(self, network: NetworkInfo) -> bool:
@@ -268,7 +266,7 @@ class OvsDriver:
         """
         options = self.options(network)
         self._remotes.add(options.ovsdb)  # networks made before the list existed
-        done = setup.restore_network(
+        done = steps.restore_network(
             self._host, self._db(options), network, options, mtu=self._mtu(options), owner=self._owner
         )
         if done:
@@ -277,8 +275,7 @@ class OvsDriver:
 
     def firewall_rules(self, network: NetworkInfo, endpoints: Sequence[EndpointInfo]) -> NetworkRules | None:
         """The network's rules and the published ports of its joined endpoints."""
-        ports = tuple(m for e in endpoints for m in self._mappings(e))
-        return NetworkRules(network=self.firewall_network(network), ports=ports)
+        return self._ports.rules(network, endpoints)
 
     def endpoint_intact(self, network: NetworkInfo, endpoint: EndpointInfo, sandbox: SandboxInfo) -> bool:
         """True if the endpoint's veth exists and is its port, with its tag, on the network's bridge."""

@@ -27,7 +27,7 @@ from cnm.kernel import links
 from cnm.kernel.netns import NetNS
 from cnm.ovsdb import DEFAULT_TIMEOUT, Ovsdb
 
-from .setup import ENDPOINT_ID, NETWORK_ID, OWNER, SHARED
+from .steps import ENDPOINT_ID, NETWORK_ID, OWNER, SHARED
 
 __all__ = ["RemoteBook", "collect_garbage", "collect_ovsdb", "collect_veths"]
 
