@@ -188,7 +188,11 @@ class Controller:
         return {n.name for n in self._rt.state.list(rec.NetworkRecord)}
 
     def close(self) -> None:
-        """Release the store connection and end the firewall's worker process. Kernel state stays as it is."""
+        """Close the sockets holding published host ports, the store connection and the firewall's worker process.
+
+        Kernel state stays as it is; the next controller opened on this state_dir holds the ports again.
+        """
+        self._rt.ports.close()
         self._rt.state.store.close()
         if self._own_firewall is not None:
             self._own_firewall.close()

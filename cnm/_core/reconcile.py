@@ -336,3 +336,7 @@ def _release_orphans(rt: Runtime, out: _Log) -> None:
     for owner in sorted(set(rt.ports.held().values()) - owners):
         rt.ports.release(owner)
         out.did(f"released host ports of vanished endpoint {owner[:12]}")
+    # A restarted process takes back the sockets holding its published (joined) endpoints' ports.
+    for problem in rt.ports.retake([e.id for e in endpoints if e.sandbox_id is not None]):
+        log.error("reconcile: %s", problem)
+        out.errors.append(problem)

@@ -123,12 +123,17 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, 
                 tx.put(endpoint)
                 sandbox = attrs.evolve(sandbox, join_counter=seq)
                 tx.put(sandbox)
+                if endpoint.ports and isinstance(drv, PortPublisher):
+                    # While published, the host ports are held by sockets: no other program can bind them.
+                    # In this transaction, so the holder records are written with the join's.
+                    rt.ports.hold(endpoint.id)
             undo.done(
                 "record join",
                 lambda: save(
                     rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY)
                 ),
             )
+            undo.done("hold host ports", lambda: rt.ports.unhold(endpoint.id))
             net_info, ep_info, sb_info = (
                 views.network_info(network),
                 views.endpoint_info(endpoint),
@@ -249,7 +254,10 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
                 teardown.add(unpublish_error)
             elif unpublish_error is not None:
                 raise unpublish_error
-        save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
+        with rt.state.transaction():  # one transaction: the record and the holder records
+            save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
+            if ep_info.ports:
+                rt.ports.unhold(endpoint.id)
         sync_network(rt, network)
         if refresh and not sb_info.closing:
             # A closing sandbox's routes and files go with its namespace and directory.
