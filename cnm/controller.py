@@ -6,8 +6,10 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cnm._core import records as rec
+from cnm._core.firewall_choice import choose_firewall
 from cnm._core.locks import StateLocks
 from cnm._core.ops import networks, sandboxes
 from cnm._core.reconcile import reapply_firewall, reconcile
@@ -15,7 +17,7 @@ from cnm._core.runtime import Runtime
 from cnm._core.state import State
 from cnm.driverapi import DriverContext, owner_mark
 from cnm.errors import NotFound
-from cnm.firewallapi import ClosableFirewall, Firewall, open_firewall
+from cnm.firewallapi import ClosableFirewall, Firewall
 from cnm.handles import Network, Sandbox
 from cnm.ipam import LocalIpam
 from cnm.kernel import links
@@ -74,11 +76,15 @@ class Controller:
             under /run/netns, a path, a :class:`~cnm.kernel.netns.NetNS`, or None
             for the calling process's own. Every kernel object of this controller
             and its drivers lives there.
-        firewall: the firewall backend: a :class:`~cnm.firewallapi.Firewall`, or the name of one
-            (``"iptables"``, the default; ``"nftables"``; ``"none"``, which writes no rules),
-            opened in ``host_netns`` for this controller's ``owner_id``
-            (:func:`cnm.firewallapi.open_firewall`). A backend object given here should be
-            constructed for that owner (open once to learn it).
+        firewall: the firewall backend: a :class:`~cnm.firewallapi.Firewall`, or the name of
+            an installed one (``"auto"``, the default; ``"nftables"``; ``"iptables"``;
+            ``"none"``, which writes no rules), opened in ``host_netns`` for this
+            controller's ``owner_id`` (:func:`cnm.firewallapi.open_firewall`). ``"auto"``
+            keeps the backend the store records, else one that already holds this
+            controller's rules, else takes nftables where it works and iptables where
+            not. The choice is recorded in the store; opening with a different backend
+            than recorded migrates the rules (docs/firewall.md). A backend object given
+            here should be constructed for that owner (open once to learn it).
         registry: the driver registry; by default drivers come from the
             ``cnm.drivers`` entry points.
         predefined: create Docker's predefined networks ``bridge``, ``none`` and ``host``.
@@ -100,7 +106,7 @@ class Controller:
         state_dir: str = "/var/lib/cnm",
         host_netns: str | NetNS | None = None,
         *,
-        firewall: Firewall | str | None = None,
+        firewall: Firewall | str | None = "auto",
         registry: DriverRegistry | None = None,
         predefined: bool = True,
         ephemeral_ports: str | PortRange | None = None,
@@ -120,11 +126,11 @@ class Controller:
         store = SqliteStore(os.path.join(self.state_dir, "cnm.db"))
         state = State(store)
         self.owner_id: str = _owner_id(state)
-        # A firewall this controller made is this controller's to close (it runs a worker process).
-        self._own_firewall: ClosableFirewall | None = None
-        if firewall is None or isinstance(firewall, str):
-            firewall = self._own_firewall = open_firewall(firewall or "iptables", host, owner=self.owner_id)
-        self.firewall: Firewall = firewall
+        # The firewall: chosen ("auto"), recorded in the store, migrated on a change (cnm._core.firewall_choice).
+        # One this controller opened is this controller's to close (it runs a worker process).
+        choice = choose_firewall(firewall, host, state, self.owner_id)
+        self._own_firewall: ClosableFirewall | None = choice.own
+        self.firewall: Firewall = choice.firewall
         self.registry = registry or DriverRegistry(self._driver_context)
         self._rt = Runtime(
             state_dir=self.state_dir,
@@ -143,6 +149,11 @@ class Controller:
             report = self.reconcile()
             if report:
                 log.warning("reconciled state_dir %s on open:\n%s", self.state_dir, report)
+        try:
+            choice.finish(self.reapply_firewall)  # records the backend; a migration writes the new rules
+        except BaseException:
+            self.close()  # the migration stays pending in the store: the next open finishes it
+            raise
 
     def _driver_context(self, name: str) -> DriverContext:
         path = os.path.join(self.state_dir, "drivers", name)
@@ -347,6 +358,30 @@ class Controller:
         ``reconcile=False``. Safe to run at any time.
         """
         return reconcile(self._rt, self.firewall)
+
+    def info(self) -> dict[str, Any]:
+        """The controller as ``docker info`` shows a daemon's networking: its id, state_dir, host and firewall.
+
+        ``FirewallBackend`` is shaped as Docker 28's (``Driver``, ``Info`` pairs);
+        with ``none`` its ``Info`` says that cnm writes no rules, so forwarding,
+        NAT and published ports work only as far as the host's own firewall lets them.
+        """
+        name = str(getattr(self.firewall, "name", type(self.firewall).__name__))
+        notes: list[list[str]] = []
+        if name == "none":
+            notes.append(
+                [
+                    "Rules",
+                    "none: cnm writes no firewall rules; forwarding, NAT and published ports "
+                    "depend on the host's own firewall",
+                ]
+            )
+        return {
+            "ID": self.owner_id,
+            "StateDir": self.state_dir,
+            "HostNetns": self.host_netns.path,
+            "FirewallBackend": {"Driver": name, "Info": notes},
+        }
 
     def reapply_firewall(self) -> None:
         """Rebuild this controller's firewall rules from the store, e.g. after ``iptables -F`` or a firewall reload.

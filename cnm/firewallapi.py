@@ -30,19 +30,23 @@ A third-party backend installs like a driver::
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Collection, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
-from cnm.errors import InvalidConfig
+from cnm.errors import CNMError, InvalidConfig, KernelError
 from cnm.types import PortBinding, PortRange, TransportProtocol
 
 if TYPE_CHECKING:
     from cnm.kernel.netns import NetNS
 
 __all__ = [
+    "AUTO",
+    "AUTO_KEEPS",
+    "AUTO_PREFERENCE",
     "BACKENDS",
     "ENTRY_POINT_GROUP",
     "BackendName",
@@ -53,11 +57,14 @@ __all__ = [
     "LinkRule",
     "NetworkRules",
     "PortMapping",
+    "ProbingFirewall",
     "backend_names",
     "load_backend",
     "open_firewall",
     "port_mappings",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The entry-point group firewall backends register under, built-in ones included.
 ENTRY_POINT_GROUP = "cnm.firewalls"
@@ -213,6 +220,19 @@ class ClosableFirewall(Firewall, Protocol):
 
 
 @runtime_checkable
+class ProbingFirewall(ClosableFirewall, Protocol):
+    """A backend that ``"auto"`` can ask before choosing it (both kernel backends are; optional for others)."""
+
+    def holds_rules(self) -> bool:
+        """Whether the host namespace already holds rules of this backend's owner; reads only, changes nothing."""
+        ...
+
+    def check(self) -> None:
+        """Raise :class:`cnm.errors.KernelError` saying why, if this backend cannot work in its host namespace."""
+        ...
+
+
+@runtime_checkable
 class FirewallFactory(Protocol):
     """What an entry point of ``cnm.firewalls`` names: usually the backend class itself."""
 
@@ -224,6 +244,13 @@ class FirewallFactory(Protocol):
 #: The names of the built-in backends (each an entry point of ``cnm.firewalls``).
 BackendName: TypeAlias = Literal["iptables", "nftables", "none"]
 BACKENDS: tuple[BackendName, ...] = ("iptables", "nftables", "none")
+
+#: The name that lets :func:`open_firewall` choose (the default everywhere).
+AUTO = "auto"
+#: What ``"auto"`` prefers, first usable wins, when nothing already holds this owner's rules.
+AUTO_PREFERENCE: tuple[BackendName, ...] = ("nftables", "iptables")
+#: The backends whose existing rules ``"auto"`` keeps, asked in this order: legacy iptables first.
+AUTO_KEEPS: tuple[BackendName, ...] = ("iptables", "nftables")
 
 
 def backend_names() -> list[str]:
@@ -254,17 +281,68 @@ def load_backend(name: str) -> FirewallFactory:
     return factory
 
 
-def open_firewall(name: str, host_netns: NetNS, *, owner: str = "default") -> ClosableFirewall:
-    """The installed firewall backend called ``name`` (e.g. "iptables", "nftables", "none") for ``host_netns``.
+def open_firewall(
+    name: str, host_netns: NetNS, *, owner: str = "default", recorded: str | None = None, look: bool = True
+) -> ClosableFirewall:
+    """The firewall backend called ``name`` for ``host_netns``, or the one ``"auto"`` chooses.
 
     ``owner`` is the controller's owner id: it names the nftables backend's
     table (``inet cnm_<owner>``) and is in the iptables backend's rule tags
     (``cnm:<owner>:<network>``); each backend touches only its owner's rules.
 
+    ``"auto"`` chooses, and logs which and why:
+
+    1. ``recorded``, the backend the controller's store records for its
+       state_dir, if any: an installation keeps its backend until it is
+       migrated by naming another one;
+    2. else a backend that already holds this owner's rules in
+       ``host_netns`` (legacy iptables first; skipped with ``look=False``,
+       for a state_dir that never had a network);
+    3. else the first of nftables, iptables that can work there (the python
+       ``nftables`` module loads and the kernel takes an nf_tables table).
+
+    The result's ``name`` says which backend it is.
+
     Raises:
         InvalidConfig: an unknown name, a backend that cannot be loaded, an owner
             the backend cannot take, or an object that is no :class:`ClosableFirewall`.
+        KernelError: ``"auto"`` found no backend that works in ``host_netns``.
     """
+    if name != AUTO:
+        return _open(name, host_netns, owner)
+    if recorded is not None:
+        log.info("firewall backend %s: the store records it for this state_dir (auto)", recorded)
+        return _open(recorded, host_netns, owner)
+    if look:
+        for keep in AUTO_KEEPS:
+            firewall = _probe(keep, host_netns, owner)
+            if firewall is not None and _holds_rules(firewall):
+                log.info("firewall backend %s: the host namespace holds this controller's %s rules (auto)", keep, keep)
+                return firewall
+            if firewall is not None:
+                firewall.close()
+    refused: list[str] = []
+    for candidate in AUTO_PREFERENCE:
+        firewall = _probe(candidate, host_netns, owner)
+        if firewall is None:
+            refused.append(f"{candidate}: not installed")
+            continue
+        try:
+            firewall.check()
+        except CNMError as exc:
+            firewall.close()
+            refused.append(f"{candidate}: {exc}")
+            continue
+        why = f"{'; '.join(refused)}; so " if refused else ""
+        log.info("firewall backend %s: %s%s works here (auto)", candidate, why, candidate)
+        return firewall
+    raise KernelError(
+        f"no firewall backend works in {host_netns.path} ({'; '.join(refused)}); "
+        "fix one of them, or choose firewall='none' and manage the host's firewall yourself"
+    )
+
+
+def _open(name: str, host_netns: NetNS, owner: str) -> ClosableFirewall:
     firewall = load_backend(name)(host_netns, owner=owner)
     if not isinstance(firewall, ClosableFirewall):
         raise InvalidConfig(
@@ -272,3 +350,24 @@ def open_firewall(name: str, host_netns: NetNS, *, owner: str = "default") -> Cl
             "cnm.firewallapi.ClosableFirewall; fix its class"
         )
     return firewall
+
+
+def _probe(name: str, host_netns: NetNS, owner: str) -> ProbingFirewall | None:
+    """The backend ``name`` if it is installed, loads and can be asked; None otherwise."""
+    try:
+        firewall = _open(name, host_netns, owner)
+    except InvalidConfig as exc:
+        log.debug("auto firewall: %s is unusable: %s", name, exc)
+        return None
+    if isinstance(firewall, ProbingFirewall):
+        return firewall
+    firewall.close()
+    return None
+
+
+def _holds_rules(firewall: ProbingFirewall) -> bool:
+    try:
+        return firewall.holds_rules()
+    except CNMError as exc:  # a backend that cannot even be read here holds no rules here
+        log.debug("auto firewall: %s cannot look for rules: %s", firewall.name, exc)
+        return False

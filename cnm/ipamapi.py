@@ -6,17 +6,42 @@ It is shaped after libnetwork's ``ipamapi.Ipam`` without the address spaces,
 option maps and built-in flag: cnm has one local address space, and what a
 caller may ask for is spelled out as keyword arguments.
 
-The default implementation is :class:`cnm.ipam.LocalIpam`.
+An IPAM is a class registered under the entry-point group ``cnm.ipams``, as
+the built-in one is (``default``: :class:`cnm.ipam.LocalIpam`), constructed as
+``Ipam(store)`` with the controller's store (:class:`IpamFactory`);
+:func:`open_ipam` does that by name. A third-party IPAM installs like a driver::
+
+    [project.entry-points."cnm.ipams"]
+    mine = "my_package:MyIpam"
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from cnm.errors import InvalidConfig
 from cnm.types import IPAddress, IPNetwork, Pool
 
-__all__ = ["Ipam", "Pool"]  # Pool lives in cnm.types; re-exported for IPAM authors
+if TYPE_CHECKING:
+    from cnm.store import Store
+
+__all__ = [
+    "DEFAULT",
+    "ENTRY_POINT_GROUP",
+    "Ipam",
+    "IpamFactory",
+    "Pool",  # Pool lives in cnm.types; re-exported for IPAM authors
+    "ipam_names",
+    "load_ipam",
+    "open_ipam",
+]
+
+#: The entry-point group IPAMs register under, the built-in one included.
+ENTRY_POINT_GROUP = "cnm.ipams"
+#: The name of the built-in IPAM (:class:`cnm.ipam.LocalIpam`), Docker's ``default``.
+DEFAULT = "default"
 
 
 @runtime_checkable
@@ -104,3 +129,53 @@ class Ipam(Protocol):
     def pools(self) -> list[Pool]:
         """Every pool currently handed out (for reconciliation)."""
         ...
+
+
+@runtime_checkable
+class IpamFactory(Protocol):
+    """What an entry point of ``cnm.ipams`` names: usually the IPAM class itself."""
+
+    def __call__(self, store: Store) -> Ipam:
+        """The IPAM keeping its pools and addresses in ``store`` (the controller's)."""
+        ...
+
+
+def ipam_names() -> list[str]:
+    """The installed IPAMs' names (the entry points of ``cnm.ipams``), sorted."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def load_ipam(name: str) -> IpamFactory:
+    """The factory (usually the class) of the installed IPAM called ``name``.
+
+    Raises:
+        InvalidConfig: no IPAM of that name is installed, or it cannot be loaded.
+    """
+    found = list(entry_points(group=ENTRY_POINT_GROUP, name=name))
+    if not found:
+        raise InvalidConfig(
+            f"no IPAM named {name!r}; installed IPAMs: {', '.join(ipam_names()) or 'none'}. "
+            f"Install one that registers under the {ENTRY_POINT_GROUP!r} entry point"
+            + ("" if ipam_names() else " (none at all: reinstall cnm-net, e.g. ./run setup)")
+        )
+    try:
+        factory: IpamFactory = found[0].load()
+    except ImportError as exc:
+        raise InvalidConfig(
+            f"the IPAM {name!r} ({found[0].value}) cannot be loaded: {exc}; install what it needs"
+        ) from exc
+    return factory
+
+
+def open_ipam(name: str, store: Store) -> Ipam:
+    """The installed IPAM called ``name`` (``"default"``: :class:`cnm.ipam.LocalIpam`), over ``store``.
+
+    Raises:
+        InvalidConfig: an unknown name, an IPAM that cannot be loaded, or an object that is no :class:`Ipam`.
+    """
+    ipam = load_ipam(name)(store)
+    if not isinstance(ipam, Ipam):
+        raise InvalidConfig(
+            f"the IPAM {name!r} made {ipam!r}, which does not implement cnm.ipamapi.Ipam; fix its class"
+        )
+    return ipam

@@ -18,6 +18,7 @@ link               link id                             :class:`~cnm._core.record
 link.alias         ``<source id>/<alias>``             ``{"id": link id}``
 link.end           ``<sandbox id>/<link id>``          a sandbox's links, from or to it
 controller         ``owner``                           ``{"id": the state_dir's owner id}``
+controller         ``firewall``                        ``{"name": backend, "previous": [old, ...]}``
 =================  ==================================  ===========================================
 
 The IPAM (``ipam.*``) and the port allocator (``ports.*``) keep their own kinds in the
@@ -66,6 +67,7 @@ _LINK_ALIAS: Final = "link.alias"
 _LINK_END: Final = "link.end"
 _CONTROLLER: Final = "controller"
 _OWNER: Final = "owner"
+_FIREWALL: Final = "firewall"
 
 _NOT_FOUND: Final[dict[type[object], tuple[type[NotFound], str]]] = {
     NetworkRecord: (NetworkNotFound, "see Controller.networks()"),
@@ -243,6 +245,19 @@ class StateTx:
             KeyTaken: another process recorded one first; read it with :meth:`owner_id`.
         """
         self._txn.insert(_CONTROLLER, _OWNER, {"id": owner_id})
+
+    def firewall_backend(self) -> tuple[str, tuple[str, ...]] | None:
+        """The firewall backend recorded for the state_dir, with those a migration has still to clean; or None."""
+        found = self._txn.get(_CONTROLLER, _FIREWALL)
+        if found is None:
+            return None
+        return str(found["name"]), tuple(str(name) for name in found.get("previous", ()))
+
+    def record_firewall_backend(self, name: str, previous: tuple[str, ...] = ()) -> None:
+        """Record the state_dir's firewall backend; ``previous``: the old ones whose rules are still to go."""
+        self._txn.put(
+            _CONTROLLER, _FIREWALL, {"name": name, "previous": list(previous)} if previous else {"name": name}
+        )
 
 
 class State:

@@ -2,7 +2,7 @@
 
 ::
 
-    cnm [--state-dir DIR] [--host-netns NS] [--firewall iptables|nftables|none] [--format table|json] [--debug]
+    cnm [--state-dir DIR] [--host-netns NS] [--firewall auto|nftables|iptables|none] [--format table|json] [--debug]
         COMMAND ...
 
     cnm network create|ls|inspect|rm|connect|disconnect|prune
@@ -11,6 +11,7 @@
     cnm run [--network MODE] [-p [IP:][HOST:]CONTAINER[/udp]] [--expose PORT] [--link NAME:ALIAS]
             [-e KEY=VALUE] [--name N] [--hostname H] [-d] -- CMD...
     cnm exec [-d] [-e KEY=VALUE] SANDBOX -- CMD...
+    cnm info
     cnm reconcile
     cnm plugin serve --driver NAME [--ipam] [--socket PATH]
     cnm demo [SCENARIO...]
@@ -52,8 +53,9 @@ from cnm.cli._common import (
     RunFailed,
     UsageError,
     print_error,
+    print_json,
 )
-from cnm.firewallapi import BACKENDS
+from cnm.firewallapi import AUTO, backend_names
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_CNM_FAILED_TO_RUN", "EXIT_ERROR", "EXIT_USAGE", "build_parser", "main"]
 
@@ -67,6 +69,19 @@ def _reconcile(ctl: Controller, args: argparse.Namespace, out: TextIO) -> int:
     report = ctl.reconcile()
     out.write(f"{report}\n")
     return EXIT_ERROR if report.errors else 0
+
+
+def _info(ctl: Controller, args: argparse.Namespace, out: TextIO) -> int:
+    info = ctl.info()
+    if args.format == "json":
+        print_json(info, out)
+        return 0
+    backend = info["FirewallBackend"]
+    out.write(f"ID: {info['ID']}\nState dir: {info['StateDir']}\nHost netns: {info['HostNetns']}\n")
+    out.write(f"Firewall Backend: {backend['Driver']}\n")
+    for key, value in backend["Info"]:
+        out.write(f"  {key}: {value}\n")
+    return 0
 
 
 def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -93,9 +108,10 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
     parser.add_argument(
         "--firewall",
-        choices=BACKENDS,
-        default=default(os.environ.get("CNM_FIREWALL") or "iptables"),
-        help="the firewall backend: iptables, nftables, or none to write no rules ($CNM_FIREWALL; default %(default)s)"
+        choices=(AUTO, *backend_names()),
+        default=default(os.environ.get("CNM_FIREWALL") or AUTO),
+        help="the firewall backend: auto (the recorded one, else nftables where it works), nftables, iptables, "
+        "or none to write no rules; another than recorded migrates ($CNM_FIREWALL; default %(default)s)"
         if defaults
         else argparse.SUPPRESS,
     )
@@ -133,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_commands(commands, leaf)
     sandbox.add_commands(commands, leaf)
     plugin.add_commands(commands, leaf)
+    leaf(commands, "info", _info, "show the controller: its id, state_dir, host namespace and firewall backend")
     leaf(commands, "reconcile", _reconcile, "repair the store and the kernel after a crash; print what was done")
     p = leaf(commands, "demo", None, "run the demo of every scenario, in throwaway namespaces (python -m cnm.demo)")
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="run only these (default: all)")
@@ -204,7 +221,7 @@ def _repairs_on_open(args: argparse.Namespace) -> bool:
     firewall rebuild (about a second) on every call. ``cnm reconcile`` opens
     without it so that its report shows what it repaired.
     """
-    if args.cmd in ("reconcile", "exec"):
+    if args.cmd in ("reconcile", "exec", "info"):
         return False
     sub = (
         getattr(args, "network_cmd", None) or getattr(args, "endpoint_cmd", None) or getattr(args, "sandbox_cmd", None)

@@ -193,18 +193,59 @@ class Demo:
         return result.returncode == 0, line.strip()
 
     def rules(self) -> list[str]:
-        """The host namespace's rules, as ``iptables-legacy-save`` prints them."""
+        """The host namespace's rules from the backend in use, one line each.
+
+        iptables: as ``iptables-legacy-save`` prints them. nftables: cnm's table as
+        ``nft list table`` prints it, each rule and each set or map element on a line
+        of its own, prefixed with its chain, set or map (``map addr_<net>: tcp . 8080 : 10.89.1.2``).
+        """
+        if self.ctl.firewall.name == "nftables":
+            table = f"cnm_{self.ctl.owner_id}"
+            result = self.host.run(["nft", "list", "table", "inet", table], capture_output=True, text=True, timeout=30)
+            expect(result.returncode == 0, f"nft list table inet {table} failed: {result.stderr.strip()}")
+            return _nft_lines(result.stdout)
         result = self.host.run(["iptables-legacy-save"], capture_output=True, text=True, timeout=30)
         expect(result.returncode == 0, f"iptables-legacy-save failed: {result.stderr.strip()}")
         output: str = result.stdout
         return output.splitlines()
 
-    def rule(self, network_id: str, *needles: str) -> str:
-        """The one rule of a network (its ``cnm:<id>`` comment, or its own chain) that contains every needle."""
+    def rule(self, network_id: str, *needles: str, nft: Sequence[str] = ()) -> str:
+        """The one rule of a network that contains every needle (``nft``'s with the nftables backend).
+
+        A network's rules carry its id (``cnm:<owner>:<id>`` comments, its own chains, sets and maps).
+        """
         tag = network_id[:12]
-        found = [ln for ln in self.rules() if tag in ln and all(n in ln for n in needles)]
-        expect(len(found) == 1, f"expected one rule of network {tag} with {needles}, found {found}")
+        wanted = tuple(nft) if self.ctl.firewall.name == "nftables" else needles
+        found = [ln for ln in self.rules() if tag in ln and all(n in ln for n in wanted)]
+        expect(len(found) == 1, f"expected one rule of network {tag} with {wanted}, found {found}")
         return found[0]
+
+
+def _nft_lines(listing: str) -> list[str]:
+    """``nft list table`` output flattened: each rule and element on one line, after its chain, set or map."""
+    lines: list[str] = []
+    block = ""
+    elements: list[str] | None = None
+    for raw in listing.splitlines():
+        text = raw.strip()
+        if elements is not None:  # inside "elements = { a, b, ... }"
+            elements += [e.strip() for e in text.rstrip("}").split(",") if e.strip()]
+            if text.endswith("}"):
+                lines += [f"{block}: {e}" for e in elements]
+                elements = None
+            continue
+        if text.startswith(("chain ", "set ", "map ")) and text.endswith("{"):
+            block = text[:-1].strip()
+        elif text.startswith("elements = {"):
+            elements = []
+            rest = text[len("elements = {") :]
+            elements += [e.strip() for e in rest.rstrip("}").split(",") if e.strip()]
+            if rest.endswith("}"):
+                lines += [f"{block}: {e}" for e in elements]
+                elements = None
+        elif block.startswith("chain ") and text and text != "}" and not text.startswith("type "):
+            lines.append(f"{block}: {text}")
+    return lines
 
 
 # --- the registry ---------------------------------------------------------------------------------
@@ -399,7 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo = env.open(interrupts)
         host, outside = (ns.name for ns in env.namespaces[:2])
         _say(f"cnm demo in throwaway namespaces: host {host}, outside {outside} ({OUTSIDE_ADDRESS.ip})")
-        _say(f"{_INDENT}state_dir {env.state_dir}; the machine's own network is not touched")
+        _say(
+            f"{_INDENT}state_dir {env.state_dir}; firewall backend {demo.ctl.firewall.name} (auto); "
+            "the machine's own network is not touched"
+        )
         for i, sc in enumerate(chosen, 1):
             interrupts.check()
             running = sc

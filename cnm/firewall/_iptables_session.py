@@ -272,7 +272,19 @@ def _cleanup(session: Session, owner: str, kept: frozenset[str]) -> int:
     return removed
 
 
+def _holds_rules(session: Session, owner: str) -> bool:
+    # Reads only tables the namespace has already (Session.existing): asking leaves no trace.
+    return bool(session.tagged_keys(_owner_prefix(owner)))
+
+
+def _check(session: Session) -> None:
+    # python-iptables loaded (the server's constructor); the kernel must also give a legacy table.
+    session.table("filter")
+
+
 OPERATIONS: dict[str, Callable[..., object]] = {
+    "holds_rules": _holds_rules,
+    "check": _check,
     "setup_network": _setup_network,
     "teardown_network": _teardown_network,
     "add_ports": _add_ports,

@@ -192,6 +192,14 @@ class IptablesFirewall:
         log.info("removed %d cnm firewall rules from %s", removed, self._netns.name)
         return removed
 
+    def holds_rules(self) -> bool:
+        """Whether the namespace's legacy tables hold rules of this owner already (reads, changes nothing)."""
+        return bool(self._run(f"look for firewall rules of owner {self._owner}", "holds_rules", self._owner))
+
+    def check(self) -> None:
+        """Raise KernelError saying why if python-iptables or the kernel's legacy xtables cannot be used here."""
+        self._run("check the iptables (legacy xtables) backend", "check")
+
 
 def _describe(ports: Sequence[PortMapping]) -> str:
     shown = ", ".join(f"{p.host_port}/{p.protocol}" for p in ports[:3])

@@ -197,6 +197,14 @@ class _Server:
         return names
 
     # -- the operations -----------------------------------------------------------------------
+    def _op_holds_rules(self, what: str) -> bool:
+        return self._exists(what)
+
+    def _op_check(self, what: str) -> None:
+        # A table made and deleted in one transaction: the kernel's nf_tables must take it; nothing stays.
+        probe = {"family": FAMILY, "name": f"{self._table}_probe"}
+        self._batch(what, [{"add": {"table": probe}}, {"delete": {"table": probe}}])
+
     def _op_setup_network(self, what: str, network: FirewallNetwork) -> None:
         rules = self._rules(what)
         foreign = self._foreign(what)
@@ -365,6 +373,14 @@ class NftablesFirewall:
     def _run(self, what: str, method: str, *args: Any) -> object:
         """Have the worker run ``method`` with ``args`` in one libnftables transaction."""
         return self._worker.run(what, method, *args)
+
+    def holds_rules(self) -> bool:
+        """Whether the namespace has this owner's table already (reads, changes nothing)."""
+        return bool(self._run(f"look for table {FAMILY} {self.table}", "holds_rules"))
+
+    def check(self) -> None:
+        """Raise KernelError saying why if libnftables or the kernel's nf_tables cannot be used here."""
+        self._run("check the nftables backend", "check")
 
     def setup_network(self, network: FirewallNetwork) -> None:
         """Install the network-level rules: forwarding, isolation, NAT, icc, internal."""

@@ -38,7 +38,8 @@ def churn(ctl: Controller, prefix: str, deadline: float) -> int:
 
 def test_threads_and_processes_share_a_state_dir(host_netns: NetNS, tmp_path: Path) -> None:
     state = str(tmp_path / "state")
-    with Controller(state_dir=state, host_netns=host_netns) as ctl:
+    # iptables, recorded in the store, so every later open ("auto") keeps it: the check reads iptables-legacy-save.
+    with Controller(state_dir=state, host_netns=host_netns, firewall="iptables") as ctl:
         ctl.create_network("busy", ipam=IPAMConfig(subnet="10.16.0.0/20"))
     start = time.monotonic()
     deadline = start + DURATION

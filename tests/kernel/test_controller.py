@@ -8,7 +8,7 @@ import os
 import re
 import sqlite3
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding, errors
 from cnm.kernel import links
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside, iptables_save, settled
+from cnm.testing.hosts import Outside, iptables_save, settled, unmount_sandboxes
 from cnm.testing.traffic import ping, probe, serve
 from cnm.types import PortRange
 
@@ -165,8 +165,9 @@ def test_two_controllers_in_one_process_never_see_each_other(
 ) -> None:
     ns_a, ns_b = netns_factory("ha"), netns_factory("hb")
     with (
-        Controller(state_dir=str(tmp_path / "a"), host_netns=ns_a) as a,
-        Controller(state_dir=str(tmp_path / "b"), host_netns=ns_b) as b,
+        # iptables: the rules are read with iptables-legacy-save (nftables' per-owner tables: test_firewall_nftables).
+        Controller(state_dir=str(tmp_path / "a"), host_netns=ns_a, firewall="iptables") as a,
+        Controller(state_dir=str(tmp_path / "b"), host_netns=ns_b, firewall="iptables") as b,
     ):
         rules_b = iptables_save(ns_b)
         links_b = host_links(ns_b)
@@ -204,7 +205,7 @@ def test_two_state_dirs_on_one_host_namespace_leave_each_other_alone(
     processes: Callable[[subprocess.Popen[Any]], subprocess.Popen[Any]],
 ) -> None:
     state_a, state_b = str(tmp_path / "a"), str(tmp_path / "b")
-    with Controller(state_dir=state_a, host_netns=host_netns) as a:
+    with Controller(state_dir=state_a, host_netns=host_netns, firewall="iptables") as a:  # owned_lines reads iptables
         net_a = a.create_network("app", ipam=IPAMConfig(subnet="10.71.0.0/24"))
         web = a.create_sandbox("web", network="app", ports=[PortBinding(container_port=80, host_port=8080)])
         db = a.create_sandbox("db", network="app")
@@ -213,7 +214,7 @@ def test_two_state_dirs_on_one_host_namespace_leave_each_other_alone(
         assert {"cnm0", f"cnm-{net_a.id[:11]}"} < set(links_a)
         assert len(links_a) == 4  # 2 bridges, 2 veths
         # The second controller opens (predefined networks too) and reconciles: the first's objects stay.
-        with Controller(state_dir=state_b, host_netns=host_netns) as b:
+        with Controller(state_dir=state_b, host_netns=host_netns, firewall="iptables") as b:
             assert b.owner_id != a.owner_id
             bridge_b = b.network("bridge")
             assert bridge_b.options["bridge_name"] == "cnm0-" + b.owner_id[:10]
@@ -265,7 +266,20 @@ def test_deleting_everything_leaves_nothing(
     assert settled(lambda: snapshot(controller), lambda now: now == before) == before
 
 
-def test_firewall_layout_golden(controller: Controller) -> None:
+@pytest.fixture
+def iptables_controller(tmp_path: Path, host_netns: NetNS) -> Iterator[Controller]:
+    """A Controller on the iptables backend, whose Docker layout the golden file holds."""
+    state_dir = str(tmp_path / "state")
+    ctl = Controller(state_dir=state_dir, host_netns=host_netns, firewall="iptables")
+    try:
+        yield ctl
+    finally:
+        ctl.close()
+        unmount_sandboxes(state_dir)
+
+
+def test_firewall_layout_golden(iptables_controller: Controller) -> None:
+    controller = iptables_controller
     base = iptables_save(controller.host_netns)
     net = controller.create_network("web", ipam=IPAMConfig(subnet="10.90.0.0/24"), options={"icc": False})
     inner = controller.create_network("back", ipam=IPAMConfig(subnet="10.91.0.0/24"), internal=True)

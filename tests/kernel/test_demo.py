@@ -75,11 +75,13 @@ def test_the_demo_passes_every_scenario_and_leaves_nothing() -> None:
     assert set(rows.values()) == {"PASS"}, out
     for i in range(1, len(keys) + 1):
         assert f"[{i}/{len(keys)}] " in out
-    # The evidence a reader is promised: ping lines, the peer a server saw, rules from iptables-legacy-save.
+    # The evidence a reader is promised: ping lines, the peer a server saw, the firewall's rules.
     assert "64 bytes from" in out
     assert "whose server saw peer 192.0.2.2" in out
     assert "the server saw peer 192.0.2.1" in out
-    assert re.search(r"the rule: -A CNM-DNAT-\S+ .*-j DNAT --to-destination \S+:80", out)
+    # The default backend ("auto") is nftables here: the demo says so and shows its map element.
+    assert "firewall backend nftables (auto)" in out
+    assert re.search(r"the rule: map addr_\S+: tcp \. 8080 : \S+", out)
     assert f"{len(keys)} scenarios: {len(keys)} passed, 0 failed" in out
     _assert_nothing_left(out, proc.pid)
 

@@ -129,8 +129,8 @@ def test_firewall_page_shows_the_real_nftables_table(netns_factory: Callable[[st
     state_dir = str(tmp_path / "state")
     page = Page("firewall.md", {'"/tmp/cnm-fw"': repr(state_dir), '"cnm-fw"': repr(host.path)})
     # The page's own program, with the one change the page names.
-    assert page.blocks[0].count("predefined=False)") == 1
-    page.blocks[0] = page.blocks[0].replace("predefined=False)", 'predefined=False, firewall="nftables")')
+    assert page.blocks[0].count('firewall="iptables")') == 1
+    page.blocks[0] = page.blocks[0].replace('firewall="iptables")', 'firewall="nftables")')
     (listing,) = blocks("firewall.md", "nft")
     try:
         page.run(0)

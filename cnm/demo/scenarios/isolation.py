@@ -32,7 +32,7 @@ def _isolation(demo: Demo) -> Iterator[str]:
     peer = traffic.probe(sa, "tcp", str(ip_b), 9000, timeout=1)
     expect(peer is None, f"sa reached sb's server on net-b: {peer!r}")
     yield "sa -> sb:9000: no answer"
-    yield "the rule: " + demo.rule(b.id, "CNM-ISOLATION-STAGE-2", "-j DROP")
+    yield "the rule: " + demo.rule(b.id, "CNM-ISOLATION-STAGE-2", "-j DROP", nft=("chain isolation", "@bridges drop"))
 
 
 @scenario("icc", "icc=false: sandboxes on one network cannot talk, published ports still work")
@@ -57,7 +57,7 @@ def _icc(demo: Demo) -> Iterator[str]:
     peer = traffic.probe(demo.outside, "tcp", str(demo.host_address), 8088)
     expect(peer == str(demo.outside_address), f"outside -> {demo.host_address}:8088 got {peer!r}")
     yield f"outside -> {demo.host_address}:8088 reached q1:80, whose server saw peer {peer}"
-    yield "the rule: " + demo.rule(net.id, "-A CNM-FORWARD", "-j DROP")
+    yield "the rule: " + demo.rule(net.id, "-A CNM-FORWARD", "-j DROP", nft=("chain forward", "drop"))
 
 
 @scenario("internal", "an internal network: its sandboxes talk to each other, never to the outside")
@@ -78,4 +78,6 @@ def _internal(demo: Demo) -> Iterator[str]:
     routes = i1.run(["ip", "-4", "route"], capture_output=True, text=True).stdout.strip()
     expect("default" not in routes, f"i1 has a default route: {routes!r}")
     yield f"i1's routes: {routes} (no default route)"
-    yield "the rule: " + demo.rule(net.id, "CNM-ISOLATION-STAGE-1", "-j DROP", f"! -d {net.subnet}")
+    yield "the rule: " + demo.rule(
+        net.id, "CNM-ISOLATION-STAGE-1", "-j DROP", f"! -d {net.subnet}", nft=(f"ip daddr != {net.subnet} drop",)
+    )

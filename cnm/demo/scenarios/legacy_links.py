@@ -36,4 +36,6 @@ def _links(demo: Demo) -> Iterator[str]:
         peer = traffic.probe(who, "tcp", str(ip), port, timeout=1)
         expect(peer is None, f"{who.name} reached db:{port}: {peer!r}")
     yield "todomvc -> db:6380 (not exposed) and other -> db:6379 (not linked): no answer"
-    yield "the rule: " + demo.rule(net.id, "--dport 6379", "-j ACCEPT", f"-d {ip}/32", "-s ")
+    yield "the rule: " + demo.rule(
+        net.id, "--dport 6379", "-j ACCEPT", f"-d {ip}/32", "-s ", nft=("set links_", f". {ip} . tcp . 6379")
+    )

@@ -21,7 +21,7 @@ def _publish(demo: Demo) -> Iterator[str]:
     peer = traffic.probe(demo.outside, "tcp", str(demo.host_address), 8080)
     expect(peer == str(demo.outside_address), f"outside -> {demo.host_address}:8080 got {peer!r}")
     yield f"outside {demo.outside_address} -> {demo.host_address}:8080 reached web:80, whose server saw peer {peer}"
-    yield "the rule: " + demo.rule(net.id, "-j DNAT", "--dport 8080")
+    yield "the rule: " + demo.rule(net.id, "-j DNAT", "--dport 8080", nft=("map addr_", "tcp . 8080 :"))
     peer = traffic.probe(demo.outside, "tcp", str(demo.host_address), 80, timeout=1)
     expect(peer is None, f"unpublished host port 80 answered with {peer!r}")
     yield f"outside -> {demo.host_address}:80 (not published): no answer"
@@ -40,4 +40,6 @@ def _masquerade(demo: Demo) -> Iterator[str]:
         f"client {net.endpoint('client').ip} -> outside {demo.outside_address}:7000; "
         f"the server saw peer {peer} (the host's address)"
     )
-    yield "the rule: " + demo.rule(net.id, "-j MASQUERADE", f"-s {net.subnet}")
+    yield "the rule: " + demo.rule(
+        net.id, "-j MASQUERADE", f"-s {net.subnet}", nft=(f"ip saddr {net.subnet}", "masquerade")
+    )
