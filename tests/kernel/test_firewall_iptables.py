@@ -472,7 +472,7 @@ def test_calls_from_many_threads_take_turns(host: NetNS, fw: IptablesFirewall) -
 def test_closing_a_controller_ends_its_firewall_worker(host: NetNS, tmp_path: Path) -> None:
     from cnm import Controller
 
-    with Controller(state_dir=str(tmp_path / "state"), host_netns=host) as ctl:  # sets up the predefined bridge
+    with Controller(state_dir=str(tmp_path / "state"), host_netns=host, firewall="iptables") as ctl:
         assert isinstance(ctl.firewall, IptablesFirewall)
         pid = _worker_pid(ctl.firewall)
     assert not os.path.exists(f"/proc/{pid}")
