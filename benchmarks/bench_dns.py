@@ -16,7 +16,11 @@ installed, for aardvark-dns 1.4.0 on the same world (UDP only: 1.4 has no TCP):
   returns once the server has loaded it; aardvark: SIGHUP, then queries every 50 ms until one
   answers: aardvark 1.4 closes and rebinds its sockets on a reload, so a query sent meanwhile
   is lost and the figure is about one client retry);
-* the time for ``Resolver.start()`` to return (the process listens).
+* the time for ``Resolver.start()`` to return (the process listens);
+* through a Controller: ``create_sandbox(name, network=...)`` and ``delete()`` of the k-th sandbox
+  on a user-defined network (names served: the resolver is told before the call returns, and
+  resolv.conf names it) against the same on the predefined ``bridge`` (no names); the
+  difference is what names cost an ADD and a DEL.
 """
 
 from __future__ import annotations
@@ -213,6 +217,34 @@ def bench_aardvark(client: NetNS, host: NetNS, work: str, args: argparse.Namespa
     return out
 
 
+def bench_controller(host: NetNS, work: str, args: argparse.Namespace) -> dict[str, Any]:
+    from cnm import Controller, IPAMConfig
+
+    out: dict[str, Any] = {}
+    state = os.path.join(work, "ctl")
+    with Controller(state_dir=state, host_netns=host) as ctl:
+        ctl.create_network("named", ipam=IPAMConfig(subnet="10.79.0.0/16"))
+        for network in ("bridge", "named"):
+            made = []
+            rows: dict[str, Any] = {}
+            for k in sorted(args.k):
+                while len(made) < k - 1:
+                    made.append(ctl.create_sandbox(f"{network}-{len(made)}", network=network))
+                adds, dels = [], []
+                for rep in range(args.reps):
+                    t0 = time.perf_counter()
+                    sb = ctl.create_sandbox(f"{network}-new{rep}", network=network)
+                    t1 = time.perf_counter()
+                    sb.delete()
+                    dels.append((time.perf_counter() - t1) * 1000)
+                    adds.append((t1 - t0) * 1000)
+                rows[str(k)] = {"add": _summary(adds), "del": _summary(dels)}
+            for sb in made:
+                sb.delete()
+            out[network] = rows
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix=args.prefix)
     upstream: subprocess.Popen[bytes] | None = None
@@ -245,6 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result: dict[str, Any] = {"cnm": bench_cnm(client, host, work, args)}
             if os.path.exists(AARDVARK):
                 result["aardvark-dns 1.4.0"] = bench_aardvark(client, host, work, args)
+            result["controller"] = bench_controller(host, work, args)
             return result
     finally:
         if upstream is not None:
@@ -265,7 +298,7 @@ def render(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, row in result.items():
-        if name == "meta":
+        if name in ("meta", "controller"):
             continue
         lines.append(
             f"| {name} | {row['start_ms']} | {cell(row, 'local_udp')} | {cell(row, 'local_tcp')} "
@@ -274,9 +307,22 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", "| resolver | " + " | ".join(f"ADD at k={k}" for k in result["meta"]["k"]) + " |"]
     lines.append("|---|" + "---|" * len(result["meta"]["k"]))
     for name, row in result.items():
-        if name != "meta":
+        if name not in ("meta", "controller"):
             lines.append(f"| {name} | " + " | ".join(cell(row["add"], str(k)) for k in result["meta"]["k"]) + " |")
-    return "\n".join(lines) + "\n(latencies: median / p90 ms)"
+    ctl = result.get("controller", {})
+    if ctl:
+        lines += [
+            "",
+            "| Controller, k-th sandbox | " + " | ".join(f"k={k} ADD / DEL" for k in result["meta"]["k"]) + " |",
+        ]
+        lines.append("|---|" + "---|" * len(result["meta"]["k"]))
+        for network, label in (("bridge", "bridge (no names)"), ("named", "user network (names)")):
+            cells = [
+                f"{ctl[network][str(k)]['add']['median_ms']:.1f} / {ctl[network][str(k)]['del']['median_ms']:.1f}"
+                for k in result["meta"]["k"]
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n(latencies: median / p90 ms; Controller rows: medians)"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

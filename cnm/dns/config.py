@@ -285,8 +285,19 @@ def read_generation(directory: str, filename: str = GENERATION_FILE) -> int:
 
 
 def write_generation(directory: str, value: int, filename: str = GENERATION_FILE) -> None:
-    """Write the counter atomically."""
-    _write_atomically(os.path.join(directory, filename), f"{value}\n")
+    """Write the counter in place: one fixed-width write, no rename.
+
+    A rename over an existing file costs ext4 a flush of the new data (its
+    auto_da_alloc), about 1 ms, twice per change otherwise. A reader that
+    catches the write half done reads a smaller number or none, which only
+    makes a waiter wait for the next load (:meth:`cnm.dns.Resolver.reload`
+    signals again).
+    """
+    fd = os.open(os.path.join(directory, filename), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, f"{value:019d}\n".encode(), 0)
+    finally:
+        os.close(fd)
 
 
 class ConfigDir:

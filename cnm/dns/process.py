@@ -285,7 +285,12 @@ class Resolver:
         try:
             signal.pidfd_send_signal(fd, signal.SIGHUP)
             deadline = time.monotonic() + self.start_timeout
+            again = time.monotonic() + 0.5
             while read_generation(self.config.path, LOADED_FILE) < wanted:
+                if time.monotonic() > again:
+                    # It may have read the counter half written, or coalesced two signals: ask again.
+                    signal.pidfd_send_signal(fd, signal.SIGHUP)
+                    again = time.monotonic() + 0.5
                 if time.monotonic() > deadline or select.select([fd], [], [], 0.002)[0]:
                     raise ResolverError(
                         f"the DNS resolver in {self.netns.name} did not load generation {wanted}; "
