@@ -14,17 +14,19 @@ from cnm._core.locks import StateLocks
 from cnm._core.ops import networks, sandboxes
 from cnm._core.reconcile import reapply_firewall, reconcile
 from cnm._core.runtime import Runtime
+from cnm._core.sandbox_os import SandboxOS
 from cnm._core.state import State
 from cnm.driverapi import DriverContext, owner_mark
 from cnm.errors import NotFound
 from cnm.firewallapi import ClosableFirewall, Firewall
 from cnm.handles import Network, Sandbox
-from cnm.ipam import LocalIpam
-from cnm.kernel import links
+from cnm.ipamapi import Ipam, open_ipam
 from cnm.kernel.netns import NetNS
+from cnm.kernel.sandbox_os import KernelSandboxOS
 from cnm.portmapper import PortAllocator, read_ephemeral_range
 from cnm.registry import DriverRegistry
-from cnm.store import KeyTaken, SqliteStore
+from cnm.steps import NO_OBSERVER, StepObserver
+from cnm.store import KeyTaken, SqliteStore, Store
 from cnm.types import IPAMConfig, PortBinding, PortRange, ReconcileReport
 
 __all__ = ["DEFAULT_BRIDGE", "Controller", "default_bridge_name"]
@@ -76,6 +78,16 @@ class Controller:
             under /run/netns, a path, a :class:`~cnm.kernel.netns.NetNS`, or None
             for the calling process's own. Every kernel object of this controller
             and its drivers lives there.
+        store: the :class:`~cnm.store.Store` that keeps every record; by default a
+            :class:`~cnm.store.SqliteStore` in ``state_dir`` (``cnm.db``).
+        ipam: the address manager: a :class:`cnm.ipamapi.Ipam`, or the name of an
+            installed one (:func:`cnm.ipamapi.open_ipam`, opened on ``store``); by
+            default ``"default"``, :class:`~cnm.ipam.LocalIpam`. It must keep its state
+            in ``store``: the controller calls it inside its own transactions.
+        sandbox_os: the OS side of sandboxes (namespaces, interface configuration,
+            default routes, the hosts/resolv.conf/hostname files, host queries); by
+            default :class:`~cnm.kernel.sandbox_os.KernelSandboxOS` for ``host_netns``.
+            :class:`cnm.testing.fakes.FakeSandboxOS` keeps all of it in memory.
         firewall: the firewall backend: a :class:`~cnm.firewallapi.Firewall`, or the name of
             an installed one (``"auto"``, the default; ``"nftables"``; ``"iptables"``;
             ``"none"``, which writes no rules), opened in ``host_netns`` for this
@@ -85,6 +97,9 @@ class Controller:
             not. The choice is recorded in the store; opening with a different backend
             than recorded migrates the rules (docs/firewall.md). A backend object given
             here should be constructed for that owner (open once to learn it).
+        observer: a :class:`cnm.steps.StepObserver` that sees every named step of
+            every operation, the drivers' own included (they get it as
+            ``DriverContext.observer``); none by default.
         registry: the driver registry; by default drivers come from the
             ``cnm.drivers`` entry points.
         predefined: create Docker's predefined networks ``bridge``, ``none`` and ``host``.
@@ -106,7 +121,11 @@ class Controller:
         state_dir: str = "/var/lib/cnm",
         host_netns: str | NetNS | None = None,
         *,
+        store: Store | None = None,
+        ipam: Ipam | str | None = None,
+        sandbox_os: SandboxOS | None = None,
         firewall: Firewall | str | None = "auto",
+        observer: StepObserver | None = None,
         registry: DriverRegistry | None = None,
         predefined: bool = True,
         ephemeral_ports: str | PortRange | None = None,
@@ -123,7 +142,8 @@ class Controller:
         self.state_dir = os.path.abspath(state_dir)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.host_netns = host
-        store = SqliteStore(os.path.join(self.state_dir, "cnm.db"))
+        store = store if store is not None else SqliteStore(os.path.join(self.state_dir, "cnm.db"))
+        self.observer: StepObserver = observer or NO_OBSERVER
         state = State(store)
         self.owner_id: str = _owner_id(state)
         # The firewall: chosen ("auto"), recorded in the store, migrated on a change (cnm._core.firewall_choice).
@@ -136,12 +156,15 @@ class Controller:
             state_dir=self.state_dir,
             host_netns=host,
             state=state,
-            ipam=LocalIpam(store),
+            ipam=open_ipam(ipam or "default", store) if ipam is None or isinstance(ipam, str) else ipam,
             ports=PortAllocator(
                 store, host, read_ephemeral_range(host) if ephemeral_ports is None else PortRange.parse(ephemeral_ports)
             ),
             registry=self.registry,
             locks=StateLocks(self.state_dir),
+            sandbox_os=sandbox_os if sandbox_os is not None else KernelSandboxOS(host),
+            firewall=self.firewall,
+            observer=self.observer,
         )
         if predefined:
             self._ensure_predefined()
@@ -158,13 +181,19 @@ class Controller:
     def _driver_context(self, name: str) -> DriverContext:
         path = os.path.join(self.state_dir, "drivers", name)
         os.makedirs(path, exist_ok=True)
-        return DriverContext(host_netns=self.host_netns, firewall=self.firewall, state_dir=path, owner=self.owner_id)
+        return DriverContext(
+            host_netns=self.host_netns,
+            firewall=self.firewall,
+            state_dir=path,
+            owner=self.owner_id,
+            observer=self.observer,
+        )
 
     def _ensure_predefined(self) -> None:
         wanted: list[tuple[str, str, Mapping[str, object]]] = [
             ("none", "null", {}),
             ("host", "host", {}),
-            ("bridge", "bridge", self._default_bridge_options()),
+            (rec.DEFAULT_NETWORK, "bridge", self._default_bridge_options()),
         ]
         installed = self.registry.names()
         if all(n in self._network_names() for n, d, _ in wanted if d in installed):
@@ -187,9 +216,8 @@ class Controller:
 
     def _default_bridge_options(self) -> Mapping[str, object]:
         # cnm0 unless another controller on this host namespace has it: then a device named from our owner id.
-        with self.host_netns.netlink() as nl:
-            found = links.get_link(nl, DEFAULT_BRIDGE)
-        taken = found is not None and found.alias != owner_mark(self.owner_id)
+        alias = self._rt.sandbox_os.host_link_alias(DEFAULT_BRIDGE)
+        taken = alias is not None and alias != owner_mark(self.owner_id)
         name = default_bridge_name(self.owner_id, taken)
         if taken:
             log.info("%s belongs to another controller; the predefined bridge network uses %s", DEFAULT_BRIDGE, name)
@@ -357,7 +385,7 @@ class Controller:
         rebuilds the firewall. Runs when a Controller opens, unless
         ``reconcile=False``. Safe to run at any time.
         """
-        return reconcile(self._rt, self.firewall)
+        return reconcile(self._rt)
 
     def info(self) -> dict[str, Any]:
         """The controller as ``docker info`` shows a daemon's networking: its id, state_dir, host and firewall.
@@ -388,4 +416,4 @@ class Controller:
 
         Rules that are not this controller's (not cnm's, or another controller's) are never touched.
         """
-        reapply_firewall(self._rt, self.firewall)
+        reapply_firewall(self._rt)

@@ -43,6 +43,7 @@ import attrs
 from cnm.firewallapi import Firewall, FirewallNetwork, LinkRule, NetworkRules, PortMapping, port_mappings
 from cnm.kernel import conntrack
 from cnm.kernel.netns import NetNS
+from cnm.steps import NO_OBSERVER, StepObserver
 from cnm.types import IPAddress, PortBinding, TransportProtocol
 
 __all__ = [
@@ -85,12 +86,16 @@ class Capabilities:
             network). Such a subnet is expected to overlap the host's addresses
             and routes; for every other driver that overlap is refused, since the
             network's bridge would take the host's own traffic away.
+        exclusive: a sandbox on a network of this driver can be on no other network
+            at the same time (the null driver's ``none``: loopback only, as Docker's
+            ``--net none`` refuses ``network connect``).
     """
 
     scope: Literal["local", "global"] = "local"
     needs_address: bool = True
     needs_sandbox_netns: bool = True
     on_host_lan: bool = False
+    exclusive: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -106,12 +111,17 @@ class DriverContext:
             Several controllers may share one host namespace: mark every kernel
             object, OVS row and rule you make with it; garbage-collect only
             objects carrying it.
+        observer: the controller's step observer (``Controller(observer=...)``).
+            Pass it to every :class:`cnm.steps.Steps` and :class:`cnm.steps.Teardown`
+            the driver runs, so that its steps are seen with the core's (the crash
+            tests' kill switch, the benchmarks' step timer, the conformance kit).
     """
 
     host_netns: NetNS
     firewall: Firewall
     state_dir: str
     owner: str = ""
+    observer: StepObserver = NO_OBSERVER
 
 
 @attrs.frozen(kw_only=True)

@@ -13,6 +13,18 @@ the built-in one is (``default``: :class:`cnm.ipam.LocalIpam`), constructed as
 
     [project.entry-points."cnm.ipams"]
     mine = "my_package:MyIpam"
+The controller takes one as ``Controller(ipam=...)``: an :class:`Ipam`, or an installed one's name.
+
+Atomicity with the caller's records: the controller calls the IPAM *inside*
+its own store transaction (a network's pool is reserved in the same
+transaction that stores the network record, an endpoint's address in the one
+that stores the endpoint), and rolls that transaction back if a later step of
+it fails. An IPAM must therefore keep its state in the controller's
+:class:`cnm.store.Store` (the one given as ``Controller(store=...)``) and do
+every read and write in ``store.transaction()``, which joins the caller's
+open transaction on the same thread; that is what ``LocalIpam(store)`` does.
+An IPAM with state elsewhere (a remote service) would not be rolled back with
+the records, and is not supported.
 """
 
 from __future__ import annotations
@@ -50,7 +62,8 @@ class Ipam(Protocol):
 
     Implementations must be safe to call from several threads, and from
     several processes sharing the same state, and every method must leave the
-    state unchanged when it raises.
+    state unchanged when it raises. They keep their state in the controller's
+    store and join the caller's transaction (see the module's documentation).
     """
 
     def request_pool(

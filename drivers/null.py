@@ -27,7 +27,7 @@ class NullDriver:
     """Endpoints on a null network give their sandbox no interface and no address."""
 
     name: ClassVar[str] = "null"
-    capabilities: ClassVar[Capabilities] = Capabilities(needs_address=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(needs_address=False, exclusive=True)
 
     def __init__(self, context: DriverContext) -> None:
         self._context = context

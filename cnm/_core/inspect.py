@@ -176,7 +176,7 @@ def sandbox(
         settings = endpoint_settings(net, ep)
         networks[net.name] = settings
         # Docker fills the top-level fields from the default bridge only.
-        if net.predefined and net.name == "bridge":
+        if net.predefined and net.name == rec.DEFAULT_NETWORK:
             legacy.update({k: settings[k] for k in legacy})
     config: dict[str, Any] = {"Hostname": sb.hostname}
     exposed = _exposed(sb, joined)

@@ -28,14 +28,11 @@ idempotent, so an interrupted operation can always be finished or undone:
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import ipaddress
 import logging
 import os
-import shutil
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 import attrs
 
@@ -50,9 +47,7 @@ from cnm._core.ops.sandboxes import delete_sandbox
 from cnm._core.runtime import Runtime
 from cnm.driverapi import Linker, Reconciler
 from cnm.errors import CNMError
-from cnm.firewallapi import Firewall, NetworkRules
-from cnm.kernel import links, netns, netns_dirs
-from cnm.kernel.netns import NetNS
+from cnm.firewallapi import NetworkRules
 from cnm.types import ReconcileReport
 
 __all__ = ["reapply_firewall", "reconcile"]
@@ -60,6 +55,7 @@ __all__ = ["reapply_firewall", "reconcile"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 @attrs.frozen
@@ -79,24 +75,24 @@ class _Log:
         log.info("reconcile: %s", action)
         self.actions.append(action)
 
-    def attempt(self, what: str, fn: Callable[..., _T], *args: Any) -> _Outcome[_T]:
+    def attempt(self, what: str, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _Outcome[_T]:
         """Run one repair; a failure (a partly failed teardown included) is recorded and the others still run."""
         try:
-            return _Outcome(True, fn(*args))
+            return _Outcome(True, fn(*args, **kwargs))
         except CNMError as exc:
             log.error("reconcile: %s failed: %s", what, exc)
             self.errors.append(f"{what}: {exc}")
             return _Outcome(False)
 
-    def repair(self, what: str, done: str, fn: Callable[..., object], *args: Any) -> bool:
+    def repair(self, what: str, done: str, fn: Callable[_P, object], *args: _P.args, **kwargs: _P.kwargs) -> bool:
         """Run one repair and record ``done`` only if it succeeded; True if it did."""
-        if not self.attempt(what, fn, *args).ok:
+        if not self.attempt(what, fn, *args, **kwargs).ok:
             return False
         self.did(done)
         return True
 
 
-def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
+def reconcile(rt: Runtime) -> ReconcileReport:
     """Finish or undo interrupted operations, repair and collect garbage; see the module doc."""
     out = _Log()
     with rt.locks.everything():
@@ -110,13 +106,13 @@ def reconcile(rt: Runtime, firewall: Firewall) -> ReconcileReport:
         _repair_joins(rt, out)
         _collect_garbage(rt, out)
         _release_orphans(rt, out)
-        out.attempt("re-apply the firewall", reapply_firewall, rt, firewall)
+        out.attempt("re-apply the firewall", reapply_firewall, rt)
         for line in out.attempt("restore the resolver's names", names.restore, rt).value or []:
             out.did(line)
     return ReconcileReport(tuple(out.actions), tuple(out.errors))
 
 
-def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
+def reapply_firewall(rt: Runtime) -> None:
     """Rebuild every cnm rule from the store, touching no other rule."""
     # Exclusive: a rule added by a concurrent operation after the store was read would be dropped.
     with rt.locks.everything():
@@ -138,15 +134,14 @@ def reapply_firewall(rt: Runtime, firewall: Firewall) -> None:
                 rules = attrs.evolve(rules, links=rules.links + driver.link_rules(views.network_info(network), infos))
             if rules is not None:
                 described.append(rules)
-        firewall.reapply(described)
+        rt.firewall.reapply(described)
 
 
 def _unshadow_namespaces(rt: Runtime, out: _Log) -> None:
     # First: a sandbox whose namespace is hidden under a later mount of the
     # directory would otherwise be taken for one that lost its namespace.
-    for line in (
-        out.attempt(f"clear shadowed mounts of {rt.netns_dir}", netns_dirs.clear_shadowed, rt.netns_dir).value or []
-    ):
+    shadowed = out.attempt(f"clear shadowed mounts of {rt.netns_dir}", rt.sandbox_os.clear_shadowed, rt.netns_dir)
+    for line in shadowed.value or []:
         out.did(line)
 
 
@@ -167,7 +162,7 @@ def _settle_sandboxes(rt: Runtime, out: _Log) -> None:
         if sandbox.status in (rec.CREATING, rec.DELETING):
             verb = "rolled back" if sandbox.status == rec.CREATING else "finished deleting"
             out.repair(f"settle sandbox {sandbox.name}", f"{verb} sandbox {sandbox.name}", delete_sandbox, rt, sandbox)
-        elif sandbox.status == rec.READY and not NetNS(sandbox.netns_path).exists():
+        elif sandbox.status == rec.READY and not rt.sandbox_os.namespace_exists(sandbox.netns_path):
             released = True
             joined = rt.state.endpoints_of_sandbox(sandbox.id)
             unjoined = [e for e in rt.state.endpoints_owned_by(sandbox.id) if e.id not in {j.id for j in joined}]
@@ -234,11 +229,11 @@ def _restore_networks(rt: Runtime, out: _Log) -> None:
             out.did(f"re-created the host objects of network {network.name}")
 
 
-def _interface_present(sandbox: rec.SandboxRecord, ifname: str | None) -> bool:
+def _interface_present(rt: Runtime, sandbox: rec.SandboxRecord, ifname: str | None) -> bool:
     if ifname is None:
         return True
-    with NetNS(sandbox.netns_path).netlink() as nl:
-        return links.get_link(nl, ifname) is not None
+    with rt.sandbox_os.network(sandbox.netns_path) as stack:
+        return stack.interface_exists(ifname)
 
 
 def _repair_joins(rt: Runtime, out: _Log) -> None:
@@ -253,7 +248,7 @@ def _repair_joins(rt: Runtime, out: _Log) -> None:
             continue
         intact = driver.endpoint_intact(
             views.network_info(network), views.endpoint_info(endpoint), rt.sandbox_info(sandbox)
-        ) and _interface_present(sandbox, endpoint.ifname)
+        ) and _interface_present(rt, sandbox, endpoint.ifname)
         if not intact:
             broken.setdefault(sandbox.id, []).append(endpoint)
     for sandbox_id, endpoints in broken.items():
@@ -303,16 +298,16 @@ def _collect_garbage(rt: Runtime, out: _Log) -> None:
     sandboxes = rt.state.list(rec.SandboxRecord)
     known_ns = {os.path.basename(s.netns_path) for s in sandboxes}
     known_files = {os.path.basename(s.files_dir) for s in sandboxes}
-    remove_dir: Callable[[str], object] = functools.partial(shutil.rmtree, ignore_errors=True)
+    host = rt.sandbox_os
+    remove: Callable[[str], object]
     for directory, known, remove in (
-        (rt.netns_dir, known_ns, netns.remove),
-        (os.path.join(rt.state_dir, "sandboxes"), known_files, remove_dir),
+        (rt.netns_dir, known_ns, host.remove_namespace),
+        (os.path.join(rt.state_dir, "sandboxes"), known_files, host.remove_directory),
     ):
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.listdir(directory):
-                if entry not in known:
-                    remove(os.path.join(directory, entry))
-                    out.did(f"removed orphaned {os.path.join(directory, entry)}")
+        for entry in host.list_directory(directory):
+            if entry not in known:
+                remove(os.path.join(directory, entry))
+                out.did(f"removed orphaned {os.path.join(directory, entry)}")
 
 
 def _release_orphans(rt: Runtime, out: _Log) -> None:

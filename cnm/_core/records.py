@@ -45,6 +45,11 @@ PRIVATE = "private"  # its own, created with it and removed with it
 HOST = "host"  # the controller's host namespace, never removed
 CONTAINER = "container"  # another sandbox's, with that sandbox's files (``shares``)
 
+DEFAULT_NETWORK = "bridge"
+"""The name of the predefined network the controller makes on its default bridge (Docker's docker0
+network). It is a network's name, not a driver's: Docker fills a container's top-level
+``NetworkSettings`` fields from this network only, whatever drivers are installed."""
+
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 

@@ -1,9 +1,10 @@
 """What the operations of one controller are given (internal).
 
 :class:`Runtime` bundles the controller's services (the typed state over its
-store, the IPAM, the port allocator, the driver registry, the locks, the host
-namespace) so that operations receive them as one argument; nothing in the
-core is global.
+store, the IPAM, the port allocator, the driver registry, the locks, the
+sandbox OS, the firewall, the step observer and the host namespace) so that
+operations receive them as one argument; nothing in the core is global, and a
+unit test builds one from in-memory parts (:mod:`cnm.testing.fakes`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import attrs
 
 from cnm._core import records as rec
 from cnm._core.locks import StateLocks
+from cnm._core.sandbox_os import SandboxOS
 from cnm._core.state import State
 from cnm.driverapi import Driver, SandboxInfo
+from cnm.firewallapi import Firewall
 from cnm.ipamapi import Ipam
 from cnm.kernel.netns import NetNS
 from cnm.portmapper import PortAllocator
 from cnm.registry import DriverRegistry
+from cnm.steps import NO_OBSERVER, StepObserver
 
 __all__ = ["Runtime"]
 
@@ -35,6 +39,9 @@ class Runtime:
     ports: PortAllocator
     registry: DriverRegistry
     locks: StateLocks
+    sandbox_os: SandboxOS
+    firewall: Firewall
+    observer: StepObserver = NO_OBSERVER
 
     def driver(self, network: rec.NetworkRecord) -> Driver:
         """The network's driver."""

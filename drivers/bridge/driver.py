@@ -27,6 +27,7 @@ from cnm.driverapi import (
 from cnm.errors import InvalidConfig
 from cnm.firewallapi import FirewallNetwork, LinkRule, NetworkRules
 from cnm.kernel import links
+from cnm.steps import Steps
 
 from . import steps
 from .config import BridgeOptions
@@ -57,6 +58,7 @@ class BridgeDriver:
         self._firewall = context.firewall
         self._ports = PortPublishing(context, self.firewall_network)
         self._mark = owner_mark(context.owner)
+        self._observer = context.observer
         self._warned_unmarked: set[str] = set()
 
     # --- helpers ---------------------------------------------------------------
@@ -102,14 +104,17 @@ class BridgeDriver:
             gateway=network.ipv4[0].gateway,
             fw_network=self.firewall_network(network),
             mark=self._mark,
+            observer=self._observer,
         )
         log.info("bridge network %s ready on %s", network.name, self.bridge_name(network))
 
     def delete_network(self, network: NetworkInfo) -> None:
         """Remove the rules and the bridge; succeed if they are gone."""
-        self._firewall.teardown_network(self.firewall_network(network))
-        with self._host.netlink() as nl:
-            links.delete_link(nl, self.bridge_name(network))
+        fw_network, bridge = self.firewall_network(network), self.bridge_name(network)
+        with Steps(f"delete bridge network {network.name}", self._observer) as op:
+            op.run("firewall rules", lambda: self._firewall.teardown_network(fw_network))
+            with self._host.netlink() as nl:
+                op.run("delete bridge", lambda: links.delete_link(nl, bridge))
 
     def create_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         """Check the endpoint has an address; its veth is made at join."""
@@ -138,6 +143,7 @@ class BridgeDriver:
             mac=endpoint.mac,
             mtu=self.options(network).mtu,
             mark=self._mark,
+            observer=self._observer,
         )
         gateway = network.ipv4[0].gateway
         return JoinResult(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from cnm.errors import AlreadyExists, CNMError
+from cnm.errors import AlreadyExists
 from cnm.firewallapi import Firewall, FirewallNetwork
 from cnm.kernel import addresses, links, sysctl
 from cnm.kernel.netns import NetNS
+from cnm.steps import StepObserver, Steps
 
 __all__ = ["attach_veth", "create_network", "restore_bridge"]
 
@@ -24,22 +25,23 @@ def create_network(
     gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
     fw_network: FirewallNetwork,
     mark: str,
+    observer: StepObserver | None = None,
 ) -> None:
     """Bridge marked ``mark``, gateway address, sysctls, firewall rules; on failure undo what was done."""
-    with host.netlink() as nl:
+    with host.netlink() as nl, Steps(f"create bridge {bridge}", observer) as steps:
         if links.get_link(nl, bridge) is not None:
             raise AlreadyExists(f"a link named {bridge} already exists in the host namespace; pick another bridge_name")
-        links.ensure_bridge(nl, bridge, mtu=mtu, up=False)
-        try:
-            links.set_alias(nl, bridge, mark)
-            if gateway is not None:
-                addresses.add_address(nl, bridge, gateway)
-            enable_forwarding(host, bridge)
-            links.set_link(nl, bridge, up=True)
-            firewall.setup_network(fw_network)
-        except BaseException:
-            links.delete_link(nl, bridge)
-            raise
+        steps.run(
+            "bridge",
+            lambda: links.ensure_bridge(nl, bridge, mtu=mtu, up=False),
+            undo=lambda: links.delete_link(nl, bridge),
+        )
+        steps.run("mark", lambda: links.set_alias(nl, bridge, mark))
+        if gateway is not None:
+            steps.run("gateway address", lambda: addresses.add_address(nl, bridge, gateway))
+        steps.run("forwarding", lambda: enable_forwarding(host, bridge))
+        steps.run("up", lambda: links.set_link(nl, bridge, up=True))
+        steps.run("firewall rules", lambda: firewall.setup_network(fw_network))
 
 
 def restore_bridge(
@@ -82,14 +84,15 @@ def attach_veth(
     mac: str | None,
     mtu: int,
     mark: str,
+    observer: StepObserver | None = None,
 ) -> None:
     """A veth whose peer is born in the sandbox, the host end marked ``mark`` and enslaved to the bridge."""
-    with host.netlink() as nl:
-        links.add_veth(nl, host_name, ifname, sandbox, peer_mac=mac, mtu=mtu, master=bridge)
-        try:
-            links.set_alias(nl, host_name, mark)
-            # Hairpin lets a sandbox reach its own published port through the host address.
-            links.set_hairpin(nl, host_name, True)
-        except CNMError:
-            links.delete_link(nl, host_name)
-            raise
+    with host.netlink() as nl, Steps(f"attach veth {host_name} to {bridge}", observer) as steps:
+        steps.run(
+            "veth",
+            lambda: links.add_veth(nl, host_name, ifname, sandbox, peer_mac=mac, mtu=mtu, master=bridge),
+            undo=lambda: links.delete_link(nl, host_name),
+        )
+        steps.run("mark", lambda: links.set_alias(nl, host_name, mark))
+        # Hairpin lets a sandbox reach its own published port through the host address.
+        steps.run("hairpin", lambda: links.set_hairpin(nl, host_name, True))

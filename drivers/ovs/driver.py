@@ -69,6 +69,7 @@ class OvsDriver:
         self._firewall = context.firewall
         self._ports = PortPublishing(context, self.firewall_network)
         self._owner = context.owner
+        self._observer = context.observer
         self._remotes = recovery.RemoteBook(os.path.join(context.state_dir, REMOTES_FILE))
 
     # --- helpers -----------------------------------------------------------------
@@ -134,30 +135,39 @@ class OvsDriver:
         ids = {NETWORK_ID: network.id, OWNER: self._owner}
         # Written down first, so that garbage collection finds this server even if we crash now.
         self._remotes.add(options.ovsdb)
-        with Steps(f"create ovs network {network.name}") as undo:
+        mtu = self._mtu(options)
+        # Every change is a named step, seen by the controller's observer (the crash tests kill between them).
+        with Steps(f"create ovs network {network.name}", self._observer) as op:
             if options.vlan is None:
-                db.add_bridge(bridge, datapath_type=options.datapath, mtu=self._mtu(options), external_ids=ids)
-                undo.done("create bridge", lambda: db.delete_bridge(bridge))
-            else:
-                if steps.ensure_shared_bridge(db, bridge, options.datapath):
-                    undo.done("create shared bridge", lambda: db.delete_bridge(bridge))
-                steps.check_vlan_free(db, bridge, options.vlan, network)
-                db.add_port(
-                    bridge,
-                    PortSpec(
-                        name=gateway_if, type="internal", tag=options.vlan, mtu=self._mtu(options), external_ids=ids
-                    ),
+                op.run(
+                    "create bridge",
+                    lambda: db.add_bridge(bridge, datapath_type=options.datapath, mtu=mtu, external_ids=ids),
+                    undo=lambda: db.delete_bridge(bridge),
                 )
-                undo.done("add gateway port", lambda: db.delete_port(gateway_if))
-            steps.ensure_gateway(self._host, gateway_if, network.ipv4[0].gateway)
+            else:
+                vlan = options.vlan
+                if op.run("shared bridge", lambda: steps.ensure_shared_bridge(db, bridge, options.datapath)):
+                    op.done("create shared bridge", lambda: db.delete_bridge(bridge))
+                steps.check_vlan_free(db, bridge, vlan, network)
+                spec = PortSpec(name=gateway_if, type="internal", tag=vlan, mtu=mtu, external_ids=ids)
+                op.run("add gateway port", lambda: db.add_port(bridge, spec), undo=lambda: db.delete_port(gateway_if))
+            gateway = network.ipv4[0].gateway
+            op.run("gateway address", lambda: steps.ensure_gateway(self._host, gateway_if, gateway))
             fw_network = self.firewall_network(network)
-            self._firewall.setup_network(fw_network)
-            undo.done("firewall rules", lambda: self._firewall.teardown_network(fw_network))
+            op.run(
+                "firewall rules",
+                lambda: self._firewall.setup_network(fw_network),
+                undo=lambda: self._firewall.teardown_network(fw_network),
+            )
             if options.peers:
-                db.add_ports(bridge, tunnels.tunnel_ports(network.id, options, ids))
-                undo.done("add tunnels", lambda: steps.delete_ports(db, network.id, keep=(bridge,)))
+                op.run(
+                    "add tunnels",
+                    lambda: db.add_ports(bridge, tunnels.tunnel_ports(network.id, options, ids)),
+                    undo=lambda: steps.delete_ports(db, network.id, keep=(bridge,)),
+                )
                 if options.datapath == "netdev":
-                    tunnels.seed_neighbours(self._host, tunnels.underlay_for(self._host, db, options, options.datapath))
+                    underlay = tunnels.underlay_for(self._host, db, options, options.datapath)
+                    op.run("seed neighbours", lambda: tunnels.seed_neighbours(self._host, underlay))
         log.info("ovs network %s ready on bridge %s (gateway port %s)", network.name, bridge, gateway_if)
 
     def set_peers(self, network: NetworkInfo, peers: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -184,16 +194,18 @@ class OvsDriver:
         options = self.options(network)
         db = self._db(options)
         bridge = bridge_name(network, options)
-        self._firewall.teardown_network(self.firewall_network(network))
-        steps.delete_ports(db, network.id, keep=(bridge,))
-        found = db.bridge(bridge)
-        if found is None:
-            return
-        if found.external_ids.get(NETWORK_ID) == network.id:
-            db.delete_bridge(bridge)
-        elif found.external_ids.get(SHARED) == "true" and len(found.ports) <= 1:
-            # Only its LOCAL port is left: the last network on the shared bridge is gone.
-            db.delete_bridge(bridge)
+        fw_network = self.firewall_network(network)
+        with Steps(f"delete ovs network {network.name}", self._observer) as op:
+            op.run("firewall rules", lambda: self._firewall.teardown_network(fw_network))
+            op.run("delete ports", lambda: steps.delete_ports(db, network.id, keep=(bridge,)))
+            found = db.bridge(bridge)
+            if found is None:
+                return
+            if found.external_ids.get(NETWORK_ID) == network.id or (
+                # Only its LOCAL port is left: the last network on the shared bridge is gone.
+                found.external_ids.get(SHARED) == "true" and len(found.ports) <= 1
+            ):
+                op.run("delete bridge", lambda: db.delete_bridge(bridge))
 
     def create_endpoint(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         """Check the endpoint has an address; its veth and port are made at join."""
@@ -209,24 +221,26 @@ class OvsDriver:
         options = self.options(network)
         db = self._db(options)
         host_name = host_veth_name(endpoint.id)
-        with Steps(f"join endpoint {endpoint.name} to ovs network {network.name}") as undo:
+        mtu = self._mtu(options)
+        spec = PortSpec(
+            name=host_name,
+            tag=options.vlan,
+            external_ids={NETWORK_ID: network.id, ENDPOINT_ID: endpoint.id, OWNER: self._owner},
+        )
+        with Steps(f"join endpoint {endpoint.name} to ovs network {network.name}", self._observer) as op:
             with self._host.netlink() as nl:
-                links.add_veth(nl, host_name, ifname, sandbox.netns, peer_mac=endpoint.mac, mtu=self._mtu(options))
-                undo.done("create veth", lambda: steps.delete_link(self._host, host_name))
-                links.set_alias(nl, host_name, owner_mark(self._owner))
-            steps.silence_host_end(self._host, host_name)
+                op.run(
+                    "create veth",
+                    lambda: links.add_veth(nl, host_name, ifname, sandbox.netns, peer_mac=endpoint.mac, mtu=mtu),
+                    undo=lambda: steps.delete_link(self._host, host_name),
+                )
+                op.run("mark veth", lambda: links.set_alias(nl, host_name, owner_mark(self._owner)))
+            op.run("silence host end", lambda: steps.silence_host_end(self._host, host_name))
             if options.datapath == "netdev":
                 # The userspace datapath forwards the partial checksums of offloaded packets
                 # as they are, and the receiver drops them: ping works, TCP does not.
-                ethtool.set_tx_checksum(sandbox.netns, ifname, on=False)
-            db.add_port(
-                bridge_name(network, options),
-                PortSpec(
-                    name=host_name,
-                    tag=options.vlan,
-                    external_ids={NETWORK_ID: network.id, ENDPOINT_ID: endpoint.id, OWNER: self._owner},
-                ),
-            )
+                op.run("tx checksum off", lambda: ethtool.set_tx_checksum(sandbox.netns, ifname, on=False))
+            op.run("add port", lambda: db.add_port(bridge_name(network, options), spec))
         gateway = network.ipv4[0].gateway if network.ipv4 else None
         return JoinResult(
             interface=ifname,
@@ -239,13 +253,15 @@ class OvsDriver:
 
     def _unplug(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:
         host_name = host_veth_name(endpoint.id)
-        steps.delete_link(self._host, host_name)
-        try:
-            self._db(self.options(network)).delete_port(host_name)
-        except KernelError as exc:
-            # The veth is gone, so the endpoint is cut off; a port row left behind is
-            # tagged with the network and endpoint, and delete_network removes it.
-            log.warning("endpoint %s: its OVS port %s stays in OVSDB for now: %s", endpoint.name, host_name, exc)
+        with Steps(f"unplug endpoint {endpoint.name} from ovs network {network.name}", self._observer) as op:
+            op.run("delete veth", lambda: steps.delete_link(self._host, host_name))
+            try:
+                db = self._db(self.options(network))
+                op.run("delete port", lambda: db.delete_port(host_name))
+            except KernelError as exc:
+                # The veth is gone, so the endpoint is cut off; a port row left behind is
+                # tagged with the network and endpoint, and delete_network removes it.
+                log.warning("endpoint %s: its OVS port %s stays in OVSDB for now: %s", endpoint.name, host_name, exc)
 
     # --- published ports (the kit's PortPublishing) ------------------------------------
     def publish_ports(self, network: NetworkInfo, endpoint: EndpointInfo) -> None:

@@ -10,6 +10,7 @@ goes on past failures (:class:`cnm.steps.Teardown`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 
@@ -21,10 +22,9 @@ from cnm._core.ops.legacy_links import drop_links
 from cnm._core.ops.names import sync_network
 from cnm._core.ops.refresh import refresh_files, update_gateway
 from cnm._core.runtime import Runtime
+from cnm._core.sandbox_os import SandboxNetwork
 from cnm.driverapi import JoinResult, PortPublisher
 from cnm.errors import AlreadyConnected, EndpointJoined, InvalidConfig, NotFound
-from cnm.kernel import addresses, links, routes
-from cnm.kernel.netns import Netlink
 from cnm.steps import Concurrent, Steps, Teardown
 
 __all__ = ["check_join", "join", "leave", "lock_endpoint", "save"]
@@ -79,9 +79,11 @@ def check_join(rt: Runtime, sandbox: rec.SandboxRecord, network: rec.NetworkReco
             f"network {network.name!r} gives the host's own stack; only a sandbox created with "
             f"network={network.name!r} can be on it"
         )
-    if joined and (network.driver == "null" or any(n.driver == "null" for n in joined)):
+    exclusive = [n for n in (network, *joined) if rt.driver(n).capabilities.exclusive]
+    if joined and exclusive:
         raise InvalidConfig(
-            f"sandbox {sandbox.name!r} cannot be on a null network ('none') and on others at once; disconnect it first"
+            f"sandbox {sandbox.name!r} cannot be on network {exclusive[0].name!r} and on others at once: its driver "
+            f"{exclusive[0].driver!r} makes exclusive networks (as the null network 'none' is); disconnect it first"
         )
 
 
@@ -112,77 +114,81 @@ def join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, 
         check_join(rt, sandbox, network, host_stack=not drv.capabilities.needs_sandbox_netns)
         ifname = ifname or _next_ifname(rt, sandbox)
         seq = sandbox.join_counter + 1
+        joining = attrs.evolve(endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq, status=rec.CREATING)
+        unjoined = attrs.evolve(joining, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY)
+        counted = attrs.evolve(sandbox, join_counter=seq)
         with (
-            Steps(f"join endpoint {endpoint.name} to sandbox {sandbox.name}") as undo,
-            contextlib.ExitStack() as sockets,
+            Steps(f"join endpoint {endpoint.name} to sandbox {sandbox.name}", rt.observer) as steps,
+            contextlib.ExitStack() as opened,
         ):
-            with rt.state.transaction() as tx:
-                endpoint = attrs.evolve(
-                    endpoint, sandbox_id=sandbox.id, ifname=ifname, join_seq=seq, status=rec.CREATING
-                )
-                tx.put(endpoint)
-                sandbox = attrs.evolve(sandbox, join_counter=seq)
-                tx.put(sandbox)
-                if endpoint.ports and isinstance(drv, PortPublisher):
-                    # While published, the host ports are held by sockets: no other program can bind them.
-                    # In this transaction, so the holder records are written with the join's.
-                    rt.ports.hold(endpoint.id)
-            undo.done(
-                "record join",
-                lambda: save(
-                    rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY)
-                ),
+            hold = bool(joining.ports) and isinstance(drv, PortPublisher)
+            steps.run(
+                "record join", lambda: _record_join(rt, joining, counted, hold=hold), undo=lambda: save(rt, unjoined)
             )
-            undo.done("hold host ports", lambda: rt.ports.unhold(endpoint.id))
+            steps.done("hold host ports", lambda: rt.ports.unhold(joining.id))
+            endpoint, sandbox = joining, counted
             net_info, ep_info, sb_info = (
                 views.network_info(network),
                 views.endpoint_info(endpoint),
                 rt.sandbox_info(sandbox),
             )
-            result = drv.join(net_info, ep_info, sb_info, ifname)
-            undo.done("driver join", lambda: drv.leave(net_info, ep_info, sb_info))
+            result = steps.run(
+                "driver join",
+                lambda: drv.join(net_info, ep_info, sb_info, ifname),
+                undo=lambda: drv.leave(net_info, ep_info, sb_info),
+            )
             publisher = drv if ep_info.ports and isinstance(drv, PortPublisher) else None
             # A round trip to the firewall's worker: let it overlap the interface set-up.
             publishing = (
                 None
                 if publisher is None
-                else Concurrent(
-                    f"join endpoint {endpoint.name}",
-                    "publish ports",
-                    lambda: publisher.publish_ports(net_info, ep_info),
-                )
+                else steps.concurrently("publish ports", lambda: publisher.publish_ports(net_info, ep_info))
             )
-            nl = None  # one socket in the sandbox, for the interface and the default route
+            stack = None  # one socket in the sandbox, for the interface and the default route
             try:
                 if result.interface is not None:
-                    nl = sockets.enter_context(sb_info.netns.netlink())
-                    _configure_interface(nl, endpoint, result.interface, result)
+                    stack = opened.enter_context(rt.sandbox_os.network(sandbox.netns_path))
+                    steps.run("configure interface", functools.partial(_configure, stack, endpoint, result))
             finally:
                 publish_error = None if publishing is None else publishing.wait()
                 if publisher is not None and publish_error is None:
-                    undo.done("publish ports", lambda: publisher.unpublish_ports(net_info, ep_info))
+                    steps.done("publish ports", lambda: publisher.unpublish_ports(net_info, ep_info))
             if publish_error is not None:
                 raise publish_error
             gateway = None if result.gateway is None else str(result.gateway)
             # A driver that makes no interface (null, host) leaves the name free.
-            endpoint = save(
-                rt,
-                attrs.evolve(
-                    endpoint, gateway=gateway, ifname=None if result.interface is None else ifname, status=rec.READY
-                ),
+            joined = attrs.evolve(
+                endpoint, gateway=gateway, ifname=None if result.interface is None else ifname, status=rec.READY
             )
-            update_gateway(rt, sandbox, nl)
-            refresh_files(rt, sandbox)
-            sync_network(rt, network)  # the resolver serves the new names before join returns
+            endpoint = steps.run("record joined", lambda: save(rt, joined))
+            steps.run("default route", functools.partial(update_gateway, rt, sandbox, stack))
+            steps.run("hosts file", functools.partial(refresh_files, rt, sandbox))
+            # The resolver serves the new names before join returns.
+            steps.run("names", functools.partial(sync_network, rt, network))
     log.info("joined endpoint %s to sandbox %s as %s", endpoint.name, sandbox.name, ifname)
 
 
-def _configure_interface(nl: Netlink, endpoint: rec.EndpointRecord, interface: str, result: JoinResult) -> None:
-    if endpoint.address is not None:
-        addresses.add_address(nl, interface, ipaddress.IPv4Interface(endpoint.address))
-    links.set_link(nl, interface, up=True)
-    for route in result.routes:
-        routes.add_route(nl, route.destination, gateway=route.next_hop, ifname=interface)
+def _record_join(rt: Runtime, endpoint: rec.EndpointRecord, sandbox: rec.SandboxRecord, *, hold: bool) -> None:
+    with rt.state.transaction() as tx:
+        tx.put(endpoint)
+        tx.put(sandbox)
+        if hold:
+            # While published, the host ports are held by sockets: no other program can bind them.
+            # In this transaction, so the holder records are written with the join's.
+            rt.ports.hold(endpoint.id)
+
+
+def _record_left(rt: Runtime, endpoint: rec.EndpointRecord, *, unhold: bool) -> None:
+    with rt.state.transaction():  # one transaction: the record and the holder records
+        save(rt, endpoint)
+        if unhold:
+            rt.ports.unhold(endpoint.id)
+
+
+def _configure(stack: SandboxNetwork, endpoint: rec.EndpointRecord, result: JoinResult) -> None:
+    address = None if endpoint.address is None else ipaddress.IPv4Interface(endpoint.address)
+    routes = [(route.destination, route.next_hop) for route in result.routes]
+    stack.configure_interface(result.interface or "", address, routes)
 
 
 def lock_endpoint(rt: Runtime, endpoint: rec.EndpointRecord, held: contextlib.ExitStack) -> rec.EndpointRecord | None:
@@ -228,7 +234,10 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
         if not keep_links:
             # Before the status changes: a link stands only while both ends are joined.
             drop_links(rt, sandbox.id, network.id)
-        endpoint = save(rt, attrs.evolve(endpoint, status=rec.DELETING))
+        operation = f"leave endpoint {endpoint.name} from sandbox {sandbox.name}"
+        leaving = attrs.evolve(endpoint, status=rec.DELETING)
+        with Steps(operation, rt.observer) as steps:
+            endpoint = steps.run("record leave", lambda: save(rt, leaving))
         net_info, ep_info, sb_info = (
             views.network_info(network),
             views.endpoint_info(endpoint),
@@ -237,30 +246,26 @@ def leave(rt: Runtime, endpoint: rec.EndpointRecord, *, keep_links: bool = False
         # The firewall round trip overlaps the driver's leave; both are idempotent, so a crash
         # between them leaves a DELETING record that reconcile finishes.
         unpublishing = (
-            Concurrent(
-                f"leave endpoint {endpoint.name}", "unpublish ports", lambda: drv.unpublish_ports(net_info, ep_info)
-            )
+            Concurrent(operation, "unpublish ports", lambda: drv.unpublish_ports(net_info, ep_info), rt.observer)
             if ep_info.ports and isinstance(drv, PortPublisher)
             else None
         )
         # Both steps are tried and both failures reported: the firewall rules and the interface are separate leaks.
-        with Teardown(f"leave endpoint {endpoint.name} from sandbox {sandbox.name}") as teardown:
+        with Teardown(operation, rt.observer) as teardown:
             try:
                 teardown.run("driver leave", lambda: drv.leave(net_info, ep_info, sb_info))
             finally:
                 unpublish_error = None if unpublishing is None else unpublishing.wait()
             if isinstance(unpublish_error, Exception):
-                unpublish_error.add_note(f"in step 'unpublish ports' of {teardown.operation}")
                 teardown.add(unpublish_error)
             elif unpublish_error is not None:
                 raise unpublish_error
-        with rt.state.transaction():  # one transaction: the record and the holder records
-            save(rt, attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY))
-            if ep_info.ports:
-                rt.ports.unhold(endpoint.id)
-        sync_network(rt, network)
-        if refresh and not sb_info.closing:
-            # A closing sandbox's routes and files go with its namespace and directory.
-            update_gateway(rt, sandbox)
-            refresh_files(rt, sandbox)
+        left = attrs.evolve(endpoint, sandbox_id=None, ifname=None, gateway=None, join_seq=0, status=rec.READY)
+        with Steps(operation, rt.observer) as steps:
+            steps.run("record left", lambda: _record_left(rt, left, unhold=bool(ep_info.ports)))
+            steps.run("names", functools.partial(sync_network, rt, network))
+            if refresh and not sb_info.closing:
+                # A closing sandbox's routes and files go with its namespace and directory.
+                steps.run("default route", functools.partial(update_gateway, rt, sandbox))
+                steps.run("hosts file", functools.partial(refresh_files, rt, sandbox))
     log.info("endpoint %s left sandbox %s", endpoint.name, sandbox.name)

@@ -57,7 +57,7 @@ def create_endpoint(
     if wanted_ip is not None and not drv.capabilities.needs_address:
         raise InvalidConfig(f"driver {network.driver!r} gives no addresses; drop ip=")
     endpoint_id = new_id()
-    with rt.locks.operation(networks=[network.id]), Steps(f"create endpoint {name}") as undo:
+    with rt.locks.operation(networks=[network.id]), Steps(f"create endpoint {name}", rt.observer) as steps:
         draft = rec.EndpointRecord(
             id=endpoint_id,
             name=name,
@@ -70,12 +70,19 @@ def create_endpoint(
             created=now(),
             status=rec.CREATING,
         )
-        record = _allocate_endpoint(rt, network, draft, ports, wanted_ip, needs_address=drv.capabilities.needs_address)
-        undo.done("allocate", lambda: free_endpoint(rt, record))
+        needs_address = drv.capabilities.needs_address
+        record = steps.run(
+            "allocate",
+            lambda: _allocate_endpoint(rt, network, draft, ports, wanted_ip, needs_address=needs_address),
+            undo=lambda: free_endpoint(rt, record),
+        )
         net_info, ep_info = views.network_info(network), views.endpoint_info(record)
-        drv.create_endpoint(net_info, ep_info)
-        undo.done("driver create_endpoint", lambda: drv.delete_endpoint(net_info, ep_info))
-        record = save(rt, attrs.evolve(record, status=rec.READY))
+        steps.run(
+            "driver create_endpoint",
+            lambda: drv.create_endpoint(net_info, ep_info),
+            undo=lambda: drv.delete_endpoint(net_info, ep_info),
+        )
+        record = steps.run("record ready", lambda: save(rt, attrs.evolve(record, status=rec.READY)))
     log.info("created endpoint %s on %s (%s)", name, network.name, record.address)
     return record
 
@@ -136,7 +143,11 @@ def delete_endpoint(rt: Runtime, endpoint: rec.EndpointRecord) -> None:
             leave(rt, endpoint)
             endpoint = rt.state.reload(endpoint)
         network = rt.state.get(rec.NetworkRecord, endpoint.network_id)
-        endpoint = save(rt, attrs.evolve(endpoint, status=rec.DELETING))
-        rt.driver(network).delete_endpoint(views.network_info(network), views.endpoint_info(endpoint))
-        free_endpoint(rt, endpoint)
+        deleting = attrs.evolve(endpoint, status=rec.DELETING)
+        drv = rt.driver(network)
+        with Steps(f"delete endpoint {endpoint.name}", rt.observer) as steps:
+            endpoint = steps.run("record delete", lambda: save(rt, deleting))
+            net_info, ep_info = views.network_info(network), views.endpoint_info(endpoint)
+            steps.run("driver delete_endpoint", lambda: drv.delete_endpoint(net_info, ep_info))
+            steps.run("free", lambda: free_endpoint(rt, deleting))
     log.info("deleted endpoint %s", endpoint.name)

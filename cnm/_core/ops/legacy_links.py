@@ -176,29 +176,36 @@ def create_link(
             created=now(),
             status=rec.CREATING,
         )
-        with Steps(f"link sandbox {source.name} to {target_record.name} as {alias}") as undo:
-            try:
-                with rt.state.transaction() as tx:
-                    tx.add(record)
-            except KeyTaken as exc:
-                raise AlreadyExists(
-                    f"sandbox {source.name!r} already has a link named {alias!r}; unlink it or pick another alias"
-                ) from exc
+        with Steps(f"link sandbox {source.name} to {target_record.name} as {alias}", rt.observer) as steps:
 
             def forget(made: rec.LinkRecord = record) -> None:
                 _forget(rt, made)
                 _refresh_hosts(rt, made.source_id)
 
-            undo.done("record", forget)
+            steps.run("record", functools.partial(_add, rt, record, source), undo=forget)
             drv = rt.driver(net)
             if isinstance(drv, Linker):
-                net_info, info = views.network_info(net), link_info(record)
-                drv.add_link(net_info, info)
-                undo.done("driver add_link", lambda: drv.remove_link(net_info, info))
-            record = _save(rt, attrs.evolve(record, status=rec.READY))
-            _refresh_hosts(rt, source.id)
+                linker, net_info, info = drv, views.network_info(net), link_info(record)
+                steps.run(
+                    "driver add_link",
+                    lambda: linker.add_link(net_info, info),
+                    undo=lambda: linker.remove_link(net_info, info),
+                )
+            ready = attrs.evolve(record, status=rec.READY)
+            record = steps.run("record ready", lambda: _save(rt, ready))
+            steps.run("hosts file", functools.partial(_refresh_hosts, rt, source.id))
     log.info("linked sandbox %s to %s as %s on network %s", source.name, target_record.name, alias, net.name)
     return record
+
+
+def _add(rt: Runtime, record: rec.LinkRecord, source: rec.SandboxRecord) -> None:
+    try:
+        with rt.state.transaction() as tx:
+            tx.add(record)
+    except KeyTaken as exc:
+        raise AlreadyExists(
+            f"sandbox {source.name!r} already has a link named {record.alias!r}; unlink it or pick another alias"
+        ) from exc
 
 
 def _still_needed(rt: Runtime, link: rec.LinkRecord) -> set[str]:
@@ -228,19 +235,22 @@ def _remove_link(rt: Runtime, link: rec.LinkRecord) -> None:
         current = tx.get(rec.LinkRecord, link.id)
     if current is None:
         return
-    link = _save(rt, attrs.evolve(current, status=rec.DELETING))
-    try:
-        net = rt.state.get(rec.NetworkRecord, link.network_id)
-    except NotFound:
-        net = None  # its rules went with the network
-    if net is not None:
-        drv = rt.driver(net)
-        if isinstance(drv, Linker):
-            needed = _still_needed(rt, link)
-            doomed = attrs.evolve(link, ports=[p for p in link.ports if p not in needed])
-            drv.remove_link(views.network_info(net), link_info(doomed))
-    _forget(rt, link)
-    _refresh_hosts(rt, link.source_id)
+    deleting = attrs.evolve(current, status=rec.DELETING)
+    with Steps(f"remove link {current.alias} of sandbox {current.source_id[:12]}", rt.observer) as steps:
+        link = steps.run("record delete", lambda: _save(rt, deleting))
+        try:
+            net = rt.state.get(rec.NetworkRecord, link.network_id)
+        except NotFound:
+            net = None  # its rules went with the network
+        if net is not None:
+            linker = rt.driver(net)
+            if isinstance(linker, Linker):
+                needed = _still_needed(rt, link)
+                doomed = attrs.evolve(link, ports=[p for p in link.ports if p not in needed])
+                net_info, info = views.network_info(net), link_info(doomed)
+                steps.run("driver remove_link", functools.partial(linker.remove_link, net_info, info))
+        steps.run("forget", functools.partial(_forget, rt, link))
+        steps.run("hosts file", functools.partial(_refresh_hosts, rt, link.source_id))
     log.info("removed link %s of sandbox %s", link.alias, link.source_id[:12])
 
 
@@ -250,7 +260,7 @@ def drop_links(rt: Runtime, sandbox_id: str, network_id: str | None = None) -> N
     Raises:
         TeardownIncomplete: some links could not be removed; the others were.
     """
-    with Teardown(f"remove the legacy links of sandbox {sandbox_id[:12]}") as teardown:
+    with Teardown(f"remove the legacy links of sandbox {sandbox_id[:12]}", rt.observer) as teardown:
         for link in rt.state.links_of(sandbox_id):
             if network_id in (None, link.network_id):
                 teardown.run(f"remove link {link.alias}", functools.partial(_remove_link, rt, link))

@@ -14,7 +14,6 @@ from cnm._core.runtime import Runtime
 from cnm.driverapi import NetworkRequest
 from cnm.errors import ActiveEndpoints, AlreadyExists, Forbidden, InvalidConfig, PoolOverlap
 from cnm.ipam.pools import overlaps
-from cnm.kernel import addresses, links, routes
 from cnm.steps import Steps
 from cnm.store import KeyTaken
 from cnm.types import IPAMConfig, IPNetwork
@@ -26,24 +25,7 @@ log = logging.getLogger(__name__)
 
 def host_exclusions(rt: Runtime) -> list[IPNetwork]:
     """The host namespace's addresses and routes, which default pools must avoid."""
-    with rt.host_netns.netlink() as nl:
-        found: list[IPNetwork] = [a.network for a in addresses.list_addresses(nl) if a.version == 4]
-        found += [r.destination for r in routes.list_routes(nl) if r.destination.prefixlen > 0]
-    return [n for n in found if not n.is_loopback and not n.is_link_local]
-
-
-def _host_networks(rt: Runtime) -> list[tuple[IPNetwork, str]]:
-    """The host namespace's IPv4 addresses and routes, each with a description naming its interface."""
-    found: list[tuple[IPNetwork, str]] = []
-    with rt.host_netns.netlink() as nl:
-        for link in links.list_links(nl):
-            for a in addresses.list_addresses(nl, link.name):
-                if a.version == 4:
-                    found.append((a.network, f"address {a} on {link.name}"))
-        for r in routes.list_routes(nl):
-            if r.destination.prefixlen > 0:
-                found.append((r.destination, f"route {r.destination} on {r.ifname or 'no interface'}"))
-    return [(n, what) for n, what in found if not n.is_loopback and not n.is_link_local]
+    return [network for network, _ in rt.sandbox_os.host_networks()]
 
 
 def _refuse_host_overlap(rt: Runtime, subnet: IPNetwork) -> None:
@@ -53,7 +35,7 @@ def _refuse_host_overlap(rt: Runtime, subnet: IPNetwork) -> None:
     overlap check: they are its networks' bridges, and it names the network.
     """
     ours = [pool.subnet for pool in rt.ipam.pools()]
-    for network, what in _host_networks(rt):
+    for network, what in rt.sandbox_os.host_networks():
         if overlaps(subnet, network) and not any(overlaps(network, pool) for pool in ours):
             raise PoolOverlap(
                 f"subnet {subnet} overlaps the host's {what}; a network there would take that traffic away "
@@ -106,7 +88,7 @@ def create_network(
         if not drv.capabilities.on_host_lan:
             _refuse_host_overlap(rt, ipam.subnet)
     network_id = new_id()
-    with rt.locks.operation(networks=[network_id]), Steps(f"create network {name}") as undo:
+    with rt.locks.operation(networks=[network_id]), Steps(f"create network {name}", rt.observer) as steps:
         draft = rec.NetworkRecord(
             id=network_id,
             name=name,
@@ -120,12 +102,15 @@ def create_network(
             user_gateway=ipam.gateway is not None,
             status=rec.CREATING,
         )
-        record = _allocate_network(rt, draft, ipam, exclude, needs_address=drv.capabilities.needs_address)
-        undo.done("allocate", lambda: free_network(rt, record))
+        needs_address = drv.capabilities.needs_address
+        record = steps.run(
+            "allocate",
+            lambda: _allocate_network(rt, draft, ipam, exclude, needs_address=needs_address),
+            undo=lambda: free_network(rt, record),
+        )
         info = views.network_info(record)
-        drv.create_network(info)
-        undo.done("driver create_network", lambda: drv.delete_network(info))
-        record = _set_status(rt, record, rec.READY)
+        steps.run("driver create_network", lambda: drv.create_network(info), undo=lambda: drv.delete_network(info))
+        record = steps.run("record ready", lambda: _set_status(rt, record, rec.READY))
     log.info("created network %s (%s, driver %s, subnet %s)", name, network_id[:12], driver, record.subnet)
     return record
 
@@ -189,6 +174,8 @@ def delete_network(rt: Runtime, record: rec.NetworkRecord, *, force_predefined: 
                     f"network {record.name!r} still has endpoints {', '.join(sorted(members))}; delete them first"
                 )
             record = _set_status(rt, record, rec.DELETING)
-        rt.driver(record).delete_network(views.network_info(record))
-        free_network(rt, record)
+        drv, info, deleting = rt.driver(record), views.network_info(record), record
+        with Steps(f"delete network {record.name}", rt.observer) as steps:
+            steps.run("driver delete_network", lambda: drv.delete_network(info))
+            steps.run("free", lambda: free_network(rt, deleting))
     log.info("deleted network %s (%s)", record.name, record.id[:12])

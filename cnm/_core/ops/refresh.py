@@ -15,10 +15,9 @@ from cnm import etchosts, resolvconf
 from cnm._core import records as rec
 from cnm._core.ops.names import resolver_address
 from cnm._core.runtime import Runtime
+from cnm._core.sandbox_os import SandboxNetwork
 from cnm.errors import NotFound
 from cnm.etchosts import HostEntry
-from cnm.kernel import routes
-from cnm.kernel.netns import Netlink, NetNS
 from cnm.legacy_links import hosts_names
 
 __all__ = ["host_entries", "links_from", "refresh_files", "update_gateway", "write_files", "write_resolv_conf"]
@@ -42,40 +41,37 @@ def host_entries(rt: Runtime, sandbox_id: str) -> list[HostEntry]:
     return entries
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
-
-
 def write_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
     """Write the sandbox's hostname, hosts and resolv.conf files (a sharer has none of its own)."""
     if sandbox.mode == rec.CONTAINER:
         return
-    etchosts.write(os.path.join(sandbox.files_dir, "hostname"), sandbox.hostname + "\n")
+    host = rt.sandbox_os
+    host.write_file(os.path.join(sandbox.files_dir, "hostname"), sandbox.hostname + "\n")
     write_resolv_conf(rt, sandbox)
     if sandbox.mode == rec.HOST:
-        etchosts.write(os.path.join(sandbox.files_dir, "hosts"), _read(etchosts.HOST_HOSTS) or etchosts.STANDARD_BLOCK)
+        hosts = host.read_host_file(etchosts.HOST_HOSTS) or etchosts.STANDARD_BLOCK
+        host.write_file(os.path.join(sandbox.files_dir, "hosts"), hosts)
     refresh_files(rt, sandbox)
 
 
 def write_resolv_conf(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
     """Write the sandbox's resolv.conf: cnm's resolver on a network with names, else the host's servers."""
+    host = rt.sandbox_os
     overrides = sandbox.dns or sandbox.dns_search or sandbox.dns_options
     nameserver = resolver_address(rt, sandbox) if sandbox.mode == rec.PRIVATE else None
     if nameserver is not None:
         # Its dns= servers are the resolver's upstreams for it now (names.network_dns).
-        resolv = resolvconf.render_resolver(resolvconf.read_host(), nameserver, sandbox.dns_search, sandbox.dns_options)
+        resolv = resolvconf.render_resolver(
+            host.host_resolv_conf(), nameserver, sandbox.dns_search, sandbox.dns_options
+        )
     elif sandbox.mode == rec.HOST and not overrides:
         # The host's stack is the sandbox's, so even a loopback resolver (a
         # local stub) works: copy the file as it is, as Docker does.
-        resolv = _read(resolvconf.HOST_RESOLV_CONF)
+        resolv = host.read_host_file(resolvconf.HOST_RESOLV_CONF)
     else:
-        resolv = resolvconf.render(resolvconf.read_host(), sandbox.dns, sandbox.dns_search, sandbox.dns_options)
-    if os.path.isdir(sandbox.files_dir):
-        etchosts.write(os.path.join(sandbox.files_dir, "resolv.conf"), resolv)
+        resolv = resolvconf.render(host.host_resolv_conf(), sandbox.dns, sandbox.dns_search, sandbox.dns_options)
+    if host.is_directory(sandbox.files_dir):
+        host.write_file(os.path.join(sandbox.files_dir, "resolv.conf"), resolv)
 
 
 def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
@@ -93,28 +89,27 @@ def refresh_files(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
         for e in rt.state.endpoints_of_sandbox(sandbox.id)
         if e.address is not None
     ]
-    path = os.path.join(sandbox.files_dir, "hosts")
-    if os.path.isdir(sandbox.files_dir):
-        etchosts.write(path, etchosts.render(own, host_entries(rt, sandbox.id)))
+    if rt.sandbox_os.is_directory(sandbox.files_dir):
+        text = etchosts.render(own, host_entries(rt, sandbox.id))
+        rt.sandbox_os.write_file(os.path.join(sandbox.files_dir, "hosts"), text)
 
 
-def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord, nl: Netlink | None = None) -> None:
+def update_gateway(rt: Runtime, sandbox: rec.SandboxRecord, stack: SandboxNetwork | None = None) -> None:
     """Point the default route at the first-joined endpoint that offers a gateway, or remove it.
 
     Only in a namespace the sandbox owns: the host's routes (host mode) are
-    never touched, and a sharer has no endpoints of its own. ``nl``, if
-    given, is a netlink socket already open in the sandbox's namespace.
+    never touched, and a sharer has no endpoints of its own. ``stack``, if
+    given, is the sandbox's network stack already open (a join's).
     """
     if not rt.owns_netns(sandbox):
         return
-    ns = NetNS(sandbox.netns_path)
-    if nl is None and not ns.exists():
+    if stack is None and not rt.sandbox_os.namespace_exists(sandbox.netns_path):
         return
     gateway_ep = next((e for e in rt.state.endpoints_of_sandbox(sandbox.id) if e.gateway is not None), None)
-    with contextlib.ExitStack() as stack:
-        if nl is None or nl.netns != ns:
-            nl = stack.enter_context(ns.netlink())
+    with contextlib.ExitStack() as opened:
+        if stack is None or stack.netns_path != sandbox.netns_path:
+            stack = opened.enter_context(rt.sandbox_os.network(sandbox.netns_path))
         if gateway_ep is None or gateway_ep.ifname is None or gateway_ep.gateway is None:
-            routes.delete_route(nl, ipaddress.IPv4Network("0.0.0.0/0"))
+            stack.clear_default_route()
             return
-        routes.replace_default_route(nl, ipaddress.IPv4Address(gateway_ep.gateway), gateway_ep.ifname)
+        stack.set_default_route(ipaddress.IPv4Address(gateway_ep.gateway), gateway_ep.ifname)

@@ -13,8 +13,6 @@ import functools
 import ipaddress
 import logging
 import os
-import shutil
-import socket
 from collections.abc import Sequence
 
 import attrs
@@ -27,7 +25,6 @@ from cnm._core.ops.refresh import write_files
 from cnm._core.records import new_id, now, validate_name
 from cnm._core.runtime import Runtime
 from cnm.errors import AlreadyExists, Conflict, InvalidConfig, NotFound
-from cnm.kernel import netns
 from cnm.legacy_links import parse_exposed
 from cnm.steps import Steps, Teardown
 from cnm.store import KeyTaken
@@ -96,7 +93,7 @@ def create_sandbox(
         # The sandbox stays "creating" until the endpoint, the join and the links are all made:
         # reconcile rolls back a crash anywhere in between as one call (the endpoint, found by
         # its owner id, goes with the sandbox), never leaving half of it.
-        with Steps(f"create sandbox {name} on network {net.name}") as steps:
+        with Steps(f"create sandbox {name} on network {net.name}", rt.observer) as steps:
             sandbox = steps.run(
                 "create the sandbox",
                 lambda: make(rec.HOST if host_stack else rec.PRIVATE, network_mode=net.name, ready=False),
@@ -151,7 +148,7 @@ def _draft(
         dns, dns_search, dns_options = owner.dns, owner.dns_search, owner.dns_options
         network_mode = f"container:{owner.id}"
     elif mode == rec.HOST:
-        hostname = hostname or socket.gethostname()
+        hostname = hostname or rt.sandbox_os.host_hostname()
         netns_path = rt.host_netns.path
         files_dir = os.path.join(rt.state_dir, "sandboxes", sandbox_id)
     else:
@@ -245,27 +242,34 @@ def create_in_mode(
     )
     # The owner is locked too: it cannot be deleted while a sharer of it is being made.
     lock = rt.locks.operation(sandboxes=[sandbox_id, None if owner is None else owner.id])
-    with lock, Steps(f"create sandbox {name}") as undo:
-        with rt.state.transaction() as tx:
-            if owner is not None:
-                current = tx.get(rec.SandboxRecord, owner.id)
-                if current is None or current.status != rec.READY:
-                    raise Conflict(f"sandbox {owner.name!r} is being deleted or is gone; it cannot be shared")
-            try:
-                tx.add(record)
-            except KeyTaken as exc:
-                raise AlreadyExists(f"sandbox {name!r} already exists; pick another name or delete it first") from exc
-        undo.done("record", lambda: forget(rt, record))
+    host = rt.sandbox_os
+    with lock, Steps(f"create sandbox {name}", rt.observer) as steps:
+        steps.run("record", functools.partial(_add, rt, record, owner), undo=lambda: forget(rt, record))
         if mode == rec.PRIVATE:
-            ns = netns.create(record.netns_path, loopback_up=True)
-            undo.done("namespace", lambda: netns.remove(ns.path))
+            path = record.netns_path
+            steps.run("namespace", lambda: host.create_namespace(path), undo=lambda: host.remove_namespace(path))
         if mode != rec.CONTAINER:
-            os.makedirs(record.files_dir, exist_ok=True)
-            undo.done("files", lambda: shutil.rmtree(record.files_dir, ignore_errors=True))
-            write_files(rt, record)
-        record = mark_ready(rt, record) if ready else record
+            files = record.files_dir
+            steps.run("files directory", lambda: host.make_directory(files), undo=lambda: host.remove_directory(files))
+            steps.run("files", functools.partial(write_files, rt, record))
+        if ready:
+            record = steps.run("mark it ready", functools.partial(mark_ready, rt, record))
     log.info("created sandbox %s (%s, %s mode)", name, sandbox_id[:12], mode)
     return record
+
+
+def _add(rt: Runtime, record: rec.SandboxRecord, owner: rec.SandboxRecord | None) -> None:
+    with rt.state.transaction() as tx:
+        if owner is not None:
+            current = tx.get(rec.SandboxRecord, owner.id)
+            if current is None or current.status != rec.READY:
+                raise Conflict(f"sandbox {owner.name!r} is being deleted or is gone; it cannot be shared")
+        try:
+            tx.add(record)
+        except KeyTaken as exc:
+            raise AlreadyExists(
+                f"sandbox {record.name!r} already exists; pick another name or delete it first"
+            ) from exc
 
 
 def mark_ready(rt: Runtime, record: rec.SandboxRecord) -> rec.SandboxRecord:
@@ -302,9 +306,12 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
                 f"sandbox {sandbox.name!r} is shared by {names} (network='container:{sandbox.name}'); "
                 "delete those first"
             )
-        sandbox = rt.state.put(attrs.evolve(sandbox, status=rec.DELETING))
+        operation = f"delete sandbox {sandbox.name}"
+        deleting = attrs.evolve(sandbox, status=rec.DELETING)
+        with Steps(operation, rt.observer) as steps:
+            sandbox = steps.run("record delete", lambda: rt.state.put(deleting))
         # The namespace and files stay until every endpoint is out: a retry or reconcile finishes the job.
-        with Teardown(f"delete sandbox {sandbox.name}") as teardown:
+        with Teardown(operation, rt.observer) as teardown:
             teardown.run("drop legacy links", lambda: drop_links(rt, sandbox.id))
             joined = rt.state.endpoints_of_sandbox(sandbox.id)
             # Owned but no longer joined (left, or a crash before the join): deleted all the same.
@@ -314,9 +321,11 @@ def delete_sandbox(rt: Runtime, sandbox: rec.SandboxRecord) -> None:
                     teardown.run(f"delete endpoint {endpoint.name}", functools.partial(delete_endpoint, rt, endpoint))
                 else:
                     teardown.run(f"leave endpoint {endpoint.name}", functools.partial(leave, rt, endpoint))
-        if rt.owns_netns(sandbox):
-            netns.remove(sandbox.netns_path)
-        if sandbox.mode != rec.CONTAINER:
-            shutil.rmtree(sandbox.files_dir, ignore_errors=True)
-        forget(rt, sandbox)
+        host = rt.sandbox_os
+        with Steps(operation, rt.observer) as steps:
+            if rt.owns_netns(sandbox):
+                steps.run("namespace", functools.partial(host.remove_namespace, sandbox.netns_path))
+            if sandbox.mode != rec.CONTAINER:
+                steps.run("files", functools.partial(host.remove_directory, sandbox.files_dir))
+            steps.run("forget", functools.partial(forget, rt, sandbox))
     log.info("deleted sandbox %s (%s mode)", sandbox.name, sandbox.mode)
