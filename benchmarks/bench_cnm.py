@@ -25,8 +25,8 @@ The implementations run in worker processes (this file with ``--worker``), one p
 driven in turn by the parent so that machine noise hits them alike. Scaling adds containers to one
 network until ``max(k)`` exist; at each ``k`` the ADD and DEL of the k-th container are timed a few
 times. The cnm worker also reports its resident memory (VmRSS) with ``max(k)`` endpoints, and a
-per-step breakdown of cnm's ADD and DEL taken with timers wrapped around cnm's functions from here
-(the library itself is not changed).
+per-step breakdown of cnm's ADD and DEL, timed by a step observer (``steptimer.StepTimer`` given as
+``Controller(observer=...)``): every named step of the core and of the bridge driver, no patching.
 """
 
 from __future__ import annotations
@@ -163,8 +163,15 @@ class CnmImpl:
         self.host_path = host_path
         self.state_dir = os.path.join(workdir, f"{impl}-state")
         self.baseline_rss = _vm_status()
+        # The step timer sees cnm's named steps (Controller(observer=)); it times only once enabled.
+        self.timer = StepTimer()
+        self.timer.enabled = False
         self.ctl = Controller(
-            state_dir=self.state_dir, host_netns=NetNS(host_path), firewall=CNM_BACKENDS[impl], predefined=False
+            state_dir=self.state_dir,
+            host_netns=NetNS(host_path),
+            firewall=CNM_BACKENDS[impl],
+            predefined=False,
+            observer=self.timer,
         )
         self.net = self.ctl.create_network(
             "bench", ipam=IPAMConfig(subnet=self.subnet, gateway=str(_gateway(self.subnet)))
@@ -392,55 +399,10 @@ class FloorImpl:
 
 
 # --------------------------------------------------------------------------------------------- cnm breakdown
-def instrument(profiler: StepTimer) -> None:
-    """Wrap cnm's steps with timers; benchmark-only monkeypatching, the library is not changed."""
-    from cnm import etchosts, resolvconf
-    from cnm._core import records as _records
-    from cnm._core.locks import StateLocks
-    from cnm.firewall.iptables import IptablesFirewall
-    from cnm.firewall.nftables import NftablesFirewall
-    from cnm.ipam import LocalIpam
-    from cnm.kernel import addresses, links, netns, routes
-    from cnm.portmapper import PortAllocator
-    from cnm.store import SqliteStore, _SqliteTransaction
-
-    p = profiler
-    p.wrap(netns, "create", "netns create (unshare + bind mount in a helper thread)")
-    p.wrap(netns, "remove", "netns unmount")
-    p.wrap_cm(
-        netns.NetNS, "netlink", "netlink socket open (helper thread + IPRoute)", "netlink socket close", lambda _: True
-    )
-    p.wrap(IptablesFirewall, "_run", "firewall: one call to the worker (xtables lock, libiptc read, commit)")
-    p.wrap(NftablesFirewall, "_run", "firewall: one call to the worker (one libnftables batch)")
-    p.wrap(links, "add_veth", "link: veth create (peer born in netns, on bridge)")
-    p.wrap(links, "set_hairpin", "link: hairpin on")
-    p.wrap(links, "set_link", "link: set up")
-    p.wrap(links, "delete_link", "link: delete (veth)")
-    p.wrap(links, "get_link", "link: look up (netlink)")
-    p.wrap(links, "link_index", "link: index by name (ioctl)")
-    p.wrap(links, "is_up", "link: state by name (ioctl)")
-    p.wrap(links, "set_down_if_exists", "link: set down (closing sandbox)")
-    p.wrap(addresses, "add_address", "address add")
-    p.wrap(routes, "add_route", "route add")
-    p.wrap(routes, "replace_default_route", "route: default route replace")
-    p.wrap(routes, "delete_route", "route delete")
-    p.wrap_cm(
-        SqliteStore,
-        "transaction",
-        "store: BEGIN IMMEDIATE",
-        "store: COMMIT",
-        lambda s: not getattr(s._local, "depth", 0),
-    )
-    for verb in ("get", "put", "insert", "delete", "list"):
-        p.wrap(_SqliteTransaction, verb, "store: queries (SQL + JSON)")
-    p.wrap(_records, "to_json", "records: serialise")
-    p.wrap(_records, "from_json", "records: deserialise")
-    for owner, verbs in ((LocalIpam, ("request_address", "release_address")), (PortAllocator, ("allocate", "release"))):
-        for verb in verbs:
-            p.wrap(owner, verb, "IPAM and host-port allocation logic")
-    p.wrap(etchosts, "write", "files: hosts/hostname/resolv.conf write")
-    p.wrap(resolvconf, "read_host", "files: read host resolv.conf")
-    p.wrap_cm(StateLocks, "_hold", "locks: take (flock)", "locks: release", lambda _: True)
+def instrument(target: CnmImpl) -> StepTimer:
+    """Turn on the step timer the worker's Controller was given as its observer; no patching."""
+    target.timer.enabled = True
+    return target.timer
 
 
 # --------------------------------------------------------------------------------------------- worker
@@ -482,8 +444,9 @@ class _Served:
         return {"now": _vm_status(), "baseline": self.target.baseline_rss, "after_setup": self.target.rss_after_setup}
 
     def instrument(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        self.profiler = StepTimer()
-        instrument(self.profiler)
+        if not isinstance(self.target, CnmImpl):
+            raise RuntimeError("only cnm's worker has steps to time")
+        self.profiler = instrument(self.target)
         return {}
 
     def profile(self, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Exclusive ("self") time per named step, for the benchmarks' per-step breakdowns.
 
 Shared by ``bench_cnm.py`` (cnm's steps in its worker) and ``bench_firewall.py`` (the firewall
-worker's phases). Timers are wrapped around functions from the outside; nothing in cnm changes.
+worker's phases). For cnm, a :class:`StepTimer` is a :class:`cnm.steps.StepObserver`: given as
+``Controller(observer=...)``, it times every named step of the core and of the drivers (which
+pass the controller's observer to their own steps), with no patching. The firewall worker has no
+steps of its own, so ``bench_firewall.py`` still wraps its phases from the outside (:meth:`wrap`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,46 @@ class StepTimer:
         self.calls: dict[str, int] = defaultdict(int)
         self._stack: list[float] = []
         self._main = None if single_thread else threading.main_thread()
+        self._steps = threading.local()  # per thread: [(start, time of timed steps inside)]
+        self.enabled = True
+
+    # --- as a cnm.steps.StepObserver ------------------------------------------------------------------
+    @staticmethod
+    def step_name(operation: str, step: str) -> str:
+        """``join endpoint: driver join``: the operation's kind (its first two words, no object names) and the step."""
+        return f"{' '.join(operation.split()[:2])}: {step}"
+
+    def _open(self) -> list[list[float]]:
+        stack: list[list[float]] | None = getattr(self._steps, "stack", None)
+        if stack is None:
+            stack = self._steps.stack = []
+        return stack
+
+    def step_started(self, operation: str, step: str) -> None:
+        """Start the step's clock."""
+        if self.enabled:
+            self._open().append([time.perf_counter(), 0.0])
+
+    def step_finished(self, operation: str, step: str, seconds: float) -> None:
+        """Charge the step its exclusive time: its own, less the timed steps inside it."""
+        self._close(self.step_name(operation, step))
+
+    def step_failed(self, operation: str, step: str, error: BaseException) -> None:
+        """A failed step is charged like a finished one, under its own name."""
+        self._close(self.step_name(operation, step) + " (failed)")
+
+    def _close(self, name: str) -> None:
+        stack = self._open()
+        if not self.enabled or not stack:
+            return
+        start, children = stack.pop()
+        elapsed = time.perf_counter() - start
+        if self._main is not None and threading.current_thread() is not self._main and not stack:
+            name = OVERLAPPED + name  # a helper thread's step overlaps the main thread's
+        self.seconds[name] += elapsed - children
+        self.calls[name] += 1
+        if stack:
+            stack[-1][1] += elapsed
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:

@@ -2,10 +2,10 @@
 
 The kill technique is test_recovery.py's: a forked child drives a Controller
 on a shared state_dir and is killed after step N; a new Controller reconciles
-and the store, the kernel and OVSDB must agree. Its KillSwitch, run_child and clear
-are imported (pytest's importlib mode registers ``tests`` and
-``tests.kernel`` as packages); the kill switch here also counts OVSDB writes,
-sysctls and offload changes. Its check_common_invariants covers what holds
+and the store, the kernel and OVSDB must agree. Its KillSwitch (a step observer:
+the OVS driver's own steps, OVSDB writes among them, report to it), run_child and clear
+are imported (pytest's importlib mode registers ``tests`` and ``tests.kernel`` as packages).
+Its check_common_invariants covers what holds
 for any driver; the OVS-specific checks (veths, OVSDB rows) are here.
 """
 
@@ -96,20 +96,6 @@ def check_ovs_invariants(ctl: Controller, db: Ovsdb) -> None:
     check_common_invariants(ctl)
 
 
-class OvsKillSwitch(KillSwitch):
-    """test_recovery's kill switch, also counting OVSDB writes, sysctls and offload changes."""
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        super().install(monkeypatch)
-        from cnm.kernel import ethtool
-
-        after = self.after
-        for name in ("add_bridge", "add_ports", "delete_port", "delete_bridge"):
-            monkeypatch.setattr(Ovsdb, name, after(getattr(Ovsdb, name)))
-        monkeypatch.setattr(sysctl, "set_sysctl", after(sysctl.set_sysctl))
-        monkeypatch.setattr(ethtool, "set_tx_checksum", after(ethtool.set_tx_checksum))
-
-
 def sandbox_with_published_port(ctl: Controller, remote: str) -> None:
     ctl.create_sandbox("s1", network="o1", ports=[PortBinding(container_port=80, host_port=8080)])
     ctl.sandbox("s1").delete()
@@ -127,9 +113,7 @@ SCENARIOS = {"sandbox_with_published_port": sandbox_with_published_port, "vlan_n
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_kill_at_every_step(
-    host_netns: NetNS, state: str, ovs_factory: OvsFactory, monkeypatch: pytest.MonkeyPatch, scenario: str
-) -> None:
+def test_kill_at_every_step(host_netns: NetNS, state: str, ovs_factory: OvsFactory, scenario: str) -> None:
     ovs = ovs_factory(host_netns)
     with Controller(state_dir=state, host_netns=host_netns) as ctl:
         ctl.create_network("o1", driver="ovs", ipam=IPAMConfig(subnet="10.81.0.0/24"), options={"ovsdb": ovs.remote})
@@ -141,11 +125,10 @@ def test_kill_at_every_step(
             clear(ctl, "o1")
             with contextlib.suppress(errors.NetworkNotFound):
                 ctl.network("v1").delete()
-        switch = OvsKillSwitch(kill_at)
+        switch = KillSwitch(kill_at)
 
-        def work(switch: OvsKillSwitch = switch) -> None:
-            switch.install(monkeypatch)
-            with Controller(state_dir=state, host_netns=host_netns, reconcile=False) as child:
+        def work(switch: KillSwitch = switch) -> None:
+            with Controller(state_dir=state, host_netns=host_netns, reconcile=False, observer=switch) as child:
                 SCENARIOS[scenario](child, ovs.remote)
 
         if run_child(work):

@@ -16,7 +16,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,55 +109,31 @@ def check_common_invariants(ctl: Controller) -> None:
 
 
 class KillSwitch:
-    """Counts the steps of the child's operations and kills the process after step ``at``."""
+    """A step observer (``Controller(observer=...)``) that kills the process after the ``at``-th finished step.
+
+    It sees every named step of the core's operations (records, namespaces, interfaces,
+    routes, files, published ports) and of the drivers' (bridges, veths, OVSDB rows,
+    firewall rules), which pass the controller's observer to their own steps; killing
+    after each in turn is a kill between every pair of them.
+    """
 
     def __init__(self, at: int) -> None:
         self.at = at
         self.count = 0
+        self.steps: list[str] = []
 
-    def step(self) -> None:
+    def step_started(self, operation: str, step: str) -> None:
+        """Nothing: the kill comes once a step is done."""
+
+    def step_finished(self, operation: str, step: str, seconds: float) -> None:
+        """Count the step; kill the process at the chosen one."""
         self.count += 1
+        self.steps.append(f"{operation}: {step}")
         if self.count == self.at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def after(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn``, counting a step each time it returns."""
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            result = fn(*args, **kwargs)
-            self.step()
-            return result
-
-        return wrapper
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import cnm.store
-        from cnm.firewall.iptables import IptablesFirewall
-        from cnm.kernel import addresses, netns, routes
-
-        after = self.after
-        original = cnm.store.SqliteStore.transaction
-
-        @contextlib.contextmanager
-        def transaction(store: Any) -> Iterator[Any]:
-            depth = getattr(store._local, "depth", 0)
-            with original(store) as txn:
-                yield txn
-            if not depth:
-                self.step()
-
-        monkeypatch.setattr(cnm.store.SqliteStore, "transaction", transaction)
-        for module, names in (
-            (links, ["add_veth", "set_hairpin", "set_link", "ensure_bridge", "delete_link", "set_down_if_exists"]),
-            (addresses, ["add_address"]),
-            (routes, ["replace_default_route", "delete_route"]),
-            (netns, ["create", "remove"]),
-        ):
-            for name in names:
-                monkeypatch.setattr(module, name, after(getattr(module, name)))
-        for backend in (IptablesFirewall, NftablesFirewall):
-            for name in ("setup_network", "teardown_network", "add_ports", "remove_ports"):
-                monkeypatch.setattr(backend, name, after(getattr(backend, name)))
+    def step_failed(self, operation: str, step: str, error: BaseException) -> None:
+        """Nothing: a failing step is the operation's business."""
 
 
 def clear(ctl: Controller, network: str) -> None:
@@ -252,9 +228,7 @@ SCENARIOS: dict[str, Callable[[Controller], None]] = {
 
 @pytest.mark.parametrize("firewall", ["iptables", "nftables"])
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_kill_between_every_pair_of_steps(
-    host_netns: NetNS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str, firewall: str
-) -> None:
+def test_kill_between_every_pair_of_steps(host_netns: NetNS, tmp_path: Path, scenario: str, firewall: str) -> None:
     state = str(tmp_path / "state")
     with reopen(state, host_netns, firewall) as ctl:
         ctl.create_network("n1", ipam=IPAMConfig(subnet="10.11.0.0/24"))
@@ -275,8 +249,9 @@ def test_kill_between_every_pair_of_steps(
         switch = KillSwitch(kill_at)
 
         def work(switch: KillSwitch = switch) -> None:
-            switch.install(monkeypatch)
-            with Controller(state_dir=state, host_netns=host_netns, reconcile=False, firewall=firewall) as child:
+            with Controller(
+                state_dir=state, host_netns=host_netns, reconcile=False, firewall=firewall, observer=switch
+            ) as child:
                 SCENARIOS[scenario](child)
 
         finished = run_child(work)
