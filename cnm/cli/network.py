@@ -82,7 +82,7 @@ def _network_rm(ctl: Controller, args: argparse.Namespace, out: TextIO) -> int:
 def _network_connect(ctl: Controller, args: argparse.Namespace, out: TextIO) -> int:
     net = ctl.network(args.network)
     sandbox = ctl.sandbox(args.sandbox)
-    with Steps(f"connect sandbox {sandbox.name} to network {net.name}") as steps:
+    with Steps(f"connect sandbox {sandbox.name} to network {net.name}", ctl.observer) as steps:
         # The endpoint is named after the sandbox, as Docker names a container's endpoint.
         endpoint = steps.run(
             "create endpoint", lambda: net.create_endpoint(sandbox.name, ip=args.ip, aliases=args.alias)
