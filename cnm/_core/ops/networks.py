@@ -160,22 +160,27 @@ def _set_status(rt: Runtime, record: rec.NetworkRecord, status: str) -> rec.Netw
 
 def delete_network(rt: Runtime, record: rec.NetworkRecord, *, force_predefined: bool = False) -> None:
     """Delete a network: refuse while endpoints exist; the driver removes its objects, then the store forgets it."""
-    with rt.locks.operation(networks=[record.id]):
-        with rt.state.transaction() as tx:
-            current = tx.get(rec.NetworkRecord, record.id)
-            if current is None:
-                return
-            record = current
-            if record.predefined and not force_predefined:
-                raise Forbidden(f"network {record.name!r} is predefined and cannot be deleted")
-            members = tx.endpoint_names(record.id)
-            if members:
-                raise ActiveEndpoints(
-                    f"network {record.name!r} still has endpoints {', '.join(sorted(members))}; delete them first"
-                )
-            record = _set_status(rt, record, rec.DELETING)
-        drv, info, deleting = rt.driver(record), views.network_info(record), record
-        with Steps(f"delete network {record.name}", rt.observer) as steps:
-            steps.run("driver delete_network", lambda: drv.delete_network(info))
-            steps.run("free", lambda: free_network(rt, deleting))
-    log.info("deleted network %s (%s)", record.name, record.id[:12])
+    with rt.locks.operation(networks=[record.id]), Steps(f"delete network {record.name}", rt.observer) as steps:
+        marked = steps.run("record delete", lambda: _mark_deleting(rt, record, force_predefined=force_predefined))
+        if marked is None:
+            return
+        drv, info = rt.driver(marked), views.network_info(marked)
+        steps.run("driver delete_network", lambda: drv.delete_network(info))
+        steps.run("free", lambda: free_network(rt, marked))
+    log.info("deleted network %s (%s)", marked.name, marked.id[:12])
+
+
+def _mark_deleting(rt: Runtime, record: rec.NetworkRecord, *, force_predefined: bool) -> rec.NetworkRecord | None:
+    """The network marked deleting, checked in the same transaction; None if it is gone."""
+    with rt.state.transaction() as tx:
+        current = tx.get(rec.NetworkRecord, record.id)
+        if current is None:
+            return None
+        if current.predefined and not force_predefined:
+            raise Forbidden(f"network {current.name!r} is predefined and cannot be deleted")
+        members = tx.endpoint_names(current.id)
+        if members:
+            raise ActiveEndpoints(
+                f"network {current.name!r} still has endpoints {', '.join(sorted(members))}; delete them first"
+            )
+        return _set_status(rt, current, rec.DELETING)
