@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+import pytest
 
 from cnm import PortBinding
 from cnm._core import records as rec
 from cnm.testing.fakes import FakeWorld, fake_controller
 
 
-def world(tmp_path: Path) -> FakeWorld:
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[FakeWorld]:
     w = fake_controller(str(tmp_path / "state"))
     w.controller.create_network("n1", driver="fake")
-    return w
+    yield w
+    w.controller.close()  # releases the host ports it holds
 
 
-def test_a_sandbox_whose_namespace_vanished_is_marked_dead_and_its_endpoints_released(tmp_path: Path) -> None:
-    w = world(tmp_path)
+def test_a_sandbox_whose_namespace_vanished_is_marked_dead_and_its_endpoints_released(world: FakeWorld) -> None:
+    w = world
     ctl = w.controller
-    sb = ctl.create_sandbox("s1", network="n1", ports=[PortBinding(container_port=80)])
+    sb = ctl.create_sandbox("s1", network="n1", ports=[PortBinding(container_port=80, host_ip="127.0.0.1")])
     w.os.remove_namespace(sb.netns_path)  # what a host reboot does
     report = ctl.reconcile()
     assert "sandbox s1 lost its namespace: marked dead, its endpoints left" in report.actions
@@ -31,8 +35,8 @@ def test_a_sandbox_whose_namespace_vanished_is_marked_dead_and_its_endpoints_rel
     assert w.driver.published == set()
 
 
-def test_interrupted_records_are_rolled_back_or_finished(tmp_path: Path) -> None:
-    w = world(tmp_path)
+def test_interrupted_records_are_rolled_back_or_finished(world: FakeWorld) -> None:
+    w = world
     ctl = w.controller
     state = ctl._rt.state
     net = ctl.network("n1")._current()
@@ -50,8 +54,8 @@ def test_interrupted_records_are_rolled_back_or_finished(tmp_path: Path) -> None
     assert not ctl.reconcile()
 
 
-def test_an_interrupted_join_is_undone(tmp_path: Path) -> None:
-    w = world(tmp_path)
+def test_an_interrupted_join_is_undone(world: FakeWorld) -> None:
+    w = world
     ctl = w.controller
     sb = ctl.create_sandbox("s1")
     ep = ctl.network("n1").create_endpoint("e1")
@@ -63,8 +67,8 @@ def test_an_interrupted_join_is_undone(tmp_path: Path) -> None:
     assert w.os.interfaces[sb.netns_path].keys() == {"lo"}
 
 
-def test_a_lost_interface_is_joined_again_under_its_name(tmp_path: Path) -> None:
-    w = world(tmp_path)
+def test_a_lost_interface_is_joined_again_under_its_name(world: FakeWorld) -> None:
+    w = world
     ctl = w.controller
     sb = ctl.create_sandbox("s1", network="n1")
     w.os.remove_interface(sb.netns_path, "eth0")
@@ -73,8 +77,8 @@ def test_a_lost_interface_is_joined_again_under_its_name(tmp_path: Path) -> None
     assert sb.endpoints()[0].ifname == "eth0"
 
 
-def test_an_owned_endpoint_whose_sandbox_is_gone_is_deleted_and_orphans_are_collected(tmp_path: Path) -> None:
-    w = world(tmp_path)
+def test_an_owned_endpoint_whose_sandbox_is_gone_is_deleted_and_orphans_are_collected(world: FakeWorld) -> None:
+    w = world
     ctl = w.controller
     sb = ctl.create_sandbox("s1", network="n1")
     sb.endpoints()[0].leave()

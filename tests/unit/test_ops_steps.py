@@ -8,7 +8,7 @@ allocation, no namespace, file or interface, nothing in the driver.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,8 @@ from cnm.controller import Controller
 from cnm.errors import CNMError
 from cnm.testing.fakes import FakeWorld, fake_controller
 
-PORTS = [PortBinding(container_port=80)]
+# Loopback only: the fake controller's host is this process's own namespace, whose host ports it briefly holds.
+PORTS = [PortBinding(container_port=80, host_ip="127.0.0.1")]
 
 
 class Recorder:
@@ -58,8 +59,20 @@ class FailAt(Recorder):
             raise Injected(f"injected at {operation}: {step}")
 
 
+_OPEN: list[FakeWorld] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_worlds() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().controller.close()  # releases the host ports it holds
+
+
 def world(tmp_path: Path, observer: Recorder | None = None) -> FakeWorld:
-    return fake_controller(str(tmp_path / "state"), observer=observer)
+    w = fake_controller(str(tmp_path / "state"), observer=observer)
+    _OPEN.append(w)
+    return w
 
 
 def _steps(seen: list[str]) -> list[str]:
@@ -162,7 +175,14 @@ def test_join_runs_its_steps_in_order(tmp_path: Path) -> None:
     join = [s.split(": ", 1)[1] for s in recorder.seen if s.startswith("join endpoint e1")]
     # Publishing runs in a helper thread beside the interface's set-up: either may finish first.
     assert sorted(join[2:4]) == ["configure interface", "publish ports"]
-    assert join[:2] + join[4:] == ["record join", "driver join", "record joined", "default route", "hosts file"]
+    assert join[:2] + join[4:] == [
+        "record join",
+        "driver join",
+        "record joined",
+        "default route",
+        "hosts file",
+        "names",
+    ]
     calls = w.os.names()
     assert calls.index("add_interface") < calls.index("configure_interface") < calls.index("set_default_route")
     assert [c.name for c in w.driver.calls][-2:] in (["join", "publish_ports"], ["publish_ports", "join"])
