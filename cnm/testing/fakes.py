@@ -314,7 +314,10 @@ class FakeDriver:
     """
 
     name: ClassVar[str] = "fake"
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    # Its networks live in memory, with no gateway on the host: like a LAN the host is on, they get
+    # no host-overlap check and no name resolver (which would run in the host namespace, here the
+    # test process's own).
+    capabilities: ClassVar[Capabilities] = Capabilities(on_host_lan=True)
 
     def __init__(self, context: DriverContext, sandbox_os: FakeSandboxOS | None = None) -> None:
         self.context = context
