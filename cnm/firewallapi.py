@@ -49,11 +49,13 @@ __all__ = [
     "AUTO_PREFERENCE",
     "BACKENDS",
     "ENTRY_POINT_GROUP",
+    "GATEWAY_MODES",
     "BackendName",
     "ClosableFirewall",
     "Firewall",
     "FirewallFactory",
     "FirewallNetwork",
+    "GatewayMode",
     "LinkRule",
     "NetworkRules",
     "PortMapping",
@@ -69,6 +71,14 @@ log = logging.getLogger(__name__)
 #: The entry-point group firewall backends register under, built-in ones included.
 ENTRY_POINT_GROUP = "cnm.firewalls"
 
+#: How traffic from outside reaches a network's sandboxes (Docker 28's ``gateway_mode_ipv4``):
+#: ``nat`` (the default) lets in only published ports' DNATed flows and replies, and drops
+#: everything else routed to a sandbox's address; ``nat-unprotected`` and ``routed`` accept
+#: traffic routed straight to a sandbox's address on every port, and ``routed`` also sets up no
+#: masquerade (the driver turns it off). docs/security.md.
+GatewayMode: TypeAlias = Literal["nat", "nat-unprotected", "routed"]
+GATEWAY_MODES: tuple[GatewayMode, ...] = ("nat", "nat-unprotected", "routed")
+
 
 @attrs.frozen(kw_only=True)
 class FirewallNetwork:
@@ -81,6 +91,10 @@ class FirewallNetwork:
         icc: whether endpoints on this network may talk to each other.
         masquerade: whether traffic leaving the host from this subnet is masqueraded.
         internal: whether traffic may not leave the network at all.
+        gateway_mode: whether traffic routed straight to a sandbox's address from outside the
+            bridge is dropped (``nat``) or accepted (``nat-unprotected``, ``routed``).
+        trusted_interfaces: host interfaces whose traffic may reach the sandboxes' addresses
+            directly even in ``nat`` mode (Docker's ``trusted_host_interfaces``).
         owner: the owner id of the controller whose network it is; drivers
             leave it empty and the backend fills in its own.
     """
@@ -91,7 +105,14 @@ class FirewallNetwork:
     icc: bool = True
     masquerade: bool = True
     internal: bool = False
+    gateway_mode: GatewayMode = "nat"
+    trusted_interfaces: tuple[str, ...] = ()
     owner: str = ""
+
+    @property
+    def protected(self) -> bool:
+        """Whether traffic routed to a sandbox's address from outside (not DNATed, no reply) is dropped."""
+        return self.gateway_mode == "nat"
 
     @property
     def tag(self) -> str:

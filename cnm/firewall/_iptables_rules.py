@@ -42,7 +42,7 @@ __all__ = [
     "port_rules",
 ]
 
-TableName: TypeAlias = Literal["filter", "nat"]
+TableName: TypeAlias = Literal["filter", "nat", "raw"]
 #: Where a block goes: ``top`` of the chain, ``after-first`` (right after the
 #: chain's first rule, the stage-1 jump of CNM-FORWARD), or ``append``.
 Where: TypeAlias = Literal["top", "after-first", "append"]
@@ -57,11 +57,16 @@ CNM = "CNM"
 ISOLATION_1 = "CNM-ISOLATION-STAGE-1"
 ISOLATION_2 = "CNM-ISOLATION-STAGE-2"
 POSTROUTING = "CNM-POSTROUTING"
+RAW = "CNM-RAW"
+#: Every loopback address: a packet to one arriving on another interface than lo is dropped before
+#: nat PREROUTING could DNAT it to a port published on 127.0.0.1 (route_localnet, Docker 28's raw drop).
+LOOPBACK = "127.0.0.0/8"
 
 #: cnm's own chains per table, in the order they are created.
 CHAINS: dict[TableName, tuple[str, ...]] = {
     "filter": (USER, FORWARD, CNM, ISOLATION_1, ISOLATION_2),
     "nat": (CNM, POSTROUTING),
+    "raw": (RAW,),
 }
 #: A network's own nat chains: its published ports' DNATs (jumped from CNM) and their
 #: hairpin masquerades (jumped from CNM-POSTROUTING), each name ending in the network id[:12].
@@ -184,6 +189,11 @@ def base_blocks(table: TableName) -> tuple[Block, ...]:
             Block("filter", ISOLATION_1, "append", (_shared(ISOLATION_1, "RETURN"),)),
             Block("filter", ISOLATION_2, "append", (_shared(ISOLATION_2, "RETURN"),)),
         )
+    if table == "raw":
+        return (
+            Block("raw", "PREROUTING", "top", (_shared("PREROUTING", RAW),)),
+            Block("raw", RAW, "append", (_shared(RAW, "RETURN"),)),
+        )
     local = (("addrtype", (("dst-type", "LOCAL"),)),)
     return (
         Block("nat", "PREROUTING", "append", (_shared("PREROUTING", CNM, matches=local),)),
@@ -243,8 +253,19 @@ def network_blocks(network: FirewallNetwork) -> tuple[Block, ...]:
         # Every published port at once: a connection DNATed into the network from outside its bridge
         # (Docker writes one ACCEPT per port here). Publishing then never touches the filter table.
         dnat = (("conntrack", (("ctstate", "DNAT"),)),)
-        accept = rule(CNM, "ACCEPT", in_interface=f"!{br}", out_interface=br, matches=dnat)
-        blocks.append(Block("filter", CNM, "append", (accept,)))
+        inbound = [rule(CNM, "ACCEPT", in_interface=f"!{br}", out_interface=br, matches=dnat)]
+        if network.protected:
+            # Anything else routed into the bridge from outside is dropped, whatever FORWARD's policy
+            # (Docker 28's "! -i br -o br -j DROP"), but from the interfaces the network trusts.
+            inbound += [rule(CNM, "ACCEPT", in_interface=i, out_interface=br) for i in network.trusted_interfaces]
+            inbound.append(rule(CNM, "DROP", in_interface=f"!{br}", out_interface=br))
+        else:
+            # nat-unprotected / routed: direct access on every port, said here rather than left to FORWARD's policy.
+            inbound.append(rule(CNM, "ACCEPT", in_interface=f"!{br}", out_interface=br))
+        blocks.append(Block("filter", CNM, "append", tuple(inbound)))
+        # A neighbour's packet to 127.0.0.1:PORT via the host must not be DNATed to a port published on loopback.
+        loopback = rule(RAW, "DROP", destination=LOOPBACK, in_interface="!lo")
+        blocks.append(Block("raw", RAW, "top", (loopback,)))
     if not network.icc:
         # Appended after every network block, so that link ACCEPTs in CNM win (pitfalls A10).
         blocks.append(Block("filter", FORWARD, "append", (rule(FORWARD, "DROP", in_interface=br, out_interface=br),)))

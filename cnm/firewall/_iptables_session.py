@@ -34,10 +34,11 @@ from cnm.kernel.worker import Request
 
 __all__ = ["OPERATIONS", "Server", "Session"]
 
-_TABLES: tuple[TableName, ...] = ("filter", "nat")
+_TABLES: tuple[TableName, ...] = ("filter", "nat", "raw")
 _BUILTIN_CHAINS: dict[TableName, tuple[str, ...]] = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
 }
 
 

@@ -61,6 +61,8 @@ _KEY = 12
 #: The base chains: name, type, hook, priority. Isolation runs just before the
 #: forward chain, so that no network's ACCEPT is reached by traffic between networks.
 BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
+    # Before conntrack (-200) and nat: a remote packet to 127.0.0.0/8 never reaches a loopback-published DNAT.
+    ("raw", "filter", "prerouting", -300),
     ("isolation", "filter", "forward", -1),
     ("forward", "filter", "forward", 0),
     ("prerouting", "nat", "prerouting", -100),
@@ -68,6 +70,7 @@ BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
     ("postrouting", "nat", "postrouting", 100),
 )
 PUBLISHED = "published"
+_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
 
 def table_name(owner: str) -> str:
@@ -211,8 +214,7 @@ def network_rules(table: str, network: FirewallNetwork, *, guarded: bool = False
         rules.append(t.rule("forward", tag, *same, _match(to, f"@{links}"), accept))
         rules.append(t.rule("forward", tag, *same, _match(back, f"@{links}"), accept))
         rules.append(t.rule("forward", tag, *same, drop))
-    if guarded:
-        rules.append(t.rule("forward", tag, _match(oif, br), drop))
+    rules += _inbound_rules(t, network, guarded=guarded)
     if not network.internal:
 
         def dnat_to(key: dict[str, Any], addr_map: str, port_map: str) -> dict[str, Any]:
@@ -242,6 +244,30 @@ def network_rules(table: str, network: FirewallNetwork, *, guarded: bool = False
         for transport, hairpin in zip(_PROTOCOLS, hairpins, strict=True):
             protocol = _match(_meta("l4proto"), transport)
             rules.append(t.rule("postrouting", tag, _match(oif, br), protocol, _match(pair, f"@{hairpin}"), masquerade))
+    return rules
+
+
+def _inbound_rules(t: _Table, network: FirewallNetwork, *, guarded: bool) -> list[Command]:
+    """The end of the network's forward rules (what else gets in from outside), and its raw loopback drop."""
+    tag, br = network.tag, network.interface
+    iif, oif = _meta("iifname"), _meta("oifname")
+    accept, drop = {"accept": None}, {"drop": None}
+    rules = []
+    if not network.internal:
+        if network.protected:
+            # What a trusted host interface sends is let in; anything else routed into the bridge from
+            # outside, not DNATed and no reply, is dropped below (Docker 28's "UNPUBLISHED PORT DROP").
+            for trusted in network.trusted_interfaces:
+                rules.append(t.rule("forward", tag, _match(iif, trusted), _match(oif, br), accept))
+        else:
+            # nat-unprotected / routed: the network opted in to direct access on every port.
+            rules.append(t.rule("forward", tag, _match(oif, br), accept))
+    if guarded or network.protected:
+        rules.append(t.rule("forward", tag, _match(oif, br), drop))
+    if not network.internal:
+        # A neighbour's packet to 127.0.0.1:PORT via the host must not be DNATed to a port published on loopback.
+        loopback = _match(_payload("ip", "daddr"), _prefix(_LOOPBACK))
+        rules.append(t.rule("raw", tag, _match(iif, "lo", "!="), loopback, drop))
     return rules
 
 

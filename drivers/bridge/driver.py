@@ -83,8 +83,11 @@ class BridgeDriver:
             interface=self.bridge_name(network),
             subnet=pool,
             icc=opts.icc,
-            masquerade=opts.masquerade,
+            # routed: the sandboxes' addresses are routed, not hidden behind the host's.
+            masquerade=opts.masquerade and opts.gateway_mode != "routed",
             internal=network.internal,
+            gateway_mode=opts.gateway_mode,
+            trusted_interfaces=opts.trusted_host_interfaces,
         )
 
     # --- verbs -------------------------------------------------------------------

@@ -142,8 +142,9 @@ def test_cleanup_removes_only_its_own_owners_rules_from_the_other_table(
     with Controller(state_dir=second_dir, host_netns=host_netns, firewall="nftables", predefined=False) as second:
         second.create_network("three", ipam=IPAMConfig(subnet="172.20.3.0/24"))
         assert others(host_netns).count("comment") == 6  # two rules per network, three networks
-        # "one": 2 rules in firewalld's chain, 12 in its own table (1 isolation, 5 forward, 2 published, 4 postrouting)
-        assert ctl.firewall.cleanup(keep=[kept.id]) == 2 + 12
+        # "one": 2 rules in firewalld's chain, 13 in its own table (1 isolation, 5 forward, 2 published,
+        # 4 postrouting, 1 raw)
+        assert ctl.firewall.cleanup(keep=[kept.id]) == 2 + 13
         foreign = others(host_netns)
         assert f"cnm:{ctl.owner_id}:{kept.id[:12]}" in foreign
         assert f"cnm:{second.owner_id}:" in foreign

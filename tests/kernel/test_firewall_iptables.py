@@ -64,8 +64,8 @@ def saved(ns: NetNS, *tables: str) -> str:
 
 
 def assert_golden(ns: NetNS, case: str) -> None:
-    """Compare the filter and nat tables with ``golden/firewall/<case>.rules``."""
-    actual = saved(ns, "filter", "nat")
+    """Compare the filter, nat and raw tables with ``golden/firewall/<case>.rules``."""
+    actual = saved(ns, "filter", "nat", "raw")
     path = GOLDEN / f"{case}.rules"
     if os.environ.get("CNM_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,8 @@ def test_teardown_then_cleanup_restores_the_original_tables(host: NetNS, fw: Ipt
     assert_golden(host, "after_teardown")
     assert "cnm:" not in saved(host)
     removed = fw.cleanup()
-    assert removed == 9  # the shared rules: filter 2 FORWARD jumps, 3 chain tails, 1 stage-1 jump; nat 3 jumps
+    # the shared rules: filter 2 FORWARD jumps, 3 chain tails, 1 stage-1 jump; nat 3 jumps; raw 1 jump, 1 tail
+    assert removed == 11
     assert saved(host, "filter", "nat") == before
 
 
@@ -238,12 +239,13 @@ def test_a_block_found_in_part_is_rebuilt_whole(host: NetNS, fw: IptablesFirewal
 def test_cleanup_keeps_the_networks_it_is_told_to(host: NetNS, fw: IptablesFirewall) -> None:
     fw.setup_network(NET_A)
     fw.add_ports(NET_A, PORTS_A)
-    expected = saved(host, "filter", "nat")
+    expected = saved(host, "filter", "nat", "raw")
     fw.setup_network(NET_B)
     fw.add_ports(NET_B, PORTS_B)
-    # B: filter 4 forward + 2 isolation + 1 DNAT accept; nat 2 masquerade + 2 jumps, and its chains' 2 port rules
-    assert fw.cleanup(keep=[NET_A.id]) == 13
-    assert saved(host, "filter", "nat") == expected
+    # B: filter 4 forward + 2 isolation + 1 DNAT accept + 1 drop; nat 2 masquerade + 2 jumps, and its chains'
+    # 2 port rules; raw 1 loopback drop
+    assert fw.cleanup(keep=[NET_A.id]) == 15
+    assert saved(host, "filter", "nat", "raw") == expected
     assert_golden(host, "published_ports")
 
 
@@ -402,7 +404,7 @@ def test_rules_added_by_others_between_calls_are_kept(host: NetNS, fw: IptablesF
     _ipt(host, "iptables-legacy", "-A", "FORWARD", "-s", "10.8.8.8", "-j", "ACCEPT")
     _ipt(host, "iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-s", "10.8.8.8", "-j", "MASQUERADE")
     fw.add_ports(NET_A, PORTS_A)  # commits filter and nat: both must have been read afresh
-    actual = saved(host, "filter", "nat")
+    actual = saved(host, "filter", "nat", "raw")
     assert "-A FORWARD -s 10.8.8.8/32 -j ACCEPT" in actual
     assert "-A POSTROUTING -s 10.8.8.8/32 -j MASQUERADE" in actual
     others = re.compile(r"^-A (FORWARD|POSTROUTING) -s 10\.8\.8\.8/32 -j (ACCEPT|MASQUERADE)\n", re.MULTILINE)

@@ -170,7 +170,7 @@ def test_cleanup_keeps_the_networks_it_is_told_to(host: NetNS, fw: NftablesFirew
     fw.add_ports(NET_A, PORTS_A)
     fw.setup_network(NET_B)
     fw.add_ports(NET_B, PORTS_B)
-    assert fw.cleanup(keep=[NET_A.id]) == 11  # B: 1 isolation, 4 forward, 2 published, 4 postrouting
+    assert fw.cleanup(keep=[NET_A.id]) == 13  # B: 1 isolation, 5 forward, 2 published, 4 postrouting, 1 raw
     assert_golden(host, "published_ports")
 
 

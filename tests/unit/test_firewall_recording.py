@@ -85,10 +85,12 @@ def test_layout_spells_rules_like_iptables_save() -> None:
 
 
 def test_publishing_touches_only_the_nat_table() -> None:
-    # The filter side of every published port is the network's one conntrack ACCEPT.
+    # The filter side of every published port is the network's one conntrack ACCEPT; after it, the drop
+    # of everything else routed into the bridge (gateway mode nat).
     accepts = [b for b in network_blocks(NET) if b.table == "filter" and b.chain == "CNM"]
     assert [str(r) for b in accepts for r in b.rules] == [
-        "-A CNM ! -i br-a -o br-a -m conntrack --ctstate DNAT -m comment --comment cnm:aaaaaaaaaaaa -j ACCEPT"
+        "-A CNM ! -i br-a -o br-a -m conntrack --ctstate DNAT -m comment --comment cnm:aaaaaaaaaaaa -j ACCEPT",
+        "-A CNM ! -i br-a -o br-a -m comment --comment cnm:aaaaaaaaaaaa -j DROP",
     ]
     rules = port_rules(NET, PORT)
     assert rules is not None

@@ -133,6 +133,25 @@ def test_bridge_options_accept_docker_names_and_refuse_unknown() -> None:
         BridgeOptions.parse({"bridge_name": "x" * 16})
 
 
+def test_bridge_options_gateway_mode_and_trusted_interfaces() -> None:
+    assert (BridgeOptions.parse({}).gateway_mode, BridgeOptions.parse({}).trusted_host_interfaces) == ("nat", ())
+    opts = BridgeOptions.parse(
+        {
+            "com.docker.network.bridge.gateway_mode_ipv4": "routed",
+            "com.docker.network.bridge.trusted_host_interfaces": "eth0:eth1",
+        }
+    )
+    assert (opts.gateway_mode, opts.trusted_host_interfaces) == ("routed", ("eth0", "eth1"))
+    # As stored (JSON) and read back.
+    assert BridgeOptions.parse(opts.to_json()) == opts
+    with pytest.raises(errors.InvalidConfig, match="gateway_mode must be one of nat, nat-unprotected, routed"):
+        BridgeOptions.parse({"gateway_mode": "isolated"})
+    with pytest.raises(errors.InvalidConfig, match="at most 15 bytes"):
+        BridgeOptions.parse({"trusted_host_interfaces": "eth0:" + "x" * 16})
+    with pytest.raises(errors.InvalidConfig, match="trusted_host_interfaces"):
+        BridgeOptions.parse({"trusted_host_interfaces": 7})
+
+
 def test_registry_loads_entry_points_and_names_the_installed_drivers(tmp_path: object) -> None:
     def context(name: str) -> DriverContext:
         return DriverContext(host_netns=NetNS.current(), firewall=RecordingFirewall(), state_dir="/nonexistent")
