@@ -16,6 +16,7 @@ from cnm._core.reconcile import reapply_firewall, reconcile
 from cnm._core.runtime import Runtime
 from cnm._core.sandbox_os import SandboxOS
 from cnm._core.state import State
+from cnm._core.state_dir import prepare_state_dir
 from cnm.driverapi import DriverContext, owner_mark
 from cnm.errors import NotFound
 from cnm.firewallapi import ClosableFirewall, Firewall
@@ -139,8 +140,8 @@ class Controller:
             host = NetNS.named(host_netns)
         if not host.exists():
             raise NotFound(f"host namespace {host.path} does not exist; create it first (ip netns add NAME)")
-        self.state_dir = os.path.abspath(state_dir)
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        # Made 0700, or refused when another user could change what it holds (docs/security.md).
+        self.state_dir = prepare_state_dir(state_dir)
         self.host_netns = host
         store = store if store is not None else SqliteStore(os.path.join(self.state_dir, "cnm.db"))
         self.observer: StepObserver = observer or NO_OBSERVER

@@ -65,7 +65,7 @@ def now() -> str:
 
 def validate_name(name: str, what: str) -> str:
     """Refuse names Docker would refuse."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidConfig(
             f"invalid {what} name {name!r}: use 1-128 characters [a-zA-Z0-9_.-], starting with a letter or digit"
         )

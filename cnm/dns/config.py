@@ -61,12 +61,12 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 def is_dns_name(value: str) -> bool:
     """True if ``value`` can be served as a name (labels of letters, digits, '-' and '_'; any case)."""
     name = value.lower().rstrip(".")
-    return len(name) <= 253 and bool(_NAME.match(name))
+    return len(name) <= 253 and bool(_NAME.fullmatch(name))
 
 
 def _name(value: str) -> str:
     name = value.lower().rstrip(".")
-    if len(name) > 253 or not _NAME.match(name):
+    if len(name) > 253 or not _NAME.fullmatch(name):
         raise InvalidConfig(
             f"{value!r} is not a valid DNS name: use labels of letters, digits, '-' and '_' joined by dots"
         )
@@ -81,7 +81,7 @@ def _names(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def _ident(value: str, what: str) -> str:
-    if not _ID.match(value) or len(value) > 255:
+    if not _ID.fullmatch(value) or len(value) > 255:
         raise InvalidConfig(
             f"{what} {value!r} must be letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
