@@ -112,6 +112,7 @@ def vlan_network(ctl: Controller, remote: str) -> None:
 SCENARIOS = {"sandbox_with_published_port": sandbox_with_published_port, "vlan_network": vlan_network}
 
 
+@pytest.mark.timeout(600)  # a kill and a reconcile at every step: see test_recovery
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_kill_at_every_step(host_netns: NetNS, state: str, ovs_factory: OvsFactory, scenario: str) -> None:
     ovs = ovs_factory(host_netns)

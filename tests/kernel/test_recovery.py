@@ -226,6 +226,9 @@ SCENARIOS: dict[str, Callable[[Controller], None]] = {
 }
 
 
+# A kill and a reconcile at every step pair is minutes of work on a busy 2-core machine; the
+# suite-wide 120 s timeout is a hang guard, and this test's own is the same guard scaled to it.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("firewall", ["iptables", "nftables"])
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_kill_between_every_pair_of_steps(host_netns: NetNS, tmp_path: Path, scenario: str, firewall: str) -> None:
