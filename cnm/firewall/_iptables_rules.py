@@ -262,7 +262,10 @@ def network_blocks(network: FirewallNetwork) -> tuple[Block, ...]:
         else:
             # nat-unprotected / routed: direct access on every port, said here rather than left to FORWARD's policy.
             inbound.append(rule(CNM, "ACCEPT", in_interface=f"!{br}", out_interface=br))
-        blocks.append(Block("filter", CNM, "append", tuple(inbound)))
+        # One block at the top, kept whole and in order (its ACCEPTs before its DROP) even if a rule of it
+        # is deleted by hand: appended rules would come back after the DROP. Each network's rules match
+        # only its own bridge as -o, and links' ACCEPTs only -i and -o it, so the order between them is free.
+        blocks.append(Block("filter", CNM, "top", tuple(inbound)))
         # A neighbour's packet to 127.0.0.1:PORT via the host must not be DNATed to a port published on loopback.
         loopback = rule(RAW, "DROP", destination=LOOPBACK, in_interface="!lo")
         blocks.append(Block("raw", RAW, "top", (loopback,)))

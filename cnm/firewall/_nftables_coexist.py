@@ -17,7 +17,8 @@ that table. They hand the decision about a bridge's traffic to cnm's own
 table, which then holds, per network, a last ``oifname BRIDGE drop`` in its
 forward chain: what cnm does not accept into a bridge (a connection routed
 straight to a sandbox's address, not DNATed) stays dropped, as the other
-firewall dropped it before. The comment names the controller's owner and the
+firewall dropped it before (unless the network opted in with gateway mode
+``nat-unprotected`` or ``routed``: docs/security.md). The comment names the controller's owner and the
 network, so teardown and cleanup delete exactly those rules by handle, and
 nothing else of the other table changes.
 

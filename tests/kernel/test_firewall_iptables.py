@@ -11,6 +11,7 @@ import fcntl
 import ipaddress
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -102,6 +103,17 @@ def test_one_network(host: NetNS, fw: IptablesFirewall) -> None:
 def test_published_ports(host: NetNS, fw: IptablesFirewall) -> None:
     fw.setup_network(NET_A)
     fw.add_ports(NET_A, PORTS_A)
+    assert_golden(host, "published_ports")
+
+
+def test_a_lost_dnat_accept_comes_back_before_the_networks_drop(host: NetNS, fw: IptablesFirewall) -> None:
+    fw.setup_network(NET_A)
+    fw.add_ports(NET_A, PORTS_A)
+    accept = [line for line in saved(host, "filter").splitlines() if "--ctstate DNAT" in line]
+    assert len(accept) == 1
+    _ipt(host, "iptables-legacy", *shlex.split(accept[0].replace("-A", "-D", 1)))
+    # Appended again, it would follow the DROP and every published port would be dropped.
+    fw.setup_network(NET_A)
     assert_golden(host, "published_ports")
 
 
