@@ -1,4 +1,4 @@
-"""Deprecated since 0.2: legacy links moved; this module re-exports its names with a DeprecationWarning until 0.3.
+"""Deprecated since 0.2: legacy links moved: the old names resolve, with a DeprecationWarning, until 0.3.
 
 Import instead:
 
@@ -11,11 +11,9 @@ Import instead:
 
 from __future__ import annotations
 
-import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cnm import handles as _handles
-from cnm import legacy_links as _legacy_links
+from cnm._deprecation import moved_names
 
 if TYPE_CHECKING:
     from cnm.handles import Link
@@ -23,23 +21,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ExposedPort", "Link", "hosts_names", "link_env", "parse_exposed"]
 
-_MOVED: dict[str, Any] = {
-    "ExposedPort": _legacy_links,
-    "Link": _handles,
-    "hosts_names": _legacy_links,
-    "link_env": _legacy_links,
-    "parse_exposed": _legacy_links,
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The moved name, with a DeprecationWarning saying where it lives now."""
-    home = _MOVED.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"{__name__}.{name} is deprecated: import {name} from {home.__name__} ({__name__} goes in 0.3)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(home, name)
+__getattr__ = moved_names(
+    __name__,
+    {
+        "ExposedPort": "cnm.legacy_links",
+        "Link": "cnm.handles",
+        "hosts_names": "cnm.legacy_links",
+        "link_env": "cnm.legacy_links",
+        "parse_exposed": "cnm.legacy_links",
+    },
+)

@@ -1,4 +1,4 @@
-"""Deprecated since 0.2: the Network handle moved; this module re-exports it with a DeprecationWarning until 0.3.
+"""Deprecated since 0.2: the Network handle moved: the old names resolve, with a DeprecationWarning, until 0.3.
 
 Import instead:
 
@@ -7,29 +7,18 @@ Import instead:
 
 from __future__ import annotations
 
-import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cnm import handles as _handles
+from cnm._deprecation import moved_names
 
 if TYPE_CHECKING:
     from cnm.handles import Network
 
 __all__ = ["Network"]
 
-_MOVED: dict[str, Any] = {
-    "Network": _handles,
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The moved name, with a DeprecationWarning saying where it lives now."""
-    home = _MOVED.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"{__name__}.{name} is deprecated: import {name} from {home.__name__} ({__name__} goes in 0.3)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(home, name)
+__getattr__ = moved_names(
+    __name__,
+    {
+        "Network": "cnm.handles",
+    },
+)

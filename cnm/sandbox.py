@@ -1,4 +1,4 @@
-"""Deprecated since 0.2: the Sandbox handle moved; this module re-exports it with a DeprecationWarning until 0.3.
+"""Deprecated since 0.2: the Sandbox handle moved: the old names resolve, with a DeprecationWarning, until 0.3.
 
 Import instead:
 
@@ -8,11 +8,9 @@ Import instead:
 
 from __future__ import annotations
 
-import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cnm import etchosts as _etchosts
-from cnm import handles as _handles
+from cnm._deprecation import moved_names
 
 if TYPE_CHECKING:
     from cnm.etchosts import HOST_HOSTS
@@ -20,20 +18,10 @@ if TYPE_CHECKING:
 
 __all__ = ["HOST_HOSTS", "Sandbox"]
 
-_MOVED: dict[str, Any] = {
-    "HOST_HOSTS": _etchosts,
-    "Sandbox": _handles,
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The moved name, with a DeprecationWarning saying where it lives now."""
-    home = _MOVED.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"{__name__}.{name} is deprecated: import {name} from {home.__name__} ({__name__} goes in 0.3)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(home, name)
+__getattr__ = moved_names(
+    __name__,
+    {
+        "HOST_HOSTS": "cnm.etchosts",
+        "Sandbox": "cnm.handles",
+    },
+)

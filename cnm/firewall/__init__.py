@@ -10,41 +10,29 @@ DeprecationWarning, for one release: import them from :mod:`cnm.firewallapi`.
 
 from __future__ import annotations
 
-import importlib
-import warnings
+from cnm._deprecation import moved_names
 
 __all__: list[str] = []
 
-# Deprecated since 0.2: name -> the module that holds it now.
-_MOVED = {
-    **dict.fromkeys(
-        (
-            "BACKENDS",
-            "BackendName",
-            "ClosableFirewall",
-            "Firewall",
-            "FirewallNetwork",
-            "LinkRule",
-            "NetworkRules",
-            "PortMapping",
-            "open_firewall",
-            "port_mappings",
+# Deprecated since 0.2: the contract's names moved to cnm.firewallapi.
+__getattr__ = moved_names(
+    __name__,
+    {
+        **dict.fromkeys(
+            (
+                "BACKENDS",
+                "BackendName",
+                "ClosableFirewall",
+                "Firewall",
+                "FirewallNetwork",
+                "LinkRule",
+                "NetworkRules",
+                "PortMapping",
+                "open_firewall",
+                "port_mappings",
+            ),
+            "cnm.firewallapi",
         ),
-        "cnm.firewallapi",
-    ),
-    "NoFirewall": "cnm.firewall.none",
-}
-
-
-def __getattr__(name: str) -> object:
-    """The contract's old home: resolve a moved name with a DeprecationWarning."""
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"cnm.firewall.{name} moved to {module}.{name}; import it from there "
-        "(the old names go one release after they moved)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(module), name)
+        "NoFirewall": "cnm.firewall.none",
+    },
+)
