@@ -52,6 +52,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+import report
 from steptimer import OVERLAPPED, StepTimer
 
 HOST_PORT_BASE = 20000
@@ -881,11 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": platform.node(),
         "versions": _versions(),
     }
-    print(render(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return report.emit(render(result), result, args.json)
 
 
 if __name__ == "__main__":

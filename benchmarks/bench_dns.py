@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import json
 import os
 import shutil
 import signal
@@ -44,6 +43,7 @@ from typing import Any
 import dns.exception
 import dns.message
 import dns.query
+import report
 
 from cnm.dns import Entry, NetworkDNS, Resolver
 from cnm.kernel import addresses, links, routes
@@ -359,11 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reps": args.reps,
         "queries": args.queries,
     }
-    print(render(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return report.emit(render(result), result, args.json)
 
 
 if __name__ == "__main__":

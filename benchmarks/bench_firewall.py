@@ -45,6 +45,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import report
 from steptimer import StepTimer
 
 BACKENDS = ("iptables", "nftables")
@@ -386,11 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "k": sorted(set(args.k)),
         "reps": args.reps,
     }
-    print(render(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return report.emit(render(result), result, args.json)
 
 
 if __name__ == "__main__":

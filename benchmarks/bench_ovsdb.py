@@ -49,6 +49,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import report
+
 FAIL_TIMEOUT = 3.0  # seconds a change may take in the failure scenarios (both clients)
 TIMEOUT = 10.0  # seconds a change may take otherwise
 TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface")
@@ -630,11 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fail_reps": args.fail_reps,
         **_versions(),
     }
-    print(render(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return report.emit(render(result), result, args.json)
 
 
 if __name__ == "__main__":
