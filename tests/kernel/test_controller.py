@@ -49,7 +49,15 @@ def normalise(text: str, ctl: Controller) -> str:
     for net in ctl.networks():
         text = text.replace(net.id[:12], f"<{net.name}-id>").replace(net.id[:11], f"<{net.name}-id>")
     # iptables-save lists user chains by name, and a network's own chains are named by its id: sort them again.
-    return re.sub(r"(?m)(?:^:\S+ -\n)+", lambda chains: "".join(sorted(chains[0].splitlines(True))), text)
+    text = re.sub(r"(?m)(?:^:\S+ -\n)+", lambda chains: "".join(sorted(chains[0].splitlines(True))), text)
+    # Each network's block in CNM goes to the top of the chain, so the blocks' order follows which network
+    # was (re)applied last; only the order inside a block means anything (every rule matches its own bridge).
+    return re.sub(r"(?m)(?:^-A CNM ! .*\n)+", lambda block: "".join(_by_network(block[0].splitlines(True))), text)
+
+
+def _by_network(rules: list[str]) -> list[str]:
+    """The rules grouped by the network placeholder they carry, groups in name order, each group's order kept."""
+    return sorted(rules, key=lambda rule: re.findall(r"<[a-z-]+-id>", rule)[-1])
 
 
 def check_golden(name: str, text: str) -> None:

@@ -57,7 +57,7 @@ def _icc(demo: Demo) -> Iterator[str]:
     peer = traffic.probe(demo.outside, "tcp", str(demo.host_address), 8088)
     expect(peer == str(demo.outside_address), f"outside -> {demo.host_address}:8088 got {peer!r}")
     yield f"outside -> {demo.host_address}:8088 reached q1:80, whose server saw peer {peer}"
-    yield "the rule: " + demo.rule(net.id, "-A CNM-FORWARD", "-j DROP", nft=("chain forward", "drop"))
+    yield "the rule: " + demo.rule(net.id, "-A CNM-FORWARD", "-j DROP", nft=("chain forward", "iifname", "drop"))
 
 
 @scenario("internal", "an internal network: its sandboxes talk to each other, never to the outside")
