@@ -73,9 +73,10 @@ ENTRY_POINT_GROUP = "cnm.firewalls"
 
 #: How traffic from outside reaches a network's sandboxes (Docker 28's ``gateway_mode_ipv4``):
 #: ``nat`` (the default) lets in only published ports' DNATed flows and replies, and drops
-#: everything else routed to a sandbox's address; ``nat-unprotected`` and ``routed`` accept
-#: traffic routed straight to a sandbox's address on every port, and ``routed`` also sets up no
-#: masquerade (the driver turns it off). docs/security.md.
+#: everything else routed to a sandbox's address; ``nat-unprotected`` accepts traffic routed
+#: straight to a sandbox's address on every port; ``routed`` has no NAT at all (no DNAT, no
+#: masquerade: the driver turns it off) and accepts, routed straight to a sandbox's address, only
+#: its published container ports and ICMP, dropping the rest. docs/security.md.
 GatewayMode: TypeAlias = Literal["nat", "nat-unprotected", "routed"]
 GATEWAY_MODES: tuple[GatewayMode, ...] = ("nat", "nat-unprotected", "routed")
 
@@ -92,7 +93,8 @@ class FirewallNetwork:
         masquerade: whether traffic leaving the host from this subnet is masqueraded.
         internal: whether traffic may not leave the network at all.
         gateway_mode: whether traffic routed straight to a sandbox's address from outside the
-            bridge is dropped (``nat``) or accepted (``nat-unprotected``, ``routed``).
+            bridge is dropped (``nat``), accepted (``nat-unprotected``), or accepted only on the
+            published container ports and for ICMP (``routed``, which also DNATs nothing).
         trusted_interfaces: host interfaces whose traffic may reach the sandboxes' addresses
             directly even in ``nat`` mode (Docker's ``trusted_host_interfaces``).
         owner: the owner id of the controller whose network it is; drivers
@@ -111,8 +113,16 @@ class FirewallNetwork:
 
     @property
     def protected(self) -> bool:
-        """Whether traffic routed to a sandbox's address from outside (not DNATed, no reply) is dropped."""
-        return self.gateway_mode == "nat"
+        """Whether traffic routed to a sandbox's address from outside is dropped unless a rule lets it in.
+
+        True but for ``nat-unprotected``: ``nat`` lets in DNATed flows, ``routed`` published container ports and ICMP.
+        """
+        return self.gateway_mode != "nat-unprotected"
+
+    @property
+    def routed(self) -> bool:
+        """Whether the network NATs nothing: published ports open the container port at the sandbox's address."""
+        return self.gateway_mode == "routed"
 
     @property
     def tag(self) -> str:

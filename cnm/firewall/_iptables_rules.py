@@ -9,9 +9,11 @@ rules and nothing else: a rule in a shared chain carries a comment (``cnm`` for
 the shared jumps and chain tails, ``cnm:<network id[:12]>`` for a network's
 rules); a published port's rules carry none and live in the network's own nat
 chains instead (``CNM-DNAT-<id[:12]>``, ``CNM-HAIRPIN-<id[:12]>``), whose names
-say whose they are. A comment is a match the kernel checks and copies for
-every rule of the table on every commit (about 1 µs per rule, a third of a
-port's cost); those chains keep the per-port rules bare.
+say whose they are. A ``routed`` network (no NAT) has neither: its published
+container ports are bare ACCEPTs in its own filter chain ``CNM-ROUTED-<id[:12]>``,
+jumped from CNM. A comment is a match the kernel checks and copies for every
+rule of the table on every commit (about 1 µs per rule, a third of a port's
+cost); those chains keep the per-port rules bare.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "CHAINS",
     "DNAT_PREFIX",
     "HAIRPIN_PREFIX",
+    "ROUTED_PREFIX",
     "SHARED_TAG",
     "STAGE_1_JUMP",
     "TAG_PREFIX",
@@ -72,7 +75,9 @@ CHAINS: dict[TableName, tuple[str, ...]] = {
 #: hairpin masquerades (jumped from CNM-POSTROUTING), each name ending in the network id[:12].
 DNAT_PREFIX = "CNM-DNAT-"
 HAIRPIN_PREFIX = "CNM-HAIRPIN-"
-_NETWORK_CHAIN_PREFIXES = (DNAT_PREFIX, HAIRPIN_PREFIX)
+#: A routed network's own filter chain: one ACCEPT per published container port, jumped from CNM.
+ROUTED_PREFIX = "CNM-ROUTED-"
+_NETWORK_CHAIN_PREFIXES = (DNAT_PREFIX, HAIRPIN_PREFIX, ROUTED_PREFIX)
 _ID_LENGTH = 12
 
 
@@ -141,16 +146,18 @@ class Block:
 
 @attrs.frozen
 class PortRules:
-    """One published port's two rules, each in one of the network's own nat chains.
+    """One published port's rules, in the network's own chains of ``table``.
 
-    The DNAT is the port: publishing adds both rules only when the DNAT is
-    missing, and withdrawing removes the hairpin only with it. Two ports of one
-    sandbox and protocol have equal hairpin rules, one copy each, so withdrawing
-    one port leaves the other's hairpin in place.
+    ``main`` is the port (its DNAT in nat, or in a routed network its ACCEPT in
+    filter): publishing adds the rules only when ``main`` is missing, and
+    withdrawing removes the hairpin only with it. Two ports of one sandbox and
+    protocol have equal hairpin rules, one copy each, so withdrawing one port
+    leaves the other's hairpin in place. A routed network has no hairpin (no NAT).
     """
 
-    dnat: RuleSpec
-    hairpin: RuleSpec
+    table: TableName
+    main: RuleSpec
+    hairpin: RuleSpec | None = None
 
 
 def _shared(chain: str, target: str, matches: tuple[tuple[str, Options], ...] = ()) -> RuleSpec:
@@ -162,10 +169,15 @@ STAGE_1_JUMP = _shared(FORWARD, ISOLATION_1)
 
 
 def network_chains(network: FirewallNetwork) -> tuple[str, ...]:
-    """The network's own nat chains (none for an internal network, which publishes nothing)."""
+    """The network's own chains its ports go to: nat DNAT and hairpin, or a routed network's filter chain.
+
+    None for an internal network, which publishes nothing.
+    """
     if network.internal:
         return ()
     key = network.id[:_ID_LENGTH]
+    if network.routed:
+        return (ROUTED_PREFIX + key,)
     return (DNAT_PREFIX + key, HAIRPIN_PREFIX + key)
 
 
@@ -250,22 +262,7 @@ def network_blocks(network: FirewallNetwork) -> tuple[Block, ...]:
         Block("filter", ISOLATION_2, "top", (rule(ISOLATION_2, "DROP", out_interface=br),)),
     ]
     if not network.internal:
-        # Every published port at once: a connection DNATed into the network from outside its bridge
-        # (Docker writes one ACCEPT per port here). Publishing then never touches the filter table.
-        dnat = (("conntrack", (("ctstate", "DNAT"),)),)
-        inbound = [rule(CNM, "ACCEPT", in_interface=f"!{br}", out_interface=br, matches=dnat)]
-        if network.protected:
-            # Anything else routed into the bridge from outside is dropped, whatever FORWARD's policy
-            # (Docker 28's "! -i br -o br -j DROP"), but from the interfaces the network trusts.
-            inbound += [rule(CNM, "ACCEPT", in_interface=i, out_interface=br) for i in network.trusted_interfaces]
-            inbound.append(rule(CNM, "DROP", in_interface=f"!{br}", out_interface=br))
-        else:
-            # nat-unprotected / routed: direct access on every port, said here rather than left to FORWARD's policy.
-            inbound.append(rule(CNM, "ACCEPT", in_interface=f"!{br}", out_interface=br))
-        # One block at the top, kept whole and in order (its ACCEPTs before its DROP) even if a rule of it
-        # is deleted by hand: appended rules would come back after the DROP. Each network's rules match
-        # only its own bridge as -o, and links' ACCEPTs only -i and -o it, so the order between them is free.
-        blocks.append(Block("filter", CNM, "top", tuple(inbound)))
+        blocks.append(_inbound_block(network))
         # A neighbour's packet to 127.0.0.1:PORT via the host must not be DNATed to a port published on loopback.
         loopback = rule(RAW, "DROP", destination=LOOPBACK, in_interface="!lo")
         blocks.append(Block("raw", RAW, "top", (loopback,)))
@@ -276,23 +273,76 @@ def network_blocks(network: FirewallNetwork) -> tuple[Block, ...]:
         nat = []
         if network.masquerade:
             nat.append(rule(POSTROUTING, "MASQUERADE", source=subnet, out_interface=f"!{br}"))
-        # Host -> 127.0.0.1:published reaches the container from a local address; masquerade it
-        # to the gateway so the reply comes back through the bridge (route_localnet, pitfalls A7).
-        nat.append(rule(POSTROUTING, "MASQUERADE", out_interface=br, matches=(("addrtype", (("src-type", "LOCAL"),)),)))
-        blocks.append(Block("nat", POSTROUTING, "top", tuple(nat)))
-        blocks += port_chain_blocks(network)
+        if not network.routed:
+            # Host -> 127.0.0.1:published reaches the container from a local address; masquerade it
+            # to the gateway so the reply comes back through the bridge (route_localnet, pitfalls A7).
+            # A routed network DNATs nothing, so nothing reaches it from 127.0.0.1.
+            local = (("addrtype", (("src-type", "LOCAL"),)),)
+            nat.append(rule(POSTROUTING, "MASQUERADE", out_interface=br, matches=local))
+        if nat:
+            blocks.append(Block("nat", POSTROUTING, "top", tuple(nat)))
+        if not network.routed:  # a routed network's jump is in its inbound block, placed above
+            blocks += port_chain_blocks(network)
     return tuple(blocks)
 
 
+def _inbound_block(network: FirewallNetwork) -> Block:
+    """The network's block at the top of CNM: what gets into its bridge from outside it."""
+    tag, br = network.tag, network.interface
+
+    def rule(
+        target: str,
+        *,
+        in_interface: str | None = None,
+        protocol: str | None = None,
+        matches: tuple[tuple[str, Options], ...] = (),
+    ) -> RuleSpec:
+        return RuleSpec(
+            chain=CNM,
+            target=target,
+            comment=tag,
+            in_interface=in_interface or f"!{br}",
+            out_interface=br,
+            protocol=protocol,
+            matches=matches,
+        )
+
+    inbound = []
+    if network.routed:
+        # Docker 28's routed mode: ICMP, and each published container port at the sandbox's own
+        # address (the ACCEPTs of the network's own chain; publishing adds one there), nothing DNATed.
+        inbound.append(rule("ACCEPT", protocol="icmp"))
+        inbound.append(rule(network_chains(network)[0]))
+    else:
+        # Every published port at once: a connection DNATed into the network from outside its bridge
+        # (Docker writes one ACCEPT per port here). Publishing then never touches the filter table.
+        inbound.append(rule("ACCEPT", matches=(("conntrack", (("ctstate", "DNAT"),)),)))
+    if network.protected:
+        # Anything else routed into the bridge from outside is dropped, whatever FORWARD's policy
+        # (Docker 28's "! -i br -o br -j DROP"), but from the interfaces the network trusts.
+        inbound += [rule("ACCEPT", in_interface=i) for i in network.trusted_interfaces]
+        inbound.append(rule("DROP"))
+    else:
+        # nat-unprotected: direct access on every port, said here rather than left to FORWARD's policy.
+        inbound.append(rule("ACCEPT"))
+    # One block at the top, kept whole and in order (its ACCEPTs before its DROP) even if a rule of it
+    # is deleted by hand: appended rules would come back after the DROP. Each network's rules match
+    # only its own bridge as -o, and links' ACCEPTs only -i and -o it, so the order between them is free.
+    return Block("filter", CNM, "top", tuple(inbound))
+
+
 def port_chain_blocks(network: FirewallNetwork) -> tuple[Block, ...]:
-    """The jumps into the network's own nat chains; placing them creates the chains.
+    """The jumps into the network's own chains; placing them creates the chains.
 
     Part of :func:`network_blocks`; publishing a port places them again (a cheap
     check when present), so a port never lands in a chain nothing jumps to.
+    A routed network's jump is part of its block in CNM, placed again whole.
     """
     chains = network_chains(network)
     if not chains:
         return ()
+    if network.routed:
+        return (_inbound_block(network),)
     dnat, hairpin = chains
     # Only a sandbox's own traffic hairpins, and it leaves through the bridge.
     to_hairpin = RuleSpec(chain=POSTROUTING, target=hairpin, comment=network.tag, out_interface=network.interface)
@@ -314,15 +364,28 @@ def _host(address: ipaddress.IPv4Address) -> str:
 def port_rules(network: FirewallNetwork, port: PortMapping) -> PortRules | None:
     """The rules of one published port; None on an internal network, which publishes nothing.
 
-    Both go to the nat table, into the network's own chains, without a comment:
-    the filter side is the network's one conntrack ACCEPT (:func:`network_blocks`).
-    Docker's ``setPerPortIptables`` returns early on internal networks too.
+    They go to the network's own chains, without a comment. Normally both go to the
+    nat table, and the filter side is the network's one conntrack ACCEPT
+    (:func:`network_blocks`). In a routed network the port is one filter ACCEPT of
+    the container port at the sandbox's address; the host port and address are not
+    used (Docker 28 ignores them too), and nothing is DNATed. Docker's
+    ``setPerPortIptables`` returns early on internal networks too.
     """
     chains = network_chains(network)
     if not chains:
         return None
-    dnat_chain, hairpin_chain = chains
     proto, ip = port.protocol, port.container_ip
+    if network.routed:
+        accept = RuleSpec(
+            chain=chains[0],
+            target="ACCEPT",
+            comment=None,
+            destination=_host(ip),
+            protocol=proto,
+            matches=((proto, (("dport", _ports(port.container_port)),)),),
+        )
+        return PortRules(table="filter", main=accept)
+    dnat_chain, hairpin_chain = chains
     # Masquerade a sandbox reaching its own published port (DNATed back to itself), so its reply goes
     # through the host and is un-DNATed. Another sandbox going through the host's port keeps its address,
     # as in Docker. Docker's rule also matches the container port; a packet from a sandbox to itself only
@@ -342,7 +405,7 @@ def port_rules(network: FirewallNetwork, port: PortMapping) -> PortRules | None:
         # "IP:C-D" maps a host range onto an equal container range; "IP:C" maps every host port to C.
         target_options=(("to-destination", f"{ip}:{port.container_port}"),),
     )
-    return PortRules(dnat=dnat, hairpin=hairpin)
+    return PortRules(table="nat", main=dnat, hairpin=hairpin)
 
 
 def link_blocks(network: FirewallNetwork, link: LinkRule) -> tuple[Block, ...]:

@@ -126,26 +126,27 @@ class Session:
             table.insert(spec, position + offset)
 
     def publish(self, network: FirewallNetwork, ports: Iterable[PortMapping]) -> None:
-        """Add each port's DNAT and hairpin rules unless its DNAT is there already."""
+        """Add each port's rules (DNAT and hairpin, or a routed network's ACCEPT) unless its main rule is there."""
         rules = _port_rules(network, ports)
         if not rules:
             return
         # The jumps first: they create the network's chains, and are cheap checks when present.
         self.place(port_chain_blocks(network))
-        table = self.table("nat")
         for port in rules:
-            if not table.contains(port.dnat):
-                table.append(port.hairpin)  # even if an equal one is there: that one belongs to another port
-                table.append(port.dnat)
+            table = self.table(port.table)
+            if not table.contains(port.main):
+                if port.hairpin is not None:
+                    table.append(port.hairpin)  # even if an equal one is there: that one belongs to another port
+                table.append(port.main)
 
     def withdraw(self, network: FirewallNetwork, ports: Iterable[PortMapping]) -> None:
-        """Remove each port's DNAT, and one copy of its hairpin rule with it."""
+        """Remove each port's main rule, and one copy of its hairpin rule with it."""
         rules = _port_rules(network, ports)
-        table = self.existing("nat") if rules else None
+        table = self.existing(rules[0].table) if rules else None  # one network's ports share a table
         if table is None:
             return
         for port in rules:
-            if table.delete(port.dnat):
+            if table.delete(port.main) and port.hairpin is not None:
                 table.delete(port.hairpin)
 
     def remove(self, blocks: Iterable[Block]) -> None:

@@ -18,7 +18,8 @@ table, which then holds, per network, a last ``oifname BRIDGE drop`` in its
 forward chain: what cnm does not accept into a bridge (a connection routed
 straight to a sandbox's address, not DNATed) stays dropped, as the other
 firewall dropped it before (unless the network opted in with gateway mode
-``nat-unprotected`` or ``routed``: docs/security.md). The comment names the controller's owner and the
+``nat-unprotected``; in ``routed`` mode only its published container ports and
+ICMP are accepted before that drop: docs/security.md). The comment names the controller's owner and the
 network, so teardown and cleanup delete exactly those rules by handle, and
 nothing else of the other table changes.
 

@@ -20,7 +20,10 @@ they are:
   ``proto-dst`` in a concatenation only after a protocol match: one set per
   protocol);
 - ``links_<k>``: legacy links on an icc=false network, ``source . target .
-  protocol . port``.
+  protocol . port``;
+- ``routed_<k>``: a ``routed`` network's published container ports, ``ip
+  daddr . meta l4proto . th dport`` (the sandbox's own address and port: such
+  a network has no NAT, so it has none of the maps above).
 
 Publishing a port is then element adds, whatever the number already published.
 (libnftables 1.0.6 crashes on a NAT map whose data is an ``addr . port``
@@ -86,7 +89,7 @@ def _key(network: FirewallNetwork) -> str:
 
 def network_set_names(key: str) -> tuple[str, ...]:
     """The sets and maps of the network whose id starts with ``key``."""
-    kinds = ("addr", "port", "ipaddr", "ipport", "hairpin_tcp", "hairpin_udp", "links")
+    kinds = ("addr", "port", "ipaddr", "ipport", "hairpin_tcp", "hairpin_udp", "links", "routed")
     return tuple(f"{kind}_{key}" for kind in kinds)
 
 
@@ -159,9 +162,11 @@ def base_rules(table: str) -> list[Command]:
 def network_objects(table: str, network: FirewallNetwork) -> list[Command]:
     """The network's sets and maps (none for an internal network but the links set)."""
     t = _Table(table)
-    addr, port, ipaddr, ipport, hairpin_tcp, hairpin_udp, links = network_set_names(_key(network))
+    addr, port, ipaddr, ipport, hairpin_tcp, hairpin_udp, links, routed = network_set_names(_key(network))
     commands = [t.set(links, ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"])]
-    if not network.internal:
+    if network.routed and not network.internal:
+        commands.append(t.set(routed, ["ipv4_addr", "inet_proto", "inet_service"]))
+    elif not network.internal:
         commands += [
             t.set(addr, ["inet_proto", "inet_service"], "ipv4_addr"),
             t.set(port, ["inet_proto", "inet_service"], "inet_service"),
@@ -181,7 +186,7 @@ def network_rules(table: str, network: FirewallNetwork, *, guarded: bool = False
     is dropped here, last, as that chain dropped it before.
     """
     t, tag, br, subnet = _Table(table), network.tag, network.interface, network.subnet
-    addr, port, ipaddr, ipport, *hairpins, links = network_set_names(_key(network))
+    addr, port, ipaddr, ipport, *hairpins, links, _ = network_set_names(_key(network))
     iif, oif = _meta("iifname"), _meta("oifname")
     accept, drop = {"accept": None}, {"drop": None}
     rules = [
@@ -198,10 +203,11 @@ def network_rules(table: str, network: FirewallNetwork, *, guarded: bool = False
         )
     established = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
     rules.append(t.rule("forward", tag, _match(oif, br), established, accept))
-    if not network.internal:
+    if not network.internal and not network.routed:
         # Every published port at once: what a DNAT sent in from outside the bridge.
         dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
         rules.append(t.rule("forward", tag, _match(oif, br), _match(iif, br, "!="), dnat, accept))
+    if not network.internal:
         rules.append(t.rule("forward", tag, _match(iif, br), _match(oif, br, "!="), accept))
     if network.icc:
         rules.append(t.rule("forward", tag, _match(iif, br), _match(oif, br), accept))
@@ -215,7 +221,12 @@ def network_rules(table: str, network: FirewallNetwork, *, guarded: bool = False
         rules.append(t.rule("forward", tag, *same, _match(back, f"@{links}"), accept))
         rules.append(t.rule("forward", tag, *same, drop))
     rules += _inbound_rules(t, network, guarded=guarded)
-    if not network.internal:
+    if network.routed and not network.internal:
+        # No NAT at all: nothing DNATed from the host's ports, nothing masqueraded (unless asked).
+        if network.masquerade:
+            saddr = _match(_payload("ip", "saddr"), _prefix(subnet))
+            rules.append(t.rule("postrouting", tag, saddr, _match(oif, br, "!="), {"masquerade": None}))
+    elif not network.internal:
 
         def dnat_to(key: dict[str, Any], addr_map: str, port_map: str) -> dict[str, Any]:
             lookup = {"addr": {"map": {"key": key, "data": f"@{addr_map}"}}}
@@ -253,6 +264,12 @@ def _inbound_rules(t: _Table, network: FirewallNetwork, *, guarded: bool) -> lis
     iif, oif = _meta("iifname"), _meta("oifname")
     accept, drop = {"accept": None}, {"drop": None}
     rules = []
+    if network.routed and not network.internal:
+        # Docker 28's routed mode: ICMP, and the published container ports at the sandboxes' own addresses.
+        routed = network_set_names(_key(network))[-1]
+        outside = (_match(oif, br), _match(iif, br, "!="))
+        rules.append(t.rule("forward", tag, *outside, _match(_meta("l4proto"), "icmp"), accept))
+        rules.append(t.rule("forward", tag, *outside, _match(_IP_PROTO_PORT, f"@{routed}"), accept))
     if not network.internal:
         if network.protected:
             # What a trusted host interface sends is let in; anything else routed into the bridge from
@@ -260,7 +277,7 @@ def _inbound_rules(t: _Table, network: FirewallNetwork, *, guarded: bool) -> lis
             for trusted in network.trusted_interfaces:
                 rules.append(t.rule("forward", tag, _match(iif, trusted), _match(oif, br), accept))
         else:
-            # nat-unprotected / routed: the network opted in to direct access on every port.
+            # nat-unprotected: the network opted in to direct access on every port.
             rules.append(t.rule("forward", tag, _match(oif, br), accept))
     if guarded or network.protected:
         rules.append(t.rule("forward", tag, _match(oif, br), drop))
@@ -286,10 +303,22 @@ def _host_ports(port: PortMapping) -> Iterator[tuple[int, int]]:
 
 
 def port_elements(table: str, network: FirewallNetwork, ports: Iterable[PortMapping]) -> list[dict[str, Any]]:
-    """The element bodies that publish ``ports`` (one per map and host port, hairpin included); none when internal."""
+    """The element bodies that publish ``ports`` (one per map and host port, hairpin included); none when internal.
+
+    In a routed network, one element per container port at the sandbox's address: the host
+    port and address are not used (Docker 28 ignores them too), and nothing is DNATed.
+    """
     if network.internal:
         return []
-    addr, port, ipaddr, ipport, hairpin_tcp, hairpin_udp, _ = network_set_names(_key(network))
+    addr, port, ipaddr, ipport, hairpin_tcp, hairpin_udp, _, routed = network_set_names(_key(network))
+    if network.routed:
+        opened = {
+            (str(m.container_ip), m.protocol, p)
+            for m in ports
+            for p in range(m.container_port.start, m.container_port.end + 1)
+        }
+        elem = [{"concat": list(key)} for key in sorted(opened)]
+        return [{"family": FAMILY, "table": table, "name": routed, "elem": elem}] if elem else []
     hairpin = dict(zip(_PROTOCOLS, (hairpin_tcp, hairpin_udp), strict=True))
     elements: dict[str, list[Any]] = {name: [] for name in (addr, port, ipaddr, ipport, hairpin_tcp, hairpin_udp)}
     for mapping in ports:
@@ -311,7 +340,7 @@ def link_elements(table: str, network: FirewallNetwork, link: LinkRule) -> list[
     """The element bodies of a legacy link's ports; none on an icc=true network (nothing is dropped there)."""
     if network.icc or not link.ports:
         return []
-    links = network_set_names(_key(network))[-1]
+    links = network_set_names(_key(network))[-2]
     src, dst = str(link.source_ip), str(link.target_ip)
     elem = [{"concat": [src, dst, proto, port]} for proto, port in link.ports]
     return [{"family": FAMILY, "table": table, "name": links, "elem": elem}]

@@ -25,7 +25,7 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding
 from cnm.kernel.netns import NetNS
 from cnm.testing.hosts import Outside, unmount_sandboxes
-from cnm.testing.traffic import probe, serve
+from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = pytest.mark.kernel
 
@@ -153,3 +153,23 @@ def test_cleanup_removes_only_its_own_owners_rules_from_the_other_table(
         second.firewall.cleanup()
     unmount_sandboxes(second_dir)
     assert others(host_netns) == before
+
+
+def test_a_routed_network_beside_a_dropping_firewall_opens_only_its_published_container_ports(
+    ctl: Controller, outside: Outside, processes: Track
+) -> None:
+    # The other table lets the bridge through on cnm's word; cnm's table then keeps routed's semantics.
+    load(ctl.host_netns, "firewalld")
+    outside.run(["ip", "route", "add", "172.21.1.0/24", "via", str(outside.host_address)], check=True)
+    net = ctl.create_network("lab", ipam=IPAMConfig(subnet="172.21.1.0/24"), options={"gateway_mode": "routed"})
+    a = ctl.create_sandbox("a", network="lab", ports=[PortBinding(container_port=80, host_port=8096)])
+    processes(serve(a, "tcp", 80))
+    processes(serve(a, "tcp", 81))
+    processes(serve(outside, "tcp", 7004))
+    a_ip = str(net.endpoint("a").ip)
+    assert probe(outside, "tcp", a_ip, 80) == str(outside.address)
+    assert probe(outside, "tcp", a_ip, 81, timeout=1) is None
+    assert ping(outside, a_ip)
+    assert probe(a, "tcp", str(outside.address), 7004) == a_ip  # no masquerade
+    a.delete()
+    net.delete()

@@ -17,7 +17,7 @@ from cnm import Controller, IPAMConfig, PortBinding
 from cnm.handles import Sandbox
 from cnm.kernel.netns import NetNS
 from cnm.testing.hosts import Outside
-from cnm.testing.traffic import probe, serve
+from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("firewall_backend")]
 
@@ -75,18 +75,30 @@ def test_only_published_ports_and_replies_get_in_by_default(
     _delete(controller, web)
 
 
-@pytest.mark.parametrize("mode", ["nat-unprotected", "routed"])
-def test_gateway_modes_open_the_sandbox_address(
-    controller: Controller, outside: Outside, processes: Track, mode: str
-) -> None:
+def test_nat_unprotected_opens_the_sandbox_address(controller: Controller, outside: Outside, processes: Track) -> None:
     _route_subnet_via_host(outside)
-    web, ip = _web(controller, processes, **{"com.docker.network.bridge.gateway_mode_ipv4": mode})
+    web, ip = _web(controller, processes, **{"com.docker.network.bridge.gateway_mode_ipv4": "nat-unprotected"})
     assert probe(outside, "tcp", ip, 81) == str(outside.address)
     assert probe(outside, "tcp", str(outside.host_address), 18080) == str(outside.address)
     processes(serve(outside, "tcp", 9000))
-    # routed: no masquerade, the outside sees the sandbox's own address.
-    seen = ip if mode == "routed" else str(outside.host_address)
-    assert probe(web, "tcp", str(outside.address), 9000) == seen
+    assert probe(web, "tcp", str(outside.address), 9000) == str(outside.host_address)
+    _delete(controller, web)
+
+
+def test_routed_opens_only_the_published_container_ports_and_icmp(
+    controller: Controller, outside: Outside, processes: Track
+) -> None:
+    _route_subnet_via_host(outside)
+    web, ip = _web(controller, processes, **{"com.docker.network.bridge.gateway_mode_ipv4": "routed"})
+    # The published container port (80, of the mapping 18080:80), straight at the sandbox's address.
+    assert probe(outside, "tcp", ip, 80) == str(outside.address)
+    # An unpublished port is dropped; and nothing is DNATed from the host port.
+    assert probe(outside, "tcp", ip, 81) is None
+    assert probe(outside, "tcp", str(outside.host_address), 18080) is None
+    assert ping(outside, ip)
+    # No masquerade: the outside sees the sandbox's own address.
+    processes(serve(outside, "tcp", 9000))
+    assert probe(web, "tcp", str(outside.address), 9000) == ip
     _delete(controller, web)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import attrs
 import pytest
 
 from cnm.firewall._iptables_rules import link_blocks, network_blocks, network_chain_tag, network_chains, port_rules
@@ -75,7 +76,7 @@ def test_layout_spells_rules_like_iptables_save() -> None:
     rules = port_rules(NET, PORT)
     assert rules is not None
     assert (
-        str(rules.dnat) == "-A CNM-DNAT-aaaaaaaaaaaa -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.28.0.2:80"
+        str(rules.main) == "-A CNM-DNAT-aaaaaaaaaaaa -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.28.0.2:80"
     )
     assert str(rules.hairpin) == "-A CNM-HAIRPIN-aaaaaaaaaaaa -s 172.28.0.2/32 -d 172.28.0.2/32 -p tcp -j MASQUERADE"
     internal = FirewallNetwork(id="c" * 64, interface="br-c", subnet=NET.subnet, internal=True)
@@ -94,7 +95,25 @@ def test_publishing_touches_only_the_nat_table() -> None:
     ]
     rules = port_rules(NET, PORT)
     assert rules is not None
-    assert {network_chain_tag(r.chain) for r in (rules.dnat, rules.hairpin)} == {NET.tag}
-    assert set(network_chains(NET)) == {rules.dnat.chain, rules.hairpin.chain}
+    assert {network_chain_tag(r.chain) for r in (rules.main, rules.hairpin)} == {NET.tag}
+    assert set(network_chains(NET)) == {rules.main.chain, rules.hairpin.chain}
     assert network_chain_tag("CNM-POSTROUTING") is None
     assert network_chain_tag("CNM-DNAT-short") is None
+
+
+def test_routed_network_accepts_published_container_ports_and_icmp_and_dnats_nothing() -> None:
+    routed = attrs.evolve(NET, gateway_mode="routed", masquerade=False)
+    accepts = [b for b in network_blocks(routed) if b.table == "filter" and b.chain == "CNM"]
+    assert [str(r) for b in accepts for r in b.rules] == [
+        "-A CNM ! -i br-a -o br-a -p icmp -m comment --comment cnm:aaaaaaaaaaaa -j ACCEPT",
+        "-A CNM ! -i br-a -o br-a -m comment --comment cnm:aaaaaaaaaaaa -j CNM-ROUTED-aaaaaaaaaaaa",
+        "-A CNM ! -i br-a -o br-a -m comment --comment cnm:aaaaaaaaaaaa -j DROP",
+    ]
+    assert not [b for b in network_blocks(routed) if b.table == "nat"]  # no DNAT, no masquerade
+    assert network_chains(routed) == ("CNM-ROUTED-aaaaaaaaaaaa",)
+    assert network_chain_tag("CNM-ROUTED-aaaaaaaaaaaa") == routed.tag
+    rules = port_rules(routed, PORT)  # 8080 -> 80: the host port is not used
+    assert rules is not None
+    assert rules.table == "filter"
+    assert rules.hairpin is None
+    assert str(rules.main) == "-A CNM-ROUTED-aaaaaaaaaaaa -d 172.28.0.2/32 -p tcp -m tcp --dport 80 -j ACCEPT"
