@@ -16,7 +16,7 @@ import pytest
 from cnm import Controller, IPAMConfig, PortBinding
 from cnm.handles import Sandbox
 from cnm.kernel.netns import NetNS
-from cnm.testing.hosts import Outside
+from cnm.testing.hosts import Outside, firewall_rules, flush_firewall
 from cnm.testing.traffic import ping, probe, serve
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("firewall_backend")]
@@ -86,7 +86,7 @@ def test_nat_unprotected_opens_the_sandbox_address(controller: Controller, outsi
 
 
 def test_routed_opens_only_the_published_container_ports_and_icmp(
-    controller: Controller, outside: Outside, processes: Track
+    controller: Controller, outside: Outside, processes: Track, firewall_backend: str
 ) -> None:
     _route_subnet_via_host(outside)
     web, ip = _web(controller, processes, **{"com.docker.network.bridge.gateway_mode_ipv4": "routed"})
@@ -99,7 +99,16 @@ def test_routed_opens_only_the_published_container_ports_and_icmp(
     # No masquerade: the outside sees the sandbox's own address.
     processes(serve(outside, "tcp", 9000))
     assert probe(web, "tcp", str(outside.address), 9000) == ip
+    # Rules flushed by someone, then rebuilt from the store: the same semantics.
+    flush_firewall(controller.host_netns, firewall_backend)
+    controller.reapply_firewall()
+    assert probe(outside, "tcp", ip, 80) == str(outside.address)
+    assert probe(outside, "tcp", ip, 81) is None
     _delete(controller, web)
+    # The network's own chain (iptables) or set (nftables) goes with it.
+    rules = firewall_rules(controller.host_netns, firewall_backend)
+    assert "CNM-ROUTED-" not in rules
+    assert "routed_" not in rules
 
 
 def test_a_trusted_host_interface_reaches_the_sandbox_address(
