@@ -5,6 +5,9 @@ Behaviour follows Docker's embedded DNS where the networks are concerned
 
 * a sandbox sees the names of the networks it is on, and no others; a name is
   also found as ``<name>.<network>``;
+* a legacy link's names (its alias, the target's hostname and name) are seen
+  by the link's source only, and before the network's names, as Docker looks
+  up a container's own aliases first;
 * A and AAAA answers list every address of the name, in random order (so
   several sandboxes sharing an alias are round-robin), authoritative, TTL 600;
 * a known name without an address of the asked family, or asked another
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 import dns.exception
@@ -94,6 +97,9 @@ class Backend:
         self.reverse: dict[str, dict[IPAddress, list[str]]] = {}
         self.own_servers: dict[IPAddress, tuple[IPAddress, ...]] = {}
         self.listen: dict[IPAddress, str] = {}
+        # network -> source sandbox id -> name -> the link targets' addresses
+        self.links: dict[str, dict[str, dict[str, list[IPAddress]]]] = {}
+        self.sandbox_of: dict[IPAddress, str] = {}
         # A sandbox's id is the same on every network it is on (aardvark-dns's container id): each
         # of its addresses sees the names of all its networks, whichever address it asks from.
         sandbox_networks: dict[str, list[str]] = {}
@@ -115,9 +121,16 @@ class Backend:
                         self.own_servers[address] = entry.dns_servers
                 for name in entry.names:
                     names.setdefault(name, []).extend(entry.addresses)
+            links = self.links.setdefault(net.name, {})
+            for link in net.links:
+                own = links.setdefault(link.id, {})
+                for name in link.names:
+                    targets = own.setdefault(name, [])
+                    targets += [a for a in link.addresses if a not in targets]
         for sandbox, addrs in sandbox_addresses.items():
             for address in addrs:
                 self.by_source[address] = sandbox_networks[sandbox]
+                self.sandbox_of[address] = sandbox
 
     @property
     def listen_addresses(self) -> set[IPAddress]:
@@ -132,11 +145,27 @@ class Backend:
         home = self.listen.get(local)
         return [home] if home else []
 
-    def lookup(self, nets: Iterable[str], qname: str) -> list[IPAddress] | None:
-        """The addresses of ``qname`` (lowercase, no trailing dot) on ``nets``; None if unknown there."""
+    def lookup(self, nets: Iterable[str], qname: str, source: IPAddress | None = None) -> list[IPAddress] | None:
+        """The addresses of ``qname`` (lowercase, no trailing dot) on ``nets``; None if unknown there.
+
+        The links of the sandbox at ``source`` come first: a name one of its
+        links gives is answered from its links only.
+        """
+        nets = list(nets)
+        sandbox = self.sandbox_of.get(source) if source is not None else None
+        if sandbox is not None:
+            found = self._find(nets, qname, lambda net: self.links.get(net, {}).get(sandbox, {}))
+            if found is not None:
+                return found
+        return self._find(nets, qname, lambda net: self.names.get(net, {}))
+
+    @staticmethod
+    def _find(
+        nets: Iterable[str], qname: str, table_of: Callable[[str], Mapping[str, list[IPAddress]]]
+    ) -> list[IPAddress] | None:
         found: list[IPAddress] | None = None
         for net in nets:
-            table = self.names.get(net, {})
+            table = table_of(net)
             hits = table.get(qname)
             if hits is None and qname.endswith("." + net):
                 hits = table.get(qname[: -len(net) - 1])
@@ -217,7 +246,9 @@ def _question_end(wire: bytes) -> int:
     return 0
 
 
-def _local(backend: Backend, query: dns.message.Message, nets: list[str], *, tcp: bool) -> Reply | None:
+def _local(
+    backend: Backend, query: dns.message.Message, nets: list[str], source: IPAddress, *, tcp: bool
+) -> Reply | None:
     """The answer from the networks' names, or None if the name is not theirs."""
     question = query.question[0]
     if question.rdclass != dns.rdataclass.IN:
@@ -231,7 +262,7 @@ def _local(backend: Backend, query: dns.message.Message, nets: list[str], *, tcp
             return None
         response.answer.append(dns.rrset.from_text(question.name, LOCAL_TTL, "IN", "PTR", names[0] + "."))
         return Reply(_finish(query, response, tcp))
-    addresses = backend.lookup(nets, question.name.to_text(omit_final_dot=True).lower())
+    addresses = backend.lookup(nets, question.name.to_text(omit_final_dot=True).lower(), source)
     if addresses is None:
         return None
     if question.rdtype != dns.rdatatype.ANY:
@@ -267,7 +298,7 @@ def answer(backend: Backend, wire: bytes, source: IPAddress, local: IPAddress, *
         response.set_rcode(dns.rcode.NOTIMP)
         return Reply(_finish(query, response, tcp))
     nets = backend.networks_of(source, local)
-    reply = _local(backend, query, nets, tcp=tcp)
+    reply = _local(backend, query, nets, source, tcp=tcp)
     if reply is not None:
         return reply
     servers = backend.upstreams(source, nets)

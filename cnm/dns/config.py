@@ -11,6 +11,12 @@ releases), so the files are readable by either server:
   <name,...>[ <upstream,...>]``, an empty list written as nothing between the
   spaces.
 
+cnm adds one thing aardvark-dns has no notion of: legacy link aliases, names
+only one sandbox (the link's source) may resolve. They go to a file of the same
+name in the subdirectory ``.links`` (see :data:`LINKS_DIR`), in the entry
+format, where the id is the *source's* and the addresses are the target's; the
+network files stay exactly aardvark-dns's.
+
 A writer replaces a file by rename, so a server reading the directory sees the
 old file or the new one, never half of one. Every change also bumps a
 generation counter (``.generation``); the server writes the generation it has
@@ -35,6 +41,7 @@ from cnm.types import IPAddress
 __all__ = [
     "GENERATION_FILE",
     "INTERNAL_SUFFIX",
+    "LINKS_DIR",
     "LOADED_FILE",
     "ConfigDir",
     "Entry",
@@ -48,6 +55,8 @@ INTERNAL_SUFFIX = "%int"
 """The suffix that marks an internal network's file (aardvark-dns's convention)."""
 GENERATION_FILE = ".generation"
 """The counter a writer bumps after every change."""
+LINKS_DIR = ".links"
+"""The subdirectory of the networks' link files (cnm's own: names for one source sandbox only)."""
 LOADED_FILE = ".loaded"
 """The generation the server has loaded, written by the server after each (re)load."""
 
@@ -183,6 +192,9 @@ class NetworkDNS:
         entries: the endpoints on the network.
         dns_servers: the network's own upstreams (instead of the host's).
         internal: an internal network: names are answered, nothing is forwarded.
+        links: legacy links on the network: names only the entry's id (the
+            link's source sandbox) resolves, to the entry's addresses (the
+            target's); several per id allowed.
     """
 
     name: str = attrs.field(converter=_network_name)
@@ -190,6 +202,7 @@ class NetworkDNS:
     entries: tuple[Entry, ...] = attrs.field(default=(), converter=_entries)
     dns_servers: tuple[IPAddress, ...] = attrs.field(default=(), converter=_addresses)
     internal: bool = False
+    links: tuple[Entry, ...] = attrs.field(default=(), converter=_entries)
 
     def __attrs_post_init__(self) -> None:
         if not self.listen:
@@ -208,47 +221,58 @@ class NetworkDNS:
         first = _join(self.listen) + (" " + _join(self.dns_servers) if self.dns_servers else "")
         return "".join(line + "\n" for line in (first, *(e.line() for e in self.entries)))
 
+    def render_links(self) -> str:
+        """The text of the network's link file (empty when it has no links: no file)."""
+        return "".join(link.line() + "\n" for link in self.links)
+
     def with_entry(self, entry: Entry) -> NetworkDNS:
         """This network with ``entry`` added, or replacing the entry of the same id."""
         kept = [e for e in self.entries if e.id != entry.id]
         return attrs.evolve(self, entries=(*kept, entry))
 
     def without_entry(self, entry_id: str) -> NetworkDNS:
-        """This network without the entry of ``entry_id`` (unchanged if there is none)."""
-        return attrs.evolve(self, entries=tuple(e for e in self.entries if e.id != entry_id))
+        """This network without the entry of ``entry_id``, nor its links (unchanged if there is none)."""
+        return attrs.evolve(
+            self,
+            entries=tuple(e for e in self.entries if e.id != entry_id),
+            links=tuple(lk for lk in self.links if lk.id != entry_id),
+        )
 
     @classmethod
-    def parse(cls, filename: str, text: str) -> NetworkDNS:
-        """Read a network's file; raises :class:`~cnm.errors.InvalidConfig` on a malformed one."""
+    def parse(cls, filename: str, text: str, links: str = "") -> NetworkDNS:
+        """Read a network's file and ``links``, its link file's text.
+
+        Raises :class:`~cnm.errors.InvalidConfig` on a malformed one.
+        """
         internal = filename.endswith(INTERNAL_SUFFIX)
         name = filename.removesuffix(INTERNAL_SUFFIX)
         lines = [line for line in text.split("\n") if line]
         if not lines:
             raise InvalidConfig(f"resolver config {filename} is empty; its first line must list listen addresses")
         head = lines[0].split(" ")
-        entries = []
-        for line in lines[1:]:
-            parts = line.split(" ")
-            if len(parts) not in (4, 5):
-                raise InvalidConfig(
-                    f"resolver config {filename}: line {line!r} must be '<id> <ipv4s> <ipv6s> <names>[ <servers>]'"
-                )
-            entries.append(
-                Entry(
-                    id=parts[0],
-                    ipv4=_split(parts[1]),
-                    ipv6=_split(parts[2]),
-                    names=_split(parts[3]),
-                    dns_servers=_split(parts[4]) if len(parts) == 5 else (),
-                )
-            )
         return cls(
             name=name,
             listen=_split(head[0]),
             dns_servers=_split(head[1]) if len(head) > 1 else (),
-            entries=entries,
+            entries=[_parse_entry(filename, line) for line in lines[1:]],
             internal=internal,
+            links=[_parse_entry(f"{LINKS_DIR}/{filename}", line) for line in links.split("\n") if line],
         )
+
+
+def _parse_entry(filename: str, line: str) -> Entry:
+    parts = line.split(" ")
+    if len(parts) not in (4, 5):
+        raise InvalidConfig(
+            f"resolver config {filename}: line {line!r} must be '<id> <ipv4s> <ipv6s> <names>[ <servers>]'"
+        )
+    return Entry(
+        id=parts[0],
+        ipv4=_split(parts[1]),
+        ipv6=_split(parts[2]),
+        names=_split(parts[3]),
+        dns_servers=_split(parts[4]) if len(parts) == 5 else (),
+    )
 
 
 def _split(field: str) -> list[str]:
@@ -340,7 +364,7 @@ class ConfigDir:
                     text = f.read()
             except FileNotFoundError:
                 continue  # removed while we listed: gone
-            network = NetworkDNS.parse(filename, text)
+            network = NetworkDNS.parse(filename, text, self.links_text(filename) or "")
             out[network.name] = network
         return out
 
@@ -352,6 +376,10 @@ class ConfigDir:
         except FileNotFoundError:
             return None
 
+    def links_text(self, filename: str) -> str | None:
+        """The text of a network's link file (by the network file's name) as it is, or None."""
+        return self.text(os.path.join(LINKS_DIR, filename))
+
     def get(self, name: str) -> NetworkDNS | None:
         """One network, or None."""
         return self.read().get(name)
@@ -359,15 +387,31 @@ class ConfigDir:
     def write(self, network: NetworkDNS) -> None:
         """Replace (or create) the network's file; its other-internal twin goes."""
         with self._locked():
+            # The link file first: one generation covers both, and the server loads after the bump.
+            links = os.path.join(self.path, LINKS_DIR, network.filename)
+            if network.links:
+                os.makedirs(os.path.dirname(links), mode=0o755, exist_ok=True)
+                _write_atomically(links, network.render_links())
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(links)
             _write_atomically(os.path.join(self.path, network.filename), network.render())
             twin = network.name + ("" if network.internal else INTERNAL_SUFFIX)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.path, twin))
-        log.debug("resolver config: wrote %s (%d entries)", network.filename, len(network.entries))
+            for path in (os.path.join(self.path, twin), os.path.join(self.path, LINKS_DIR, twin)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        log.debug(
+            "resolver config: wrote %s (%d entries, %d links)",
+            network.filename,
+            len(network.entries),
+            len(network.links),
+        )
 
     def remove_file(self, filename: str) -> bool:
         """Remove one file by its file name; False if there was none."""
         with self._locked():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.path, LINKS_DIR, filename))
             try:
                 os.unlink(os.path.join(self.path, filename))
             except FileNotFoundError:
@@ -379,6 +423,8 @@ class ConfigDir:
         removed = False
         with self._locked():
             for filename in (name, name + INTERNAL_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.path, LINKS_DIR, filename))
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.path, filename))
                     removed = True

@@ -193,3 +193,31 @@ def test_internal_network_answers_names_and_forwards_nothing(controller: Control
     b = controller.create_sandbox("b", network="inner")
     assert getent(a, "b")[0] == str(b.endpoints()[0].ip)
     assert query(a, "www.ext.test").rcode() == dns.rcode.SERVFAIL
+
+
+def test_a_link_alias_resolves_for_the_linking_sandbox_only(controller: Controller, upstream: str) -> None:
+    # "dbalias.test": the upstream answers NXDOMAIN for *.test, so "not known to the resolver"
+    # shows as NXDOMAIN (forwarded), not as a timeout.
+    controller.create_network("linked", ipam=IPAMConfig(subnet="10.79.8.0/24"))
+    db = controller.create_sandbox("db", network="linked", hostname="dbhost")
+    app = controller.create_sandbox("app", network="linked", dns=[upstream])
+    third = controller.create_sandbox("third", network="linked", dns=[upstream])
+    db_ip = str(db.endpoints()[0].ip)
+    assert query(app, "dbalias.test").rcode() == dns.rcode.NXDOMAIN
+
+    app.link("db", "dbalias.test")
+    assert addresses(query(app, "dbalias.test")) == {db_ip}  # over DNS, not only /etc/hosts
+    assert addresses(query(app, "dbalias.test", tcp=True)) == {db_ip}
+    assert getent(app, "dbalias.test")[0] == db_ip
+    assert query(third, "dbalias.test").rcode() == dns.rcode.NXDOMAIN  # another sandbox on the network
+    assert getent(third, "dbalias.test") == []
+    assert getent(third, "dbhost")[0] == db_ip  # the target's own names stay everyone's
+
+    app.unlink("dbalias.test")
+    assert query(app, "dbalias.test").rcode() == dns.rcode.NXDOMAIN
+    assert getent(app, "dbalias.test") == []
+
+    app.link("db", "dbalias.test")  # the target leaving takes the link, and its name, with it
+    assert addresses(query(app, "dbalias.test")) == {db_ip}
+    db.delete()
+    assert query(app, "dbalias.test").rcode() == dns.rcode.NXDOMAIN

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from typing import Any
 
+import attrs
 import dns.flags
 import dns.message
 import dns.rcode
@@ -88,6 +89,37 @@ def test_with_and_without_entry() -> None:
     assert [e.id for e in network.entries] == ["sb-web", "sb-db"]
     assert network.entries[1].ipv4 == (IP("10.5.0.9"),)
     assert network.without_entry("sb-web").without_entry("absent").entries == network.entries[1:]
+
+
+def test_link_files_sit_beside_aardvarks_files(tmp_path: Any) -> None:
+    # A link of web's to db under "sql": the line names web (the source) and db's address.
+    link = Entry(id="sb-web", names=("sql", "db1"), ipv4=("10.5.0.3",))
+    network = attrs.evolve(net(WEB, DB), links=(link,))
+    cfg = ConfigDir(str(tmp_path / "cfg"))
+    cfg.write(network)
+    assert cfg.text("net1") == net(WEB, DB).render()  # the network file is aardvark-dns's, unchanged
+    assert cfg.links_text("net1") == "sb-web 10.5.0.3  sql,db1\n"
+    assert cfg.files() == ["net1"]
+    assert cfg.read() == {"net1": network}
+    assert network.without_entry("sb-web").links == ()
+    cfg.write(net(WEB, DB))  # the link went: so does its file
+    assert cfg.links_text("net1") is None
+    cfg.write(network)
+    assert cfg.remove("net1") is True
+    assert cfg.links_text("net1") is None
+
+
+def test_link_names_are_the_sources_only() -> None:
+    other = Entry(id="sb-other", names=("other",), ipv4=("10.5.0.5",))
+    link = Entry(id="sb-web", names=("sql", "db1"), ipv4=("10.5.0.3",))
+    shadow = Entry(id="sb-web", names=("other",), ipv4=("10.5.0.3",))  # an alias that is another's name
+    backend = Backend({"net1": attrs.evolve(net(WEB, DB, other), links=(link, shadow))}, [IP("192.0.2.53")])
+    assert [item.to_text() for item in reply(backend, "sql").answer[0]] == ["10.5.0.3"]
+    assert [item.to_text() for item in reply(backend, "sql.net1").answer[0]] == ["10.5.0.3"]
+    assert [item.to_text() for item in reply(backend, "other").answer[0]] == ["10.5.0.3"]  # the link first
+    assert isinstance(ask(backend, "sql", source="10.5.0.5"), Forward)  # not the source: not known
+    assert [item.to_text() for item in reply(backend, "other", source="10.5.0.5").answer[0]] == ["10.5.0.5"]
+    assert isinstance(ask(backend, "sql", source="10.5.0.1"), Forward)  # the host: no links
 
 
 def ask(backend: Backend, name: str, rdtype: str = "A", source: str = "10.5.0.2", *, tcp: bool = False) -> Any:

@@ -1,8 +1,9 @@
 """Legacy links' operations: make, remove and settle links between sandboxes (internal).
 
 What a link *is* (its environment, its hosts line, the ports it covers) is the pure
-:mod:`cnm.legacy_links`; here are its record, its driver rules (:class:`~cnm.driverapi.Linker`)
-and the source's hosts file, kept in step.
+:mod:`cnm.legacy_links`; here are its record, its driver rules (:class:`~cnm.driverapi.Linker`),
+the source's hosts file and the resolver's names for the source (:mod:`cnm._core.ops.names`),
+kept in step.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import attrs
 
 from cnm._core import records as rec
 from cnm._core import views
+from cnm._core.ops.names import sync_network
 from cnm._core.ops.refresh import links_from, refresh_files
 from cnm._core.records import new_id, now, validate_name
 from cnm._core.runtime import Runtime
@@ -178,9 +180,10 @@ def create_link(
         )
         with Steps(f"link sandbox {source.name} to {target_record.name} as {alias}", rt.observer) as steps:
 
-            def forget(made: rec.LinkRecord = record) -> None:
+            def forget(made: rec.LinkRecord = record, on: rec.NetworkRecord = net) -> None:
                 _forget(rt, made)
                 _refresh_hosts(rt, made.source_id)
+                sync_network(rt, on)
 
             steps.run("record", functools.partial(_add, rt, record, source), undo=forget)
             drv = rt.driver(net)
@@ -194,6 +197,7 @@ def create_link(
             ready = attrs.evolve(record, status=rec.READY)
             record = steps.run("record ready", lambda: _save(rt, ready))
             steps.run("hosts file", functools.partial(_refresh_hosts, rt, source.id))
+            steps.run("resolver names", functools.partial(sync_network, rt, net))
     log.info("linked sandbox %s to %s as %s on network %s", source.name, target_record.name, alias, net.name)
     return record
 
@@ -251,6 +255,8 @@ def _remove_link(rt: Runtime, link: rec.LinkRecord) -> None:
                 steps.run("driver remove_link", functools.partial(linker.remove_link, net_info, info))
         steps.run("forget", functools.partial(_forget, rt, link))
         steps.run("hosts file", functools.partial(_refresh_hosts, rt, link.source_id))
+        if net is not None:
+            steps.run("resolver names", functools.partial(sync_network, rt, net))
     log.info("removed link %s of sandbox %s", link.alias, link.source_id[:12])
 
 

@@ -9,7 +9,8 @@ macvlan's): the resolver listens on the gateway address, port 53, in the
 controller's host namespace, as aardvark-dns does for netavark.
 
 The resolver's files are derived from the store: :func:`sync_network` rewrites
-one network's file after a join or a leave and starts, reloads or stops the
+one network's file after a join, a leave or a legacy link's change (a link's
+names are served to its source only) and starts, reloads or stops the
 process; :func:`restore` rewrites them all and restarts a dead resolver
 (reconcile). A sandbox's resolv.conf then names that gateway
 (:func:`resolver_address`); its ``dns=`` servers become its upstreams in the
@@ -26,6 +27,7 @@ from cnm._core.runtime import Runtime
 from cnm.dns import Entry, NetworkDNS, Resolver
 from cnm.dns.config import is_dns_name
 from cnm.errors import CNMError, InvalidConfig, NotFound
+from cnm.legacy_links import hosts_names
 
 __all__ = [
     "check_aliases",
@@ -95,6 +97,7 @@ def network_dns(rt: Runtime, network: rec.NetworkRecord) -> NetworkDNS | None:
             if e.sandbox_id is not None and e.address is not None and e.status != rec.DELETING
         ]
         sandboxes = {s.id: s for s in tx.list(rec.SandboxRecord)} if joined else {}
+        links = [lk for lk in tx.list(rec.LinkRecord) if lk.network_id == network.id] if joined else []
     entries = []
     for endpoint in joined:
         sandbox = sandboxes.get(endpoint.sandbox_id or "")
@@ -115,7 +118,26 @@ def network_dns(rt: Runtime, network: rec.NetworkRecord) -> NetworkDNS | None:
         listen=[network.gateway],
         entries=entries,
         internal=network.internal,
+        links=_link_entries(links, sandboxes, {e.id for e in entries}),
     )
+
+
+def _link_entries(
+    links: list[rec.LinkRecord], sandboxes: dict[str, rec.SandboxRecord], listed: set[str]
+) -> list[Entry]:
+    # Docker serves a link on a user-defined network as an alias of the source's endpoint there:
+    # for the source only, to the target's address on that network. The names are the hosts
+    # line's (alias, target's hostname, target's name). A link one of whose ends is not (or no
+    # longer) on the network is left out: drop_links removes it in the same leave.
+    out = []
+    for link in sorted(links, key=lambda lk: (lk.created, lk.alias)):
+        target = sandboxes.get(link.target_id)
+        if link.status != rec.READY or target is None or not {link.source_id[:12], target.id[:12]} <= listed:
+            continue
+        names = [n for n in dict.fromkeys(hosts_names(link.alias, target.hostname, target.name)) if is_dns_name(n)]
+        if names:
+            out.append(Entry(id=link.source_id[:12], names=names, ipv4=[link.target_ip]))
+    return out
 
 
 def sync_network(rt: Runtime, network: rec.NetworkRecord) -> None:
@@ -173,7 +195,7 @@ def restore(rt: Runtime) -> list[str]:
             res.config.remove_file(filename)
             done.append(f"removed the resolver's stale file {filename}")
     for filename, dns in files.items():
-        if res.config.text(filename) != dns.render():
+        if res.config.text(filename) != dns.render() or (res.config.links_text(filename) or "") != dns.render_links():
             res.config.write(dns)
             done.append(f"rewrote the resolver's names for network {dns.name}")
     was_running = res.alive()

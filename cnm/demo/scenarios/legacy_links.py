@@ -29,11 +29,13 @@ def _links(demo: Demo) -> Iterator[str]:
     yield f"todomvc's /etc/hosts: {hosts}"
     demo.serve(db, "tcp", 6379)
     demo.serve(db, "tcp", 6380)
-    peer = traffic.probe(app, "tcp", str(ip), 6379)
+    # By name, as a Docker user would: "db" is the link's alias (hosts line, and cnm's resolver for
+    # todomvc only) and the sandbox's name on this user-defined network.
+    peer = traffic.probe(app, "tcp", "db", 6379)
     expect(peer is not None, "todomvc cannot reach db:6379 through its link")
     yield f"todomvc -> db:6379 (exposed, linked) on an icc=false network: the server saw {peer}"
     for who, port in ((app, 6380), (other, 6379)):
-        peer = traffic.probe(who, "tcp", str(ip), port, timeout=1)
+        peer = traffic.probe(who, "tcp", "db", port, timeout=1)
         expect(peer is None, f"{who.name} reached db:{port}: {peer!r}")
     yield "todomvc -> db:6380 (not exposed) and other -> db:6379 (not linked): no answer"
     yield "the rule: " + demo.rule(
