@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import struct
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "link_index",
     "list_links",
     "move_link",
+    "random_mac",
     "require_index",
     "set_alias",
     "set_down_if_exists",
@@ -142,12 +144,23 @@ def require_index(nl: Netlink, name: str) -> int:
     return index
 
 
+def random_mac() -> str:
+    """A random locally administered unicast MAC address (the first octet's low bits are 1 0)."""
+    octets = bytearray(secrets.token_bytes(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
 def ensure_bridge(nl: Netlink, name: str, *, mtu: int | None = None, up: bool = True) -> Link:
     """Create bridge ``name`` unless it exists; refuse a non-bridge of that name."""
     check_ifname(name, "bridge name")
     existing = get_link(nl, name)
     if existing is None:
-        spec: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+        # An address of its own, as Docker's bridge driver gives docker0: left to the kernel, a bridge
+        # takes the lowest of its ports' addresses and changes it when that port goes, and every
+        # sandbox's neighbour entry for the gateway then points at an address nobody answers to
+        # (lookups to a resolver on the gateway time out for as long as the entry stays reachable).
+        spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "address": random_mac()}
         if mtu is not None:
             spec["mtu"] = mtu
         # EEXIST: another caller created it in between; checked below like any existing link.

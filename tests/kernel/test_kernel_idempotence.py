@@ -15,7 +15,7 @@ import pytest
 
 from cnm.errors import KernelError
 from cnm.kernel.addresses import add_address, delete_address, list_addresses
-from cnm.kernel.links import delete_link, ensure_bridge, get_link, is_up, link_index, set_down_if_exists
+from cnm.kernel.links import add_veth, delete_link, ensure_bridge, get_link, is_up, link_index, set_down_if_exists
 from cnm.kernel.netns import NetNS
 from cnm.kernel.routes import add_route, delete_route, list_routes
 
@@ -65,3 +65,20 @@ def test_an_untolerated_errno_names_the_operation(netns_factory: Callable[[str],
             )
         assert info.value.errno == errno.ENETUNREACH
         delete_link(nl, "kbr1")
+
+
+def test_a_bridge_keeps_its_address_when_its_lowest_port_goes(netns_factory: Callable[[str], NetNS]) -> None:
+    # Left to the kernel, a bridge's address is its lowest port's, and changes when that port is
+    # deleted: sandboxes' neighbour entries for the gateway would then go stale (Docker sets one too).
+    host, sandbox = netns_factory("kh"), netns_factory("ks")
+    with host.netlink() as nl:
+        bridge = ensure_bridge(nl, "kbr2")
+        first = bridge.mac
+        for index, mac in enumerate(["02:00:00:00:00:01", "02:00:00:00:00:02"]):
+            add_veth(nl, f"kv{index}", f"kp{index}", sandbox, peer_mac=None, master="kbr2")
+            nl.ipr.link("set", index=link_index(nl, f"kv{index}"), address=mac)
+        assert get_link(nl, "kbr2").mac == first  # type: ignore[union-attr]
+        delete_link(nl, "kv0")
+        assert get_link(nl, "kbr2").mac == first  # type: ignore[union-attr]
+        delete_link(nl, "kbr2")
+        delete_link(nl, "kv1")
