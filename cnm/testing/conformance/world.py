@@ -42,7 +42,7 @@ _SENTINEL_NETWORK = "conformance-kit-keeps-nothing"
 
 @attrs.frozen
 class Snapshot:
-    """What a namespace holds, by name: links (with kind), addresses and main-table routes."""
+    """What a namespace holds, by name: links (with kind), addresses (not IPv6 link-local) and main-table routes."""
 
     links: frozenset[tuple[str, str]]
     addresses: frozenset[str]
@@ -52,7 +52,9 @@ class Snapshot:
     def take(cls, ns: NetNS) -> Snapshot:
         with ns.netlink() as nl:
             found_links = frozenset((link.name, link.kind or "plain") for link in links.list_links(nl))
-            found_addresses = frozenset(str(a) for a in addresses.list_addresses(nl))
+            # IPv6 link-local addresses are the kernel's, made when a link first has carrier (a bridge
+            # when its first port joins); no driver makes or removes them.
+            found_addresses = frozenset(str(a) for a in addresses.list_addresses(nl) if not a.ip.is_link_local)
             found_routes = frozenset(
                 f"{r.destination}"
                 + (f" via {r.gateway}" if r.gateway else "")
