@@ -7,10 +7,13 @@ a test that leaves a namespace behind fails.
 
 from __future__ import annotations
 
+import getpass
 import os
 import secrets
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +27,39 @@ def _root_namespaces() -> set[str]:
         return set(os.listdir("/run/netns"))
     except FileNotFoundError:
         return set()
+
+
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
+
+
+def _dead_sessions_dirs(root: Path) -> list[Path]:
+    """pytest's numbered temp dirs whose session is over: no ``.lock`` with a live pid (pytest's own rule)."""
+    dead = []
+    for entry in root.glob("*") if root.is_dir() else []:
+        lock = entry / ".lock"
+        if entry.name.startswith("garbage-") or not lock.exists() or not _alive(lock.read_text().strip()):
+            dead.append(entry)
+    return dead
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_what_killed_test_processes_left() -> None:
+    """Remove what a test process killed from outside (SIGKILL, a ``timeout`` wrapper) could not clean up.
+
+    Teardown cannot run in a killed process, so each session starts by removing the named namespaces
+    of test processes that no longer exist (``cnmt-<pid>-``) and the namespace mounts left in the temp
+    dirs of pytest sessions that are over. A live session's are never touched.
+    """
+    for name in _root_namespaces():
+        if name.startswith("cnmt-") and not _alive(name.split("-")[1]):
+            subprocess.run(["ip", "netns", "del", name], check=False)
+    for directory in _dead_sessions_dirs(Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"):
+        # Namespaces first, then the directories that are mounts of themselves, deepest first.
+        for point in _mounts_under(str(directory), nsfs=True) + sorted(
+            _mounts_under(str(directory), nsfs=False), reverse=True
+        ):
+            subprocess.run(["umount", "-l", point], check=False)
 
 
 @pytest.fixture(autouse=True)
