@@ -49,6 +49,7 @@ from cnm.dns import Entry, NetworkDNS, Resolver
 from cnm.kernel import addresses, links, routes
 from cnm.kernel.netns import NetNS
 from cnm.testing.hosts import link_outside, throwaway_namespaces
+from cnm.testing.traffic import upstream_resolver_argv
 
 AARDVARK = "/usr/lib/podman/aardvark-dns"
 GATEWAY = ipaddress.ip_address("10.78.0.1")
@@ -261,17 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 links.set_link(nl, "eth0", up=True)
                 routes.replace_default_route(nl, GATEWAY, "eth0")
             upstream = outside.popen(
-                [
-                    "dnsmasq",
-                    "--keep-in-foreground",
-                    "--no-resolv",
-                    "--no-hosts",
-                    f"--listen-address={outside.address}",
-                    "--bind-interfaces",
-                    "--pid-file=",
-                    "--user=root",
-                    "--address=/ext.test/203.0.113.7",
-                ],
+                upstream_resolver_argv(outside.address, "--address=/ext.test/203.0.113.7"),
                 stderr=subprocess.DEVNULL,
             )
             result: dict[str, Any] = {"cnm": bench_cnm(client, host, work, args)}

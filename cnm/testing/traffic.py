@@ -100,6 +100,23 @@ class Runner(Protocol):
         """Start in the background."""
 
 
+def upstream_resolver_argv(address: object, *records: str) -> list[str]:
+    """dnsmasq as a plain upstream DNS server on ``address`` (its own namespace's): no resolv.conf,
+    no hosts file, in the foreground, answering only ``records`` (dnsmasq options such as
+    ``--address=/ext.test/203.0.113.7``) and what they imply."""
+    return [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        f"--listen-address={address}",
+        "--bind-interfaces",
+        "--pid-file=",
+        "--user=root",
+        *records,
+    ]
+
+
 def _start(where: Runner, argv: list[str], what: str, timeout: float) -> subprocess.Popen[str]:
     """Start a server script in ``where``; return once it says it is ready."""
     proc = where.popen([sys.executable, "-c", *argv], stdout=subprocess.PIPE, text=True)

@@ -23,6 +23,7 @@ from cnm import Controller, IPAMConfig
 from cnm.errors import InvalidConfig
 from cnm.handles import Sandbox
 from cnm.testing.hosts import Outside
+from cnm.testing.traffic import upstream_resolver_argv
 
 pytestmark = pytest.mark.kernel
 
@@ -31,18 +32,7 @@ pytestmark = pytest.mark.kernel
 def upstream(outside: Outside) -> Iterator[str]:
     """dnsmasq in the outside namespace: ext.test names, NXDOMAIN for other *.test."""
     proc = outside.popen(
-        [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            f"--listen-address={outside.address}",
-            "--bind-interfaces",
-            "--pid-file=",
-            "--user=root",
-            "--local=/test/",
-            "--address=/ext.test/203.0.113.7",
-        ],
+        upstream_resolver_argv(outside.address, "--local=/test/", "--address=/ext.test/203.0.113.7"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

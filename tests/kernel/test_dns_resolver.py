@@ -34,6 +34,7 @@ from cnm.kernel import addresses, links, netns, netns_dirs, routes
 from cnm.kernel.netns import NetNS
 from cnm.kernel.process import command_in
 from cnm.testing.hosts import Outside
+from cnm.testing.traffic import upstream_resolver_argv
 
 pytestmark = pytest.mark.kernel
 
@@ -103,21 +104,14 @@ def world(host_netns: NetNS, outside: Outside, netns_factory: Callable[[str], Ne
             links.ensure_bridge(nl, bridge)
             addresses.add_address(nl, bridge, ipaddress.ip_interface(f"{gateway}/{network.prefixlen}"))
     upstream = outside.popen(
-        [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
+        upstream_resolver_argv(
+            outside.address,
             "--no-daemon",
-            f"--listen-address={outside.address}",
-            "--bind-interfaces",
-            "--pid-file=",
-            "--user=root",
             "--local=/test/",
             "--address=/ext.test/203.0.113.7",
             "--txt-record=big.test," + ",".join(BIG_TXT),
             "--log-facility=-",
-        ],
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
